@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Installs everything the test suites need, idempotently, on a fresh Debian 12
+# machine as root (or on a machine that already has it all: then it only checks).
+#
+#   - Debian packages: nats-server (for later issues' tests), and, with
+#     GYRE_NEED_CHROMIUM=1, chromium + chromium-driver (browser tests).
+#     `apt-get update` runs only if something has to be installed.
+#   - tests/sdk/js: `npm ci` from the committed package-lock.json (centrifuge 5.x,
+#     ws, cent.js 6.1.0), skipped when node_modules already matches the lockfile.
+#   - tests/.deps/venv (gitignored): Python venv with tests/sdk/python/requirements.txt
+#     (centrifuge-python, cent, pytest, pytest-asyncio, PyJWT, all pinned),
+#     skipped when it already matches.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEPS="$ROOT/tests/.deps"
+JS_DIR="$ROOT/tests/sdk/js"
+PY_REQ="$ROOT/tests/sdk/python/requirements.txt"
+VENV="$DEPS/venv"
+
+log() { printf '[install-deps] %s\n' "$*"; }
+
+# ---------------------------------------------------------------- Debian packages
+APT_UPDATED=0
+apt_install() {
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log "apt-get not available; please install: $*" >&2
+        return 1
+    fi
+    if [ "$APT_UPDATED" = 0 ]; then
+        log "apt-get update"
+        apt-get update -qq
+        APT_UPDATED=1
+    fi
+    log "apt-get install -y $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+
+missing=()
+have nats-server || missing+=(nats-server)
+have node || missing+=(nodejs)
+have npm || missing+=(npm)
+have curl || missing+=(curl)
+# Hook for browser tests (later issues): GYRE_NEED_CHROMIUM=1 bash tests/install-deps.sh
+if [ "${GYRE_NEED_CHROMIUM:-0}" = 1 ]; then
+    have chromium || missing+=(chromium)
+    have chromedriver || missing+=(chromium-driver)
+fi
+
+PYTHON="${PYTHON:-}"
+if [ -z "$PYTHON" ]; then
+    for cand in python3 /usr/bin/python3; do
+        if command -v "$cand" >/dev/null 2>&1; then PYTHON="$(command -v "$cand")"; break; fi
+    done
+fi
+if [ -z "$PYTHON" ]; then
+    missing+=(python3 python3-venv)
+    PYTHON=/usr/bin/python3
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
+else
+    log "system packages present (nats-server, node, npm, python3)"
+fi
+
+# ---------------------------------------------------------------- JavaScript
+lock_sum() { sha256sum "$JS_DIR/package-lock.json" | cut -d' ' -f1; }
+JS_STAMP="$JS_DIR/node_modules/.gyre-lock-sha256"
+if [ -f "$JS_STAMP" ] && [ "$(cat "$JS_STAMP")" = "$(lock_sum)" ]; then
+    log "tests/sdk/js/node_modules up to date"
+else
+    log "npm ci in tests/sdk/js"
+    (cd "$JS_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+    lock_sum >"$JS_STAMP"
+fi
+
+# ---------------------------------------------------------------- Python
+mkdir -p "$DEPS"
+req_sum() { { sha256sum "$PY_REQ" | cut -d' ' -f1; "$PYTHON" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1; }
+PY_STAMP="$VENV/.gyre-req-sha256"
+if [ -x "$VENV/bin/python" ] && [ -f "$PY_STAMP" ] && [ "$(cat "$PY_STAMP")" = "$(req_sum)" ]; then
+    log "tests/.deps/venv up to date"
+else
+    if ! [ -x "$VENV/bin/python" ]; then
+        log "creating venv with $PYTHON"
+        if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+            rm -rf "$VENV"
+            apt_install python3-venv
+            "$PYTHON" -m venv "$VENV"
+        fi
+    fi
+    log "pip install -r tests/sdk/python/requirements.txt"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$PY_REQ"
+    req_sum >"$PY_STAMP"
+fi
+
+log "done"

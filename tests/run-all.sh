@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Gyre's whole test suite (the README's test command; .ci/run calls it):
+#   1. tests/install-deps.sh            (system packages, npm ci, Python venv)
+#   2. cargo build --workspace --all-targets
+#   3. cargo test --workspace           (Rust unit + integration tests)
+#   4. real SDKs, JavaScript:  node --test  in tests/sdk/js   (centrifuge-js JSON+protobuf, cent.js)
+#   5. real SDKs, Python:      pytest       in tests/sdk/python (centrifuge-python JSON+protobuf, cent)
+#   6. tests/operator/{install,run}.sh, if tests/operator/run.sh exists
+# Stops at the first failing step, and always prints a summary.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+if [ -d "$HOME/.cargo/bin" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export GYRE_BIN="${GYRE_BIN:-$ROOT/target/debug/gyre}"
+
+STEPS=()
+RESULTS=()
+TIMES=()
+START_ALL=$(date +%s)
+
+summary() {
+    local rc=$?
+    echo
+    echo "==================== Gyre test summary ===================="
+    local i
+    for i in "${!STEPS[@]}"; do
+        printf '  %-8s %-45s %5ss\n' "${RESULTS[$i]}" "${STEPS[$i]}" "${TIMES[$i]}"
+    done
+    printf '  total %ss\n' "$(( $(date +%s) - START_ALL ))"
+    if [ "$rc" -eq 0 ]; then
+        echo "  ALL STEPS PASSED"
+    else
+        echo "  FAILED (exit $rc)"
+    fi
+    echo "==========================================================="
+}
+trap summary EXIT
+
+step() {
+    local name="$1"
+    shift
+    echo
+    echo ">>> [$name] $*"
+    local t0
+    t0=$(date +%s)
+    STEPS+=("$name")
+    RESULTS+=("RUNNING")
+    TIMES+=("-")
+    local idx=$(( ${#STEPS[@]} - 1 ))
+    local rc=0
+    "$@" || rc=$?
+    TIMES[idx]=$(( $(date +%s) - t0 ))
+    if [ "$rc" -ne 0 ]; then
+        RESULTS[idx]="FAIL"
+        echo
+        echo "!!! step '$name' failed with exit code $rc: $*" >&2
+        exit "$rc"
+    fi
+    RESULTS[idx]="ok"
+}
+
+js_suite() (
+    cd "$ROOT/tests/sdk/js"
+    # One test file at a time (each starts its own gyre); files list explicit so
+    # Node 20 does not need directory globbing.
+    node --test --test-concurrency=1 --test-timeout=120000 test/*.test.mjs
+)
+
+py_suite() (
+    cd "$ROOT/tests/sdk/python"
+    "$ROOT/tests/.deps/venv/bin/python" -m pytest -p no:cacheprovider
+)
+
+step "install deps" bash tests/install-deps.sh
+step "cargo build" cargo build --workspace --all-targets
+if [ ! -x "$GYRE_BIN" ]; then
+    echo "!!! gyre binary not found at $GYRE_BIN after the build" >&2
+    exit 1
+fi
+step "cargo test" cargo test --workspace
+step "SDK tests: JavaScript (centrifuge-js, cent.js)" js_suite
+step "SDK tests: Python (centrifuge-python, cent)" py_suite
+if [ -f tests/operator/run.sh ]; then
+    step "operator install" bash tests/operator/install.sh
+    step "operator tests" bash tests/operator/run.sh
+fi
