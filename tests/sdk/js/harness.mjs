@@ -13,7 +13,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, '..', '..', '..');
 export const gyreBin = process.env.GYRE_BIN || path.join(repoRoot, 'target', 'debug', 'gyre');
 
-export const SECRET = 'gyre-sdk-test-hmac-secret';
+export const SECRET = 'gyre-sdk-test-hmac-secret-0123456789';
 export const API_KEY = 'gyre-sdk-test-api-key';
 
 // Children still alive when the process exits are killed (e.g. a test file that

@@ -32,7 +32,7 @@ import jwt
 REPO_ROOT = Path(__file__).resolve().parents[3]
 GYRE_BIN = os.environ.get("GYRE_BIN") or str(REPO_ROOT / "target" / "debug" / "gyre")
 
-SECRET = "gyre-sdk-test-hmac-secret"
+SECRET = "gyre-sdk-test-hmac-secret-0123456789"
 API_KEY = "gyre-sdk-test-api-key"
 TIMEOUT = 5.0  # default per-await timeout, seconds
 

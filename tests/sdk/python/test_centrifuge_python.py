@@ -151,8 +151,8 @@ async def test_subscription_before_connect(h):
     c, _rec = h.client(token=conn_token(user))
     srec = Recorder()
     channel = uniq("early")
-    c.new_subscription(channel, events=subscription_handler(srec))
-    await c.subscriptions[channel].subscribe()
+    sub = c.new_subscription(channel, events=subscription_handler(srec))
+    await sub.subscribe()
     await asyncio.wait_for(c.connect(), TIMEOUT)
     ctx = await srec.wait("subscribed")
     assert ctx.channel == channel

@@ -290,10 +290,10 @@ for (const build of builds) {
         token: connToken(user, { ttl: 3 }),
         getToken: async () => { calls += 1; return connToken(user, { ttl: 3600 }); },
       });
-      const log = recordEvents(c, ['connecting', 'disconnected']);
       const p = waitEvent(c, 'connected', T);
       c.connect();
       await p;
+      const log = recordEvents(c, ['connecting', 'disconnected']);
       const start = Date.now();
       while (calls === 0 && Date.now() - start < 8000) await sleep(100);
       assert.ok(calls >= 1, 'getToken was called to refresh the connection token');
