@@ -1,0 +1,478 @@
+//! Connection and subscription JWT verification with Centrifugo's semantics.
+//!
+//! jsonwebtoken only checks the signature here; every claim rule is ours,
+//! because the crate's defaults differ from Centrifugo's in ways clients
+//! notice: Centrifugo has no clock leeway, does not require `exp`, checks `aud`
+//! and `iss` only when configured (with optional regexes), and answers an
+//! expired-but-authentic token with error 109 so the SDK fetches a new one,
+//! while any other failure is a terminal 3500. An expired token is reported
+//! only after its signature verified, so 109 never leaks to a forger.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use crate::config::Token;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Authentic but past `exp`.
+    #[error("token expired")]
+    Expired,
+    /// Anything else: bad signature, unknown algorithm, bad claims.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// Per-subscription overrides (`override` claim / API `override`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubOverride {
+    /// presence
+    pub presence: Option<bool>,
+    /// join_leave
+    pub join_leave: Option<bool>,
+    /// force_push_join_leave
+    pub force_push_join_leave: Option<bool>,
+    /// force_recovery
+    pub force_recovery: Option<bool>,
+    /// force_positioning
+    pub force_positioning: Option<bool>,
+}
+
+impl SubOverride {
+    /// Parses `{"presence":{"value":true},...}`.
+    pub fn from_json(v: Option<&Value>) -> Self {
+        let get = |k: &str| v.and_then(|o| o.get(k)).and_then(|x| x.get("value")).and_then(Value::as_bool);
+        SubOverride {
+            presence: get("presence"),
+            join_leave: get("join_leave"),
+            force_push_join_leave: get("force_push_join_leave"),
+            force_recovery: get("force_recovery"),
+            force_positioning: get("force_positioning"),
+        }
+    }
+}
+
+/// Options of one server-side subscription from the `subs` claim.
+#[derive(Debug, Clone, Default)]
+pub struct SubOptions {
+    /// chan_info
+    pub info: Bytes,
+    /// data for the subscribe result
+    pub data: Bytes,
+    /// overrides
+    pub overrides: SubOverride,
+}
+
+/// Verified connection token.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectClaims {
+    /// User id ("" = anonymous).
+    pub user: String,
+    /// Connection expiry, unix seconds (`expire_at` overrides `exp`; None = never).
+    pub expire_at: Option<i64>,
+    /// conn_info
+    pub info: Bytes,
+    /// Server-side subscriptions, in token order (`subs` wins over `channels`).
+    pub subs: Vec<(String, SubOptions)>,
+    /// Server-only metadata.
+    pub meta: Option<Value>,
+}
+
+/// Verified subscription token.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeClaims {
+    /// Must match the connection's user.
+    pub user: String,
+    /// Must match the subscribe request.
+    pub channel: String,
+    /// If set, must match the client id.
+    pub client: String,
+    /// Subscription expiry (None = never).
+    pub expire_at: Option<i64>,
+    /// chan_info
+    pub info: Bytes,
+    /// Data for the subscribe result.
+    pub data: Bytes,
+    /// Overrides.
+    pub overrides: SubOverride,
+}
+
+/// Verifies tokens with one set of keys.
+#[derive(Debug)]
+pub struct TokenVerifier {
+    hmac: Option<DecodingKey>,
+    hmac_previous: Option<(DecodingKey, i64)>,
+    rsa: Option<DecodingKey>,
+    ecdsa: Option<DecodingKey>,
+    audience: String,
+    audience_re: Option<regex::Regex>,
+    issuer: String,
+    issuer_re: Option<regex::Regex>,
+    user_id_claim: String,
+    skip_signature: bool,
+}
+
+/// A key the config could not load; names the key for the error message.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct KeyError {
+    /// Config key.
+    pub key: String,
+    /// Problem.
+    pub message: String,
+}
+
+impl TokenVerifier {
+    /// Builds a verifier; `prefix` names the config section for errors
+    /// (`client.token` or `client.subscription_token`).
+    pub fn new(cfg: &Token, prefix: &str, skip_signature: bool) -> Result<Self, KeyError> {
+        let err = |k: &str, m: String| KeyError { key: format!("{prefix}.{k}"), message: m };
+        let rsa = if cfg.rsa_public_key.is_empty() {
+            None
+        } else {
+            Some(DecodingKey::from_rsa_pem(pem_bytes(&cfg.rsa_public_key).as_bytes()).map_err(|e| err("rsa_public_key", e.to_string()))?)
+        };
+        let ecdsa = if cfg.ecdsa_public_key.is_empty() {
+            None
+        } else {
+            Some(DecodingKey::from_ec_pem(pem_bytes(&cfg.ecdsa_public_key).as_bytes()).map_err(|e| err("ecdsa_public_key", e.to_string()))?)
+        };
+        let re = |k: &str, s: &str| -> Result<Option<regex::Regex>, KeyError> {
+            if s.is_empty() { Ok(None) } else { regex::Regex::new(s).map(Some).map_err(|e| err(k, e.to_string())) }
+        };
+        Ok(TokenVerifier {
+            hmac: if cfg.hmac_secret_key.is_empty() {
+                None
+            } else {
+                Some(DecodingKey::from_secret(cfg.hmac_secret_key.as_bytes()).map_err(|e| err("hmac_secret_key", e.to_string()))?)
+            },
+            hmac_previous: if cfg.hmac_previous_secret_key.is_empty() {
+                None
+            } else {
+                let k = DecodingKey::from_secret(cfg.hmac_previous_secret_key.as_bytes())
+                    .map_err(|e| err("hmac_previous_secret_key", e.to_string()))?;
+                Some((k, cfg.hmac_previous_secret_key_valid_until))
+            },
+            rsa,
+            ecdsa,
+            audience: cfg.audience.clone(),
+            audience_re: re("audience_regex", &cfg.audience_regex)?,
+            issuer: cfg.issuer.clone(),
+            issuer_re: re("issuer_regex", &cfg.issuer_regex)?,
+            user_id_claim: if cfg.user_id_claim.is_empty() { "sub".into() } else { cfg.user_id_claim.clone() },
+            skip_signature,
+        })
+    }
+
+    /// Whether any key is configured (tokens can be verified at all).
+    pub fn has_keys(&self) -> bool {
+        self.hmac.is_some() || self.rsa.is_some() || self.ecdsa.is_some() || self.skip_signature
+    }
+
+    fn verify_signature(&self, token: &str, now: i64) -> Result<Map<String, Value>, TokenError> {
+        let inv = |m: &str| TokenError::Invalid(m.to_string());
+        if self.skip_signature {
+            return jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token)
+                .map(|d| d.claims)
+                .map_err(|e| TokenError::Invalid(e.to_string()));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let mut v = Validation::new(header.alg);
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        v.leeway = 0;
+        let try_key = |key: &DecodingKey| {
+            jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map(|d| d.claims)
+        };
+        match header.alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                let secret = self.hmac.as_ref().ok_or_else(|| inv("HMAC key not configured"))?;
+                match try_key(secret) {
+                    Ok(c) => Ok(c),
+                    Err(e) => match &self.hmac_previous {
+                        Some((prev, until)) if *until == 0 || now < *until => {
+                            try_key(prev).map_err(|e| TokenError::Invalid(e.to_string()))
+                        }
+                        _ => Err(TokenError::Invalid(e.to_string())),
+                    },
+                }
+            }
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => {
+                let key = self.rsa.as_ref().ok_or_else(|| inv("RSA key not configured"))?;
+                try_key(key).map_err(|e| TokenError::Invalid(e.to_string()))
+            }
+            Algorithm::ES256 | Algorithm::ES384 => {
+                let key = self.ecdsa.as_ref().ok_or_else(|| inv("ECDSA key not configured"))?;
+                try_key(key).map_err(|e| TokenError::Invalid(e.to_string()))
+            }
+            other => Err(TokenError::Invalid(format!("unsupported algorithm {other:?}"))),
+        }
+    }
+
+    fn check_claims(&self, c: &Map<String, Value>, now: i64) -> Result<(), TokenError> {
+        let inv = |m: &str| TokenError::Invalid(m.to_string());
+        if let Some(nbf) = c.get("nbf") {
+            let nbf = nbf.as_f64().ok_or_else(|| inv("nbf must be a number"))?;
+            if (now as f64) < nbf {
+                return Err(inv("token not valid yet (nbf)"));
+            }
+        }
+        if !self.audience.is_empty() || self.audience_re.is_some() {
+            let auds: Vec<&str> = match c.get("aud") {
+                Some(Value::String(s)) => vec![s.as_str()],
+                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            let ok = auds.iter().any(|a| {
+                (!self.audience.is_empty() && *a == self.audience)
+                    || self.audience_re.as_ref().is_some_and(|re| re.is_match(a))
+            });
+            if !ok {
+                return Err(inv("audience mismatch"));
+            }
+        }
+        if !self.issuer.is_empty() || self.issuer_re.is_some() {
+            let iss = c.get("iss").and_then(Value::as_str).unwrap_or("");
+            let ok = (!self.issuer.is_empty() && iss == self.issuer)
+                || self.issuer_re.as_ref().is_some_and(|re| re.is_match(iss));
+            if !ok {
+                return Err(inv("issuer mismatch"));
+            }
+        }
+        if let Some(exp) = c.get("exp") {
+            let exp = exp.as_f64().ok_or_else(|| inv("exp must be a number"))?;
+            if exp <= now as f64 {
+                return Err(TokenError::Expired);
+            }
+        }
+        Ok(())
+    }
+
+    fn verify(&self, token: &str, now: i64) -> Result<Map<String, Value>, TokenError> {
+        let claims = self.verify_signature(token, now)?;
+        self.check_claims(&claims, now)?;
+        Ok(claims)
+    }
+
+    /// Verifies a connection token.
+    pub fn verify_connect(&self, token: &str, now: i64) -> Result<ConnectClaims, TokenError> {
+        let c = self.verify(token, now)?;
+        if c.contains_key("channel") {
+            return Err(TokenError::Invalid("connection token must not have a channel claim".into()));
+        }
+        let user = match c.get(&self.user_id_claim) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+        let mut subs: Vec<(String, SubOptions)> = Vec::new();
+        if let Some(Value::Object(m)) = c.get("subs") {
+            for (ch, o) in m {
+                subs.push((ch.clone(), sub_options(o)?));
+            }
+        }
+        if let Some(chs) = c.get("channels") {
+            let chs = chs.as_array().ok_or_else(|| TokenError::Invalid("channels must be an array".into()))?;
+            for ch in chs {
+                let ch = ch.as_str().ok_or_else(|| TokenError::Invalid("channels must be strings".into()))?;
+                if !subs.iter().any(|(c, _)| c == ch) {
+                    subs.push((ch.to_string(), SubOptions::default()));
+                }
+            }
+        }
+        Ok(ConnectClaims {
+            user,
+            expire_at: expiry(&c)?,
+            info: info_claim(&c)?,
+            subs,
+            meta: c.get("meta").cloned(),
+        })
+    }
+
+    /// Verifies a subscription token.
+    pub fn verify_subscribe(&self, token: &str, now: i64) -> Result<SubscribeClaims, TokenError> {
+        let c = self.verify(token, now)?;
+        let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let channel = s("channel");
+        if channel.is_empty() {
+            return Err(TokenError::Invalid("subscription token without channel".into()));
+        }
+        Ok(SubscribeClaims {
+            user: match c.get(&self.user_id_claim) {
+                Some(Value::String(u)) => u.clone(),
+                _ => String::new(),
+            },
+            channel,
+            client: s("client"),
+            expire_at: expiry(&c)?,
+            info: info_claim(&c)?,
+            data: data_claim(&c, "data", "b64data")?,
+            overrides: SubOverride::from_json(c.get("override")),
+        })
+    }
+}
+
+/// PEM given as raw text or base64 of the PEM text (files are resolved by the loader).
+fn pem_bytes(s: &str) -> String {
+    if s.contains("-----BEGIN") {
+        return s.to_string();
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| s.to_string())
+}
+
+fn expiry(c: &Map<String, Value>) -> Result<Option<i64>, TokenError> {
+    if let Some(v) = c.get("expire_at") {
+        let at = v.as_f64().ok_or_else(|| TokenError::Invalid("expire_at must be a number".into()))? as i64;
+        return Ok(if at == 0 { None } else { Some(at) });
+    }
+    Ok(c.get("exp").and_then(Value::as_f64).map(|e| e as i64))
+}
+
+fn info_claim(c: &Map<String, Value>) -> Result<Bytes, TokenError> {
+    data_claim(c, "info", "b64info")
+}
+
+fn data_claim(c: &Map<String, Value>, key: &str, b64key: &str) -> Result<Bytes, TokenError> {
+    if let Some(b) = c.get(b64key).and_then(Value::as_str) {
+        return base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map(Bytes::from)
+            .map_err(|_| TokenError::Invalid(format!("{b64key} is not valid base64")));
+    }
+    Ok(match c.get(key) {
+        None | Some(Value::Null) => Bytes::new(),
+        Some(v) => Bytes::from(v.to_string()),
+    })
+}
+
+fn sub_options(o: &Value) -> Result<SubOptions, TokenError> {
+    let m = match o {
+        Value::Object(m) => m,
+        _ => return Ok(SubOptions::default()),
+    };
+    Ok(SubOptions {
+        info: data_claim(m, "info", "b64info")?,
+        data: data_claim(m, "data", "b64data")?,
+        overrides: SubOverride::from_json(m.get("override")),
+    })
+}
+
+/// Mints an HS256 token (CLI `gentoken`/`gensubtoken`, tests).
+pub fn sign_hs256(secret: &str, claims: &HashMap<String, Value>) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("any byte string is an HMAC key"),
+    )
+    .expect("HS256 signing of a JSON map cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(v: Value) -> HashMap<String, Value> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn verifier(f: impl FnOnce(&mut Token)) -> TokenVerifier {
+        let mut t = Token { hmac_secret_key: "secret".into(), ..Default::default() };
+        f(&mut t);
+        TokenVerifier::new(&t, "client.token", false).unwrap()
+    }
+
+    const NOW: i64 = 1_800_000_000;
+
+    #[test]
+    fn hmac_connect_token_with_claims() {
+        let v = verifier(|_| {});
+        let t = sign_hs256("secret", &claims(json!({"sub":"42","exp":NOW+60,"info":{"n":1},"channels":["a","b"],"subs":{"a":{"info":{"x":1}}}})));
+        let c = v.verify_connect(&t, NOW).unwrap();
+        assert_eq!(c.user, "42");
+        assert_eq!(c.expire_at, Some(NOW + 60));
+        assert_eq!(&c.info[..], br#"{"n":1}"#);
+        assert_eq!(c.subs.len(), 2);
+        assert_eq!(&c.subs[0].1.info[..], br#"{"x":1}"#);
+    }
+
+    #[test]
+    fn expiry_is_strict_and_reported_only_for_authentic_tokens() {
+        let v = verifier(|_| {});
+        let t = sign_hs256("secret", &claims(json!({"sub":"1","exp":NOW})));
+        assert_eq!(v.verify_connect(&t, NOW).unwrap_err(), TokenError::Expired);
+        let forged = sign_hs256("other", &claims(json!({"sub":"1","exp":NOW - 10})));
+        assert!(matches!(v.verify_connect(&forged, NOW), Err(TokenError::Invalid(_))));
+        // No exp: valid forever.
+        let t = sign_hs256("secret", &claims(json!({"sub":"1"})));
+        assert_eq!(v.verify_connect(&t, NOW).unwrap().expire_at, None);
+        // expire_at 0 = never, even with exp.
+        let t = sign_hs256("secret", &claims(json!({"sub":"1","exp":NOW+5,"expire_at":0})));
+        assert_eq!(v.verify_connect(&t, NOW).unwrap().expire_at, None);
+    }
+
+    #[test]
+    fn audience_issuer_nbf() {
+        let v = verifier(|t| {
+            t.audience = "gyre".into();
+            t.issuer = "backend".into();
+        });
+        let ok = sign_hs256("secret", &claims(json!({"sub":"1","aud":["x","gyre"],"iss":"backend"})));
+        assert!(v.verify_connect(&ok, NOW).is_ok());
+        let bad_aud = sign_hs256("secret", &claims(json!({"sub":"1","aud":"x","iss":"backend"})));
+        assert!(matches!(v.verify_connect(&bad_aud, NOW), Err(TokenError::Invalid(_))));
+        let bad_iss = sign_hs256("secret", &claims(json!({"sub":"1","aud":"gyre","iss":"evil"})));
+        assert!(matches!(v.verify_connect(&bad_iss, NOW), Err(TokenError::Invalid(_))));
+        let v = verifier(|_| {});
+        let nbf = sign_hs256("secret", &claims(json!({"sub":"1","nbf":NOW+10})));
+        assert!(matches!(v.verify_connect(&nbf, NOW), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn refuses_wrong_family_garbage_and_channel_claim() {
+        let v = verifier(|_| {});
+        assert!(matches!(v.verify_connect("a.b.c", NOW), Err(TokenError::Invalid(_))));
+        assert!(matches!(v.verify_connect("", NOW), Err(TokenError::Invalid(_))));
+        let t = sign_hs256("secret", &claims(json!({"sub":"1","channel":"x"})));
+        assert!(matches!(v.verify_connect(&t, NOW), Err(TokenError::Invalid(_))));
+        // alg none
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiIxIn0.";
+        assert!(matches!(v.verify_connect(none, NOW), Err(TokenError::Invalid(_))));
+        // RS256 header without an RSA key configured
+        let rs = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.c2ln";
+        assert!(matches!(v.verify_connect(rs, NOW), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn previous_hmac_key_until_deadline() {
+        let v = verifier(|t| {
+            t.hmac_previous_secret_key = "old".into();
+            t.hmac_previous_secret_key_valid_until = NOW + 100;
+        });
+        let t = sign_hs256("old", &claims(json!({"sub":"1"})));
+        assert!(v.verify_connect(&t, NOW).is_ok());
+        assert!(v.verify_connect(&t, NOW + 100).is_err());
+    }
+
+    #[test]
+    fn subscription_token() {
+        let v = verifier(|_| {});
+        let t = sign_hs256("secret", &claims(json!({"sub":"1","channel":"$x","exp":NOW+30,"override":{"presence":{"value":true}}})));
+        let c = v.verify_subscribe(&t, NOW).unwrap();
+        assert_eq!(c.channel, "$x");
+        assert_eq!(c.overrides.presence, Some(true));
+        let no_channel = sign_hs256("secret", &claims(json!({"sub":"1"})));
+        assert!(v.verify_subscribe(&no_channel, NOW).is_err());
+    }
+}

@@ -1,0 +1,1190 @@
+//! The one typed configuration tree, with Centrifugo v6 key names and defaults.
+//!
+//! Loading (file formats, `CENTRIFUGO_*` env vars, flags) happens in the server
+//! crate; this module only defines the shape, the defaults and [`Config::validate`],
+//! which reports every problem at once, each naming its key. Library code never
+//! reads the environment.
+//!
+//! Every section derives `Serialize` as well: the server walks the serialized
+//! default tree to learn which env vars exist, so a key added here is
+//! automatically reachable from the environment.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration written as a Go-style string (`"25s"`, `"1m30s"`, `"720h"`,
+/// `"500ms"`); a bare JSON number is nanoseconds, as in Centrifugo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    /// Whole seconds.
+    pub const fn secs(s: u64) -> Self {
+        Dur(Duration::from_secs(s))
+    }
+    /// Milliseconds.
+    pub const fn millis(ms: u64) -> Self {
+        Dur(Duration::from_millis(ms))
+    }
+    /// Zero.
+    pub const ZERO: Dur = Dur(Duration::ZERO);
+}
+
+/// Parses a Go-style duration string; `-1`-style negative values map to `None`.
+pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
+    let s = s.trim();
+    if s.is_empty() || s == "0" {
+        return Ok(Some(Duration::ZERO));
+    }
+    if s.starts_with('-') {
+        return Ok(None);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit in duration {s:?}"))?;
+        if num_end == 0 {
+            return Err(format!("invalid duration {s:?}"));
+        }
+        let n: f64 = rest[..num_end]
+            .parse()
+            .map_err(|_| format!("invalid number in duration {s:?}"))?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
+        };
+        total += n * mult;
+        rest = &rest[unit_end..];
+    }
+    Ok(Some(Duration::from_secs_f64(total)))
+}
+
+fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        let s = ms / 1000;
+        if s % 3600 == 0 && s != 0 {
+            format!("{}h", s / 3600)
+        } else if s % 60 == 0 && s != 0 {
+            format!("{}m", s / 60)
+        } else {
+            format!("{s}s")
+        }
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string like \"25s\" or a number of nanoseconds")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
+                match parse_duration(v).map_err(E::custom)? {
+                    Some(d) => Ok(Dur(d)),
+                    None => Ok(Dur(Duration::ZERO)),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dur, E> {
+                Ok(Dur(Duration::from_nanos(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Dur, E> {
+                Ok(Dur(Duration::from_nanos(v.max(0) as u64)))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Dur, E> {
+                Ok(Dur(Duration::from_nanos(v.max(0.0) as u64)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A ping interval or pong timeout: a duration, or disabled by `-1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptDur(pub Option<Duration>);
+
+impl Serialize for OptDur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(d) => s.serialize_str(&format_duration(d)),
+            None => s.serialize_str("-1"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OptDur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        match v {
+            serde_json::Value::String(s) => parse_duration(&s).map(OptDur).map_err(serde::de::Error::custom),
+            serde_json::Value::Number(n) => {
+                let n = n.as_f64().unwrap_or(0.0);
+                Ok(OptDur(if n < 0.0 { None } else { Some(Duration::from_nanos(n as u64)) }))
+            }
+            other => Err(serde::de::Error::custom(format!("expected a duration, got {other}"))),
+        }
+    }
+}
+
+macro_rules! default_fn {
+    ($name:ident, $t:ty, $v:expr) => {
+        fn $name() -> $t {
+            $v
+        }
+    };
+}
+
+default_fn!(d_port, u16, 8000);
+default_fn!(d_ping, OptDur, OptDur(Some(Duration::from_secs(25))));
+default_fn!(d_pong, OptDur, OptDur(Some(Duration::from_secs(8))));
+default_fn!(d_25s, Dur, Dur::secs(25));
+default_fn!(d_10s, Dur, Dur::secs(10));
+default_fn!(d_27s, Dur, Dur::secs(27));
+default_fn!(d_40s, Dur, Dur::secs(40));
+default_fn!(d_30s, Dur, Dur::secs(30));
+default_fn!(d_1s, Dur, Dur::secs(1));
+default_fn!(d_720h, Dur, Dur::secs(720 * 3600));
+default_fn!(d_128, usize, 128);
+default_fn!(d_300, usize, 300);
+default_fn!(d_queue, usize, 1_048_576);
+default_fn!(d_msg_limit, usize, 65_536);
+default_fn!(d_255, usize, 255);
+default_fn!(d_private, String, "$".into());
+default_fn!(d_ns_boundary, String, ":".into());
+default_fn!(d_user_boundary, String, "#".into());
+default_fn!(d_user_sep, String, ",".into());
+default_fn!(d_api_prefix, String, "/api".into());
+default_fn!(d_ws_prefix, String, "/connection/websocket".into());
+default_fn!(d_sse_prefix, String, "/connection/sse".into());
+default_fn!(d_hs_prefix, String, "/connection/http_stream".into());
+default_fn!(d_emu_prefix, String, "/emulation".into());
+default_fn!(d_uws_prefix, String, "/connection/uni_websocket".into());
+default_fn!(d_usse_prefix, String, "/connection/uni_sse".into());
+default_fn!(d_uhs_prefix, String, "/connection/uni_http_stream".into());
+default_fn!(d_sockjs_prefix, String, "/connection/sockjs".into());
+default_fn!(d_health_prefix, String, "/health".into());
+default_fn!(d_metrics_prefix, String, "/metrics".into());
+default_fn!(d_init_prefix, String, "/connection/init".into());
+default_fn!(d_ping_method, String, "ping".into());
+default_fn!(d_info, String, "info".into());
+default_fn!(d_memory, String, "memory".into());
+default_fn!(d_nats_url, String, "nats://localhost:4222".into());
+default_fn!(d_prefix, String, "centrifugo".into());
+default_fn!(d_body_limit, usize, 65_536);
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Config {
+    /// Listeners.
+    pub http_server: HttpServer,
+    /// Logging.
+    pub log: Log,
+    /// Real-time connection options.
+    pub client: Client,
+    /// Channel options and namespaces.
+    pub channel: Channel,
+    /// RPC options.
+    pub rpc: Rpc,
+    /// Combined broker and presence manager.
+    pub engine: Engine,
+    /// A separately configured broker.
+    pub broker: Broker,
+    /// A separately configured presence manager.
+    pub presence_manager: PresenceManager,
+    /// The HTTP server API.
+    pub http_api: HttpApi,
+    /// Bidirectional WebSocket.
+    pub websocket: WebSocket,
+    /// SSE emulation.
+    pub sse: Streaming<SsePrefix>,
+    /// HTTP-streaming emulation.
+    pub http_stream: Streaming<HttpStreamPrefix>,
+    /// Emulation endpoint.
+    pub emulation: Emulation,
+    /// Unidirectional WebSocket.
+    pub uni_websocket: UniWebSocket,
+    /// Unidirectional SSE.
+    pub uni_sse: Streaming<UniSsePrefix>,
+    /// Unidirectional HTTP-streaming.
+    pub uni_http_stream: Streaming<UniHttpStreamPrefix>,
+    /// SockJS (Centrifugo v3–v5 transport, served by Gyre for old clients).
+    pub sockjs: SockJs,
+    /// `/health`.
+    pub health: Endpoint<HealthPrefix>,
+    /// `/metrics`.
+    pub prometheus: Endpoint<MetricsPrefix>,
+    /// `/connection/init`.
+    pub init: Endpoint<InitPrefix>,
+    /// Admin web UI (not served by Gyre yet; keys accepted for compatibility).
+    pub admin: Admin,
+    /// Gyre's demo page at `/`.
+    pub demo: Demo,
+    /// Node identity.
+    pub node: NodeSection,
+    /// Graceful shutdown.
+    pub shutdown: Shutdown,
+    /// Write the process id to this file.
+    pub pid_file: String,
+}
+
+/// `http_server.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpServer {
+    /// Bind address ("" = all interfaces).
+    pub address: String,
+    /// External port.
+    pub port: u16,
+    /// Internal listener address (falls back to `address`).
+    pub internal_address: String,
+    /// Internal port; 0 = same as `port`.
+    pub internal_port: u16,
+}
+
+impl Default for HttpServer {
+    fn default() -> Self {
+        HttpServer { address: String::new(), port: d_port(), internal_address: String::new(), internal_port: 0 }
+    }
+}
+
+/// `log.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Log {
+    /// none|trace|debug|info|warn|error
+    pub level: String,
+    /// Log to this file instead of stdout.
+    pub file: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: d_info(), file: String::new() }
+    }
+}
+
+/// Token verification keys and claim checks (`client.token.*`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Token {
+    /// HMAC secret (HS256/384/512).
+    pub hmac_secret_key: String,
+    /// Previous HMAC secret, tried when the current one fails.
+    pub hmac_previous_secret_key: String,
+    /// Unix seconds until which the previous key is accepted (0 = no limit).
+    pub hmac_previous_secret_key_valid_until: i64,
+    /// RSA public key PEM (RS256/384/512).
+    pub rsa_public_key: String,
+    /// ECDSA public key PEM (ES256/384).
+    pub ecdsa_public_key: String,
+    /// JWKS URL; when set, static keys are not used.
+    pub jwks_public_endpoint: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// Regex `aud` must match.
+    pub audience_regex: String,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Regex `iss` must match.
+    pub issuer_regex: String,
+    /// Claim holding the user id (default `sub`).
+    pub user_id_claim: String,
+    /// Allow JWKS endpoints on private networks/plain HTTP.
+    pub insecure_skip_jwks_endpoint_safety_check: bool,
+}
+
+/// `client.subscription_token.*`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct SubscriptionToken {
+    /// Use these keys for subscription tokens instead of `client.token`.
+    pub enabled: bool,
+    /// The keys.
+    #[serde(flatten)]
+    pub token: Token,
+}
+
+/// `client.subscribe_to_user_personal_channel.*`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct PersonalChannel {
+    /// Subscribe every authenticated connection to its personal channel.
+    pub enabled: bool,
+    /// Namespace of the personal channel.
+    pub personal_channel_namespace: String,
+    /// Keep one connection per user (needs presence).
+    pub single_connection: bool,
+}
+
+/// `client.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Client {
+    /// Origin glob patterns; empty = only requests without `Origin`.
+    pub allowed_origins: Vec<String>,
+    /// Connection token verification.
+    pub token: Token,
+    /// Subscription token verification.
+    pub subscription_token: SubscriptionToken,
+    /// Accept connections without a token as anonymous.
+    pub allow_anonymous_connect_without_token: bool,
+    /// Reject connection tokens with an empty `sub`.
+    pub disallow_anonymous_connection_tokens: bool,
+    /// Server ping interval (`-1` disables).
+    #[serde(default = "d_ping")]
+    pub ping_interval: OptDur,
+    /// Pong timeout (`-1` disables).
+    #[serde(default = "d_pong")]
+    pub pong_timeout: OptDur,
+    /// Grace after connection expiry.
+    #[serde(default = "d_25s")]
+    pub expired_close_delay: Dur,
+    /// Grace after subscription expiry.
+    #[serde(default = "d_25s")]
+    pub expired_sub_close_delay: Dur,
+    /// Connect must arrive within this.
+    #[serde(default = "d_10s")]
+    pub stale_close_delay: Dur,
+    /// Channels per connection.
+    #[serde(default = "d_128")]
+    pub channel_limit: usize,
+    /// Bytes per connection outgoing queue.
+    #[serde(default = "d_queue")]
+    pub queue_max_size: usize,
+    /// Presence refresh and periodic checks.
+    #[serde(default = "d_27s")]
+    pub presence_update_interval: Dur,
+    /// Commands processed concurrently (accepted, Gyre processes in order).
+    pub concurrency: usize,
+    /// Delay between stream position checks.
+    #[serde(default = "d_40s")]
+    pub channel_position_check_delay: Dur,
+    /// Max lag of position (0 = disabled).
+    pub channel_position_max_time_lag: Dur,
+    /// Connections per node (0 = unlimited).
+    pub connection_limit: usize,
+    /// Connections per user per node (0 = unlimited).
+    pub user_connection_limit: usize,
+    /// New connections per second per node (0 = unlimited).
+    pub connection_rate_limit: usize,
+    /// Add server time to the connect reply.
+    pub connect_include_server_time: bool,
+    /// Max publications per history request.
+    #[serde(default = "d_300")]
+    pub history_max_publication_limit: usize,
+    /// Max publications recovered per subscribe.
+    #[serde(default = "d_300")]
+    pub recovery_max_publication_limit: usize,
+    /// Skip token signature checks (testing only).
+    pub insecure_skip_token_signature_verify: bool,
+    /// Trust this request header as the user id.
+    pub user_id_http_header: String,
+    /// Development mode: everything allowed.
+    pub insecure: bool,
+    /// Personal channel auto-subscription.
+    pub subscribe_to_user_personal_channel: PersonalChannel,
+    /// Connect error code transforms for unidirectional transports.
+    pub connect_code_to_unidirectional_disconnect: serde_json::Value,
+    /// Connect/refresh proxies (not implemented yet; must stay disabled).
+    pub proxy: serde_json::Value,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client {
+            allowed_origins: Vec::new(),
+            token: Token::default(),
+            subscription_token: SubscriptionToken::default(),
+            allow_anonymous_connect_without_token: false,
+            disallow_anonymous_connection_tokens: false,
+            ping_interval: d_ping(),
+            pong_timeout: d_pong(),
+            expired_close_delay: d_25s(),
+            expired_sub_close_delay: d_25s(),
+            stale_close_delay: d_10s(),
+            channel_limit: d_128(),
+            queue_max_size: d_queue(),
+            presence_update_interval: d_27s(),
+            concurrency: 0,
+            channel_position_check_delay: d_40s(),
+            channel_position_max_time_lag: Dur::ZERO,
+            connection_limit: 0,
+            user_connection_limit: 0,
+            connection_rate_limit: 0,
+            connect_include_server_time: false,
+            history_max_publication_limit: d_300(),
+            recovery_max_publication_limit: d_300(),
+            insecure_skip_token_signature_verify: false,
+            user_id_http_header: String::new(),
+            insecure: false,
+            subscribe_to_user_personal_channel: PersonalChannel::default(),
+            connect_code_to_unidirectional_disconnect: serde_json::Value::Null,
+            proxy: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Options of a channel namespace (or of channels without namespace).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct ChannelOptions {
+    /// Maintain presence.
+    pub presence: bool,
+    /// Publish join/leave events.
+    pub join_leave: bool,
+    /// Push join/leave to all subscribers.
+    pub force_push_join_leave: bool,
+    /// History stream size.
+    pub history_size: usize,
+    /// History retention.
+    pub history_ttl: Dur,
+    /// Stream meta retention (0 = `channel.history_meta_ttl`).
+    pub history_meta_ttl: Dur,
+    /// Positioning for all subscribers.
+    pub force_positioning: bool,
+    /// Allow clients to ask for positioning.
+    pub allow_positioning: bool,
+    /// Recovery for all subscribers.
+    pub force_recovery: bool,
+    /// Allow clients to ask for recovery.
+    pub allow_recovery: bool,
+    /// `stream` (default) or `cache`.
+    pub force_recovery_mode: String,
+    /// Deliver the latest publication on every subscribe (cache mode).
+    pub auto_cache_recover: bool,
+    /// `["fossil"]` enables delta negotiation.
+    pub allowed_delta_types: Vec<String>,
+    /// Mark all publications as delta-capable.
+    pub delta_publish: bool,
+    /// Allow client tag filters.
+    pub allow_tags_filter: bool,
+    /// Authenticated users may subscribe.
+    pub allow_subscribe_for_client: bool,
+    /// Anonymous users may subscribe too.
+    pub allow_subscribe_for_anonymous: bool,
+    /// Authenticated users may publish.
+    pub allow_publish_for_client: bool,
+    /// Subscribers may publish.
+    pub allow_publish_for_subscriber: bool,
+    /// Extends publish permissions to anonymous users.
+    pub allow_publish_for_anonymous: bool,
+    /// Presence for authenticated users.
+    pub allow_presence_for_client: bool,
+    /// Presence for subscribers.
+    pub allow_presence_for_subscriber: bool,
+    /// Presence for anonymous users.
+    pub allow_presence_for_anonymous: bool,
+    /// History for authenticated users.
+    pub allow_history_for_client: bool,
+    /// History for subscribers.
+    pub allow_history_for_subscriber: bool,
+    /// History for anonymous users.
+    pub allow_history_for_anonymous: bool,
+    /// Enable `#` user-limited channels.
+    pub allow_user_limited_channels: bool,
+    /// Regex the channel (after `ns:`) must match.
+    pub channel_regex: String,
+    /// "", json, json_object or binary.
+    pub publication_data_format: String,
+    /// Subscribe proxy (not implemented yet).
+    pub subscribe_proxy_enabled: bool,
+    /// Publish proxy (not implemented yet).
+    pub publish_proxy_enabled: bool,
+    /// Sub refresh proxy (not implemented yet).
+    pub sub_refresh_proxy_enabled: bool,
+    /// Subscribe stream proxy (not implemented yet).
+    pub subscribe_stream_proxy_enabled: bool,
+    /// Experimental subscription type.
+    pub subscription_type: String,
+}
+
+impl ChannelOptions {
+    /// History is on when both size and ttl are set.
+    pub fn history_enabled(&self) -> bool {
+        self.history_size > 0 && !self.history_ttl.0.is_zero()
+    }
+}
+
+/// A named namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct Namespace {
+    /// Namespace name.
+    pub name: String,
+    /// Its options.
+    #[serde(flatten)]
+    pub options: ChannelOptions,
+}
+
+/// `channel.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Channel {
+    /// Options of channels without a namespace.
+    pub without_namespace: ChannelOptions,
+    /// Namespaces.
+    pub namespaces: Vec<Namespace>,
+    /// Default stream meta retention.
+    #[serde(default = "d_720h")]
+    pub history_meta_ttl: Dur,
+    /// Global publication data format.
+    pub publication_data_format: String,
+    /// Max channel name length.
+    #[serde(default = "d_255")]
+    pub max_length: usize,
+    /// Private channel prefix.
+    #[serde(default = "d_private")]
+    pub private_prefix: String,
+    /// Namespace boundary.
+    #[serde(default = "d_ns_boundary")]
+    pub namespace_boundary: String,
+    /// User boundary.
+    #[serde(default = "d_user_boundary")]
+    pub user_boundary: String,
+    /// User separator.
+    #[serde(default = "d_user_sep")]
+    pub user_separator: String,
+    /// Channel proxies (not implemented yet).
+    pub proxy: serde_json::Value,
+}
+
+impl Default for Channel {
+    fn default() -> Self {
+        Channel {
+            without_namespace: ChannelOptions::default(),
+            namespaces: Vec::new(),
+            history_meta_ttl: d_720h(),
+            publication_data_format: String::new(),
+            max_length: d_255(),
+            private_prefix: d_private(),
+            namespace_boundary: d_ns_boundary(),
+            user_boundary: d_user_boundary(),
+            user_separator: d_user_sep(),
+            proxy: serde_json::Value::Null,
+        }
+    }
+}
+
+/// `rpc.ping.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RpcPing {
+    /// Enable the built-in ping RPC.
+    pub enabled: bool,
+    /// Its method name.
+    pub method: String,
+}
+
+impl Default for RpcPing {
+    fn default() -> Self {
+        RpcPing { enabled: false, method: d_ping_method() }
+    }
+}
+
+/// RPC namespace options.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct RpcOptions {
+    /// Forward to the RPC proxy.
+    pub proxy_enabled: bool,
+    /// Which proxy.
+    pub proxy_name: String,
+}
+
+/// A named RPC namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct RpcNamespace {
+    /// Name.
+    pub name: String,
+    /// Options.
+    #[serde(flatten)]
+    pub options: RpcOptions,
+}
+
+/// `rpc.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rpc {
+    /// Built-in ping.
+    pub ping: RpcPing,
+    /// RPC namespace boundary.
+    #[serde(default = "d_ns_boundary")]
+    pub namespace_boundary: String,
+    /// Options for methods without namespace.
+    pub without_namespace: RpcOptions,
+    /// RPC namespaces.
+    pub namespaces: Vec<RpcNamespace>,
+    /// RPC proxy (not implemented yet).
+    pub proxy: serde_json::Value,
+}
+
+impl Default for Rpc {
+    fn default() -> Self {
+        Rpc {
+            ping: RpcPing::default(),
+            namespace_boundary: d_ns_boundary(),
+            without_namespace: RpcOptions::default(),
+            namespaces: Vec::new(),
+            proxy: serde_json::Value::Null,
+        }
+    }
+}
+
+/// `engine.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Engine {
+    /// `memory` (Gyre has no Redis engine).
+    #[serde(rename = "type")]
+    pub typ: String,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine { typ: d_memory() }
+    }
+}
+
+/// `broker.nats.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Nats {
+    /// Server URL.
+    pub url: String,
+    /// Subject prefix.
+    pub prefix: String,
+    /// Dial timeout.
+    #[serde(default = "d_1s")]
+    pub dial_timeout: Dur,
+    /// Write timeout.
+    #[serde(default = "d_1s")]
+    pub write_timeout: Dur,
+}
+
+impl Default for Nats {
+    fn default() -> Self {
+        Nats { url: d_nats_url(), prefix: d_prefix(), dial_timeout: d_1s(), write_timeout: d_1s() }
+    }
+}
+
+/// `broker.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Broker {
+    /// Use this broker instead of the engine's.
+    pub enabled: bool,
+    /// `memory` or `nats`.
+    #[serde(rename = "type")]
+    pub typ: String,
+    /// NATS options.
+    pub nats: Nats,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Broker { enabled: false, typ: d_memory(), nats: Nats::default() }
+    }
+}
+
+/// `presence_manager.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PresenceManager {
+    /// Use this presence manager instead of the engine's.
+    pub enabled: bool,
+    /// `memory` or `nats`.
+    #[serde(rename = "type")]
+    pub typ: String,
+}
+
+impl Default for PresenceManager {
+    fn default() -> Self {
+        PresenceManager { enabled: false, typ: d_memory() }
+    }
+}
+
+/// `http_api.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpApi {
+    /// Remove the API.
+    pub disabled: bool,
+    /// Mount point.
+    #[serde(default = "d_api_prefix")]
+    pub handler_prefix: String,
+    /// API key.
+    pub key: String,
+    /// "" or "transport".
+    pub error_mode: String,
+    /// Serve on the external listener.
+    pub external: bool,
+    /// No key check.
+    pub insecure: bool,
+}
+
+impl Default for HttpApi {
+    fn default() -> Self {
+        HttpApi {
+            disabled: false,
+            handler_prefix: d_api_prefix(),
+            key: String::new(),
+            error_mode: String::new(),
+            external: false,
+            insecure: false,
+        }
+    }
+}
+
+/// `websocket.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebSocket {
+    /// Remove the endpoint.
+    pub disabled: bool,
+    /// Path.
+    #[serde(default = "d_ws_prefix")]
+    pub handler_prefix: String,
+    /// permessage-deflate (not supported by Gyre yet; must stay false).
+    pub compression: bool,
+    /// Max incoming message size.
+    #[serde(default = "d_msg_limit")]
+    pub message_size_limit: usize,
+    /// Write timeout.
+    #[serde(default = "d_1s")]
+    pub write_timeout: Dur,
+    /// Read buffer size hint.
+    pub read_buffer_size: usize,
+    /// Write buffer size hint.
+    pub write_buffer_size: usize,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        WebSocket {
+            disabled: false,
+            handler_prefix: d_ws_prefix(),
+            compression: false,
+            message_size_limit: d_msg_limit(),
+            write_timeout: d_1s(),
+            read_buffer_size: 0,
+            write_buffer_size: 0,
+        }
+    }
+}
+
+/// Gives each endpoint section type its default path.
+pub trait DefaultPrefix {
+    /// The default `handler_prefix`.
+    fn prefix() -> String;
+}
+
+macro_rules! prefix_type {
+    ($t:ident, $f:ident) => {
+        /// Default path marker.
+        #[derive(Debug, Clone, Default)]
+        pub struct $t;
+        impl DefaultPrefix for $t {
+            fn prefix() -> String {
+                $f()
+            }
+        }
+    };
+}
+
+prefix_type!(SsePrefix, d_sse_prefix);
+prefix_type!(HttpStreamPrefix, d_hs_prefix);
+prefix_type!(UniSsePrefix, d_usse_prefix);
+prefix_type!(UniHttpStreamPrefix, d_uhs_prefix);
+prefix_type!(HealthPrefix, d_health_prefix);
+prefix_type!(MetricsPrefix, d_metrics_prefix);
+prefix_type!(InitPrefix, d_init_prefix);
+
+/// An HTTP streaming transport section (`sse`, `http_stream`, `uni_sse`, `uni_http_stream`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, bound = "")]
+pub struct Streaming<P: DefaultPrefix> {
+    /// Enable.
+    pub enabled: bool,
+    /// Path.
+    pub handler_prefix: String,
+    /// Body limit.
+    pub max_request_body_size: usize,
+    #[serde(skip)]
+    _p: std::marker::PhantomData<P>,
+}
+
+impl<P: DefaultPrefix> Default for Streaming<P> {
+    fn default() -> Self {
+        Streaming {
+            enabled: false,
+            handler_prefix: P::prefix(),
+            max_request_body_size: d_body_limit(),
+            _p: std::marker::PhantomData,
+        }
+    }
+}
+
+/// A plain endpoint section (`health`, `prometheus`, `init`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, bound = "")]
+pub struct Endpoint<P: DefaultPrefix> {
+    /// Enable.
+    pub enabled: bool,
+    /// Path.
+    pub handler_prefix: String,
+    #[serde(skip)]
+    _p: std::marker::PhantomData<P>,
+}
+
+impl<P: DefaultPrefix> Default for Endpoint<P> {
+    fn default() -> Self {
+        Endpoint { enabled: false, handler_prefix: P::prefix(), _p: std::marker::PhantomData }
+    }
+}
+
+/// `emulation.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Emulation {
+    /// Path.
+    #[serde(default = "d_emu_prefix")]
+    pub handler_prefix: String,
+    /// Body limit.
+    #[serde(default = "d_body_limit")]
+    pub max_request_body_size: usize,
+}
+
+impl Default for Emulation {
+    fn default() -> Self {
+        Emulation { handler_prefix: d_emu_prefix(), max_request_body_size: d_body_limit() }
+    }
+}
+
+/// `uni_websocket.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UniWebSocket {
+    /// Enable.
+    pub enabled: bool,
+    /// Path.
+    #[serde(default = "d_uws_prefix")]
+    pub handler_prefix: String,
+    /// Max incoming message size.
+    #[serde(default = "d_msg_limit")]
+    pub message_size_limit: usize,
+    /// Do not send a disconnect push before closing.
+    pub disable_disconnect_push: bool,
+    /// Join pushes of one write with `\n`.
+    pub join_push_messages: bool,
+}
+
+impl Default for UniWebSocket {
+    fn default() -> Self {
+        UniWebSocket {
+            enabled: false,
+            handler_prefix: d_uws_prefix(),
+            message_size_limit: d_msg_limit(),
+            disable_disconnect_push: false,
+            join_push_messages: false,
+        }
+    }
+}
+
+/// `sockjs.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SockJs {
+    /// Enable.
+    pub enabled: bool,
+    /// Path.
+    #[serde(default = "d_sockjs_prefix")]
+    pub handler_prefix: String,
+}
+
+impl Default for SockJs {
+    fn default() -> Self {
+        SockJs { enabled: false, handler_prefix: d_sockjs_prefix() }
+    }
+}
+
+/// `admin.*`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Admin {
+    /// Enable the admin UI (not served by Gyre yet).
+    pub enabled: bool,
+    /// Admin password.
+    pub password: String,
+    /// Admin token secret.
+    pub secret: String,
+    /// No auth.
+    pub insecure: bool,
+}
+
+/// `demo.*` (Gyre-specific)
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Demo {
+    /// Serve the demo page at `/`.
+    pub enabled: bool,
+}
+
+/// `node.*`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct NodeSection {
+    /// Node name (default `<hostname>_<port>`).
+    pub name: String,
+}
+
+/// `shutdown.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Shutdown {
+    /// Drain deadline.
+    #[serde(default = "d_30s")]
+    pub timeout: Dur,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown { timeout: d_30s() }
+    }
+}
+
+/// A config problem, naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+fn valid_ns_name(name: &str) -> bool {
+    name.len() >= 2 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn check_options(errs: &mut Vec<ConfigError>, key: &str, o: &ChannelOptions, meta_ttl: Dur) {
+    let mut e = |k: &str, m: &str| errs.push(ConfigError { key: format!("{key}.{k}"), message: m.into() });
+    if (o.history_size > 0) != (!o.history_ttl.0.is_zero()) {
+        e("history_size", "history_size and history_ttl must both be set or both be zero");
+    }
+    let meta = if o.history_meta_ttl.0.is_zero() { meta_ttl } else { o.history_meta_ttl };
+    if o.history_enabled() && o.history_ttl > meta {
+        e("history_ttl", "must not exceed history_meta_ttl");
+    }
+    if o.force_recovery && !o.history_enabled() {
+        e("force_recovery", "recovery needs history (history_size and history_ttl)");
+    }
+    if !matches!(o.force_recovery_mode.as_str(), "" | "stream" | "cache") {
+        e("force_recovery_mode", "must be \"stream\" or \"cache\"");
+    }
+    for t in &o.allowed_delta_types {
+        if t != "fossil" {
+            e("allowed_delta_types", &format!("unknown delta type {t:?} (only \"fossil\")"));
+        }
+    }
+    if !matches!(o.publication_data_format.as_str(), "" | "json" | "json_object" | "binary") {
+        e("publication_data_format", "must be one of \"\", json, json_object, binary");
+    }
+    if !o.channel_regex.is_empty() && regex::Regex::new(&o.channel_regex).is_err() {
+        e("channel_regex", "invalid regular expression");
+    }
+    for (flag, name) in [
+        (o.subscribe_proxy_enabled, "subscribe_proxy_enabled"),
+        (o.publish_proxy_enabled, "publish_proxy_enabled"),
+        (o.sub_refresh_proxy_enabled, "sub_refresh_proxy_enabled"),
+        (o.subscribe_stream_proxy_enabled, "subscribe_stream_proxy_enabled"),
+    ] {
+        if flag {
+            e(name, "proxies are not supported by this Gyre version");
+        }
+    }
+}
+
+impl Config {
+    /// Checks cross-field rules; returns every problem found.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let mut e = |k: &str, m: String| errs.push(ConfigError { key: k.into(), message: m });
+        if let (Some(ping), Some(pong)) = (self.client.ping_interval.0, self.client.pong_timeout.0) {
+            if !pong.is_zero() && ping <= pong {
+                e("client.ping_interval", "must be greater than client.pong_timeout".into());
+            }
+        }
+        if self.client.queue_max_size == 0 {
+            e("client.queue_max_size", "must be positive".into());
+        }
+        if self.websocket.message_size_limit == 0 {
+            e("websocket.message_size_limit", "must be positive".into());
+        }
+        if self.websocket.compression {
+            e("websocket.compression", "permessage-deflate is not supported by this Gyre version".into());
+        }
+        if !matches!(self.log.level.as_str(), "none" | "trace" | "debug" | "info" | "warn" | "error") {
+            e("log.level", format!("unknown level {:?}", self.log.level));
+        }
+        if !matches!(self.engine.typ.as_str(), "memory") {
+            e("engine.type", format!("unsupported engine {:?} (Gyre supports memory; use broker.type=nats for clusters)", self.engine.typ));
+        }
+        if self.broker.enabled && !matches!(self.broker.typ.as_str(), "memory" | "nats") {
+            e("broker.type", format!("unsupported broker {:?} (memory or nats)", self.broker.typ));
+        }
+        if self.presence_manager.enabled && !matches!(self.presence_manager.typ.as_str(), "memory" | "nats") {
+            e("presence_manager.type", format!("unsupported presence manager {:?}", self.presence_manager.typ));
+        }
+        if !self.http_api.error_mode.is_empty() && self.http_api.error_mode != "transport" {
+            e("http_api.error_mode", "must be \"\" or \"transport\"".into());
+        }
+        if self.channel.max_length == 0 {
+            e("channel.max_length", "must be positive".into());
+        }
+        for (k, v) in [
+            ("channel.namespace_boundary", &self.channel.namespace_boundary),
+            ("channel.user_boundary", &self.channel.user_boundary),
+            ("channel.user_separator", &self.channel.user_separator),
+        ] {
+            if v.is_empty() {
+                e(k, "must not be empty".into());
+            }
+        }
+        let jwks = &self.client.token.jwks_public_endpoint;
+        if !jwks.is_empty() && !(jwks.starts_with("http://") || jwks.starts_with("https://")) {
+            e("client.token.jwks_public_endpoint", "must be an http(s) URL".into());
+        }
+        for (k, v) in [("client.token.audience_regex", &self.client.token.audience_regex), ("client.token.issuer_regex", &self.client.token.issuer_regex)] {
+            if !v.is_empty() && regex::Regex::new(v).is_err() {
+                e(k, "invalid regular expression".into());
+            }
+        }
+        let meta = self.channel.history_meta_ttl;
+        check_options(&mut errs, "channel.without_namespace", &self.channel.without_namespace, meta);
+        let mut seen = std::collections::HashSet::new();
+        for (i, ns) in self.channel.namespaces.iter().enumerate() {
+            let key = format!("channel.namespaces[{i}]");
+            if !valid_ns_name(&ns.name) {
+                errs.push(ConfigError {
+                    key: format!("{key}.name"),
+                    message: format!("invalid namespace name {:?} (must match ^[-a-zA-Z0-9_.]{{2,}}$)", ns.name),
+                });
+            }
+            if !seen.insert(ns.name.clone()) {
+                errs.push(ConfigError { key: format!("{key}.name"), message: format!("duplicate namespace {:?}", ns.name) });
+            }
+            check_options(&mut errs, &key, &ns.options, meta);
+        }
+        let pc = &self.client.subscribe_to_user_personal_channel;
+        if pc.enabled && !pc.personal_channel_namespace.is_empty() {
+            match self.channel.namespaces.iter().find(|n| n.name == pc.personal_channel_namespace) {
+                None => errs.push(ConfigError {
+                    key: "client.subscribe_to_user_personal_channel.personal_channel_namespace".into(),
+                    message: format!("namespace {:?} is not defined", pc.personal_channel_namespace),
+                }),
+                Some(ns) if pc.single_connection && !ns.options.presence => errs.push(ConfigError {
+                    key: "client.subscribe_to_user_personal_channel.single_connection".into(),
+                    message: "needs presence enabled on the personal channel namespace".into(),
+                }),
+                _ => {}
+            }
+        }
+        let mut rseen = std::collections::HashSet::new();
+        for (i, ns) in self.rpc.namespaces.iter().enumerate() {
+            if !valid_ns_name(&ns.name) || !rseen.insert(ns.name.clone()) {
+                errs.push(ConfigError {
+                    key: format!("rpc.namespaces[{i}].name"),
+                    message: format!("invalid or duplicate rpc namespace name {:?}", ns.name),
+                });
+            }
+            if ns.options.proxy_enabled {
+                errs.push(ConfigError { key: format!("rpc.namespaces[{i}].proxy_enabled"), message: "RPC proxies are not supported by this Gyre version".into() });
+            }
+        }
+        if self.rpc.without_namespace.proxy_enabled {
+            errs.push(ConfigError { key: "rpc.without_namespace.proxy_enabled".into(), message: "RPC proxies are not supported by this Gyre version".into() });
+        }
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+
+    /// The internal listener's port.
+    pub fn internal_port(&self) -> u16 {
+        if self.http_server.internal_port == 0 { self.http_server.port } else { self.http_server.internal_port }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("25s").unwrap(), Some(Duration::from_secs(25)));
+        assert_eq!(parse_duration("1m30s").unwrap(), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("720h").unwrap(), Some(Duration::from_secs(720 * 3600)));
+        assert_eq!(parse_duration("500ms").unwrap(), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("-1").unwrap(), None);
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5x").is_err());
+    }
+
+    #[test]
+    fn defaults_match_centrifugo() {
+        let c = Config::default();
+        assert_eq!(c.http_server.port, 8000);
+        assert_eq!(c.client.ping_interval.0, Some(Duration::from_secs(25)));
+        assert_eq!(c.client.pong_timeout.0, Some(Duration::from_secs(8)));
+        assert_eq!(c.client.queue_max_size, 1_048_576);
+        assert_eq!(c.client.channel_limit, 128);
+        assert_eq!(c.websocket.message_size_limit, 65536);
+        assert_eq!(c.channel.max_length, 255);
+        assert!(c.validate().is_ok());
+        // The tree round-trips through its own serialization (the env overlay relies on it).
+        let v = serde_json::to_value(&c).unwrap();
+        let back: Config = serde_json::from_value(v).unwrap();
+        assert_eq!(back.client.stale_close_delay, Dur::secs(10));
+    }
+
+    #[test]
+    fn validation_names_keys() {
+        let mut c = Config::default();
+        c.channel.namespaces.push(Namespace { name: "x".into(), ..Default::default() });
+        c.channel.without_namespace.history_size = 10;
+        c.client.ping_interval = OptDur(Some(Duration::from_secs(5)));
+        let errs = c.validate().unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"channel.namespaces[0].name"), "{keys:?}");
+        assert!(keys.contains(&"channel.without_namespace.history_size"), "{keys:?}");
+        assert!(keys.contains(&"client.ping_interval"), "{keys:?}");
+    }
+}

@@ -1,0 +1,356 @@
+//! The part of a connection other tasks may touch: its write queue, the
+//! per-channel delivery state the hub consults, and a mailbox of control
+//! operations (server API unsubscribe, disconnect, ...).
+//!
+//! Everything else about a connection lives in [`crate::client::Client`],
+//! owned by the one task that owns the socket. Other tasks never mutate
+//! client state directly; they leave a [`Control`] and wake the owner, so
+//! every state transition of a connection happens on one task, in order.
+//!
+//! Failure mode this module exists for: a subscriber that stops reading. Its
+//! queue is bounded in bytes; the push that would exceed the bound drops the
+//! whole queue and marks the connection for disconnect 3008 "slow". The
+//! publisher never waits and the other subscribers never notice.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use gyre_proto::protocol::{Publication, Push, Reply};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::errors::Disconnect;
+use crate::hub::{LazyPush, encode_push};
+
+/// How messages for this connection are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// JSON replies (bidirectional and emulation transports).
+    Json,
+    /// Bare JSON pushes (unidirectional transports).
+    JsonUni,
+    /// Protobuf replies.
+    Protobuf,
+}
+
+impl Encoding {
+    /// JSON of either kind.
+    pub fn is_json(self) -> bool {
+        matches!(self, Encoding::Json | Encoding::JsonUni)
+    }
+    /// The protocol type.
+    pub fn protocol(self) -> gyre_proto::ProtocolType {
+        match self {
+            Encoding::Protobuf => gyre_proto::ProtocolType::Protobuf,
+            _ => gyre_proto::ProtocolType::Json,
+        }
+    }
+}
+
+/// What the transport is, for connect results and proxies.
+#[derive(Debug, Clone)]
+pub struct TransportInfo {
+    /// `websocket`, `http_stream`, `sse`, `uni_websocket`, ...
+    pub name: &'static str,
+    /// Unidirectional: only server-side subscriptions, bare pushes, no pongs.
+    pub unidirectional: bool,
+    /// Bidirectional emulation: connect result carries session and node.
+    pub emulation: bool,
+    /// Disconnects are written as a push before closing (emulation, uni).
+    pub disconnect_push: bool,
+}
+
+/// A request from another task for the owning task to act on.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Server-side subscribe (API `subscribe`).
+    Subscribe(Box<crate::node::ServerSubscribe>),
+    /// Unsubscribe from a channel with a code (API `unsubscribe`: 2000).
+    Unsubscribe { channel: String, code: u32, reason: String },
+    /// Position lost in a channel (detected during delivery).
+    InsufficientState { channel: String },
+    /// API `refresh`.
+    Refresh { expired: bool, expire_at: Option<i64>, info: Option<Bytes> },
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Bytes>,
+    bytes: usize,
+    disconnect: Option<Disconnect>,
+}
+
+/// Delivery state of one subscription, consulted by the hub on every publication.
+#[derive(Debug, Default)]
+pub struct SubDelivery {
+    /// Subscribe reply queued: publications go straight to the queue.
+    pub live: bool,
+    /// While subscribing with recovery/positioning: publications seen meanwhile.
+    pub buffer: Option<Vec<Arc<Publication>>>,
+    /// Positioned: last delivered offset and the stream epoch.
+    pub position: Option<(u64, String)>,
+    /// Receives join/leave pushes.
+    pub join_leave: bool,
+    /// A gap was detected; further publications are dropped until resubscribe.
+    pub broken: bool,
+}
+
+/// The shared half of a connection.
+pub struct ClientShared {
+    /// Client id (UUID v4).
+    pub id: Arc<str>,
+    user: OnceLock<Arc<str>>,
+    /// Wire encoding.
+    pub encoding: Encoding,
+    /// Transport description.
+    pub transport: TransportInfo,
+    /// Emulation/uni session id ("" when none).
+    pub session: String,
+    max_queue: usize,
+    queue: Mutex<Queue>,
+    notify: Notify,
+    subs: Mutex<HashMap<Arc<str>, SubDelivery>>,
+    control: Mutex<VecDeque<Control>>,
+}
+
+impl std::fmt::Debug for ClientShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientShared").field("id", &self.id).finish()
+    }
+}
+
+/// Messages taken from the queue for one write, plus a pending disconnect.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Encoded messages (to be framed by the transport).
+    pub messages: Vec<Bytes>,
+    /// Close after writing these.
+    pub disconnect: Option<Disconnect>,
+}
+
+impl ClientShared {
+    /// A new connection handle.
+    pub fn new(encoding: Encoding, transport: TransportInfo, max_queue: usize) -> Arc<Self> {
+        Arc::new(ClientShared {
+            id: Arc::from(uuid::Uuid::new_v4().to_string()),
+            user: OnceLock::new(),
+            encoding,
+            transport,
+            session: String::new(),
+            max_queue,
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            subs: Mutex::new(HashMap::new()),
+            control: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// A new handle with an emulation/uni session id.
+    pub fn with_session(encoding: Encoding, transport: TransportInfo, max_queue: usize, session: String) -> Arc<Self> {
+        let mut s = Self::new(encoding, transport, max_queue);
+        Arc::get_mut(&mut s).expect("fresh Arc").session = session;
+        s
+    }
+
+    /// The user id, set once at connect ("" before and for anonymous).
+    pub fn user(&self) -> Arc<str> {
+        self.user.get().cloned().unwrap_or_else(|| Arc::from(""))
+    }
+
+    pub(crate) fn set_user(&self, user: &str) {
+        let _ = self.user.set(Arc::from(user));
+    }
+
+    /// Waits until there is something to write or do.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Queues one encoded message; false when the connection is closing.
+    pub fn enqueue(&self, msg: Bytes) -> bool {
+        let mut q = self.queue.lock();
+        if q.disconnect.is_some() {
+            return false;
+        }
+        if q.bytes + msg.len() > self.max_queue {
+            q.items.clear();
+            q.bytes = 0;
+            q.disconnect = Some(Disconnect::SLOW);
+            drop(q);
+            self.notify.notify_one();
+            return false;
+        }
+        q.bytes += msg.len();
+        q.items.push_back(msg);
+        drop(q);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Queues a reply.
+    pub fn enqueue_reply(&self, reply: &Reply) -> bool {
+        self.enqueue(self.encode_reply(reply))
+    }
+
+    /// Encodes a reply for this connection.
+    pub fn encode_reply(&self, reply: &Reply) -> Bytes {
+        match self.encoding {
+            Encoding::JsonUni => {
+                // Unidirectional clients only ever get pushes (a ping is an empty push).
+                let push = reply.push.clone().unwrap_or_default();
+                encode_push(Encoding::JsonUni, &push)
+            }
+            enc => gyre_proto::encode_reply(enc.protocol(), reply),
+        }
+    }
+
+    /// Queues a push.
+    pub fn enqueue_push(&self, push: &Push) -> bool {
+        self.enqueue(encode_push(self.encoding, push))
+    }
+
+    /// Asks the owner to close with `d` after flushing what is queued
+    /// (a 3008 "slow" disconnect drops the queue instead).
+    pub fn close_with(&self, d: Disconnect) {
+        let mut q = self.queue.lock();
+        if q.disconnect.is_none() {
+            q.disconnect = Some(d);
+        }
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// Whether a disconnect is pending.
+    pub fn closing(&self) -> bool {
+        self.queue.lock().disconnect.is_some()
+    }
+
+    /// Takes up to `max` messages for one frame, and the pending disconnect
+    /// once the queue is empty.
+    pub fn take_batch(&self, max: usize) -> Batch {
+        let mut q = self.queue.lock();
+        let n = q.items.len().min(max);
+        let messages: Vec<Bytes> = q.items.drain(..n).collect();
+        q.bytes -= messages.iter().map(Bytes::len).sum::<usize>();
+        let disconnect = if q.items.is_empty() { q.disconnect.clone() } else { None };
+        Batch { messages, disconnect }
+    }
+
+    /// Bytes waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.lock().bytes
+    }
+
+    /// Leaves a control operation for the owning task.
+    pub fn push_control(&self, c: Control) {
+        self.control.lock().push_back(c);
+        self.notify.notify_one();
+    }
+
+    /// Takes pending control operations.
+    pub fn take_controls(&self) -> Vec<Control> {
+        self.control.lock().drain(..).collect()
+    }
+
+    // -- delivery state ---------------------------------------------------
+
+    /// Starts a subscription in buffering (or dropping) mode.
+    pub(crate) fn begin_sub(&self, channel: &str, buffer: bool, join_leave: bool) {
+        self.subs.lock().insert(
+            Arc::from(channel),
+            SubDelivery { live: false, buffer: buffer.then(Vec::new), position: None, join_leave, broken: false },
+        );
+    }
+
+    /// Atomically with respect to deliveries: runs `f` on the channel's
+    /// delivery state (to queue the subscribe reply and go live in one step).
+    pub(crate) fn with_sub<R>(&self, channel: &str, f: impl FnOnce(&mut SubDelivery) -> R) -> Option<R> {
+        self.subs.lock().get_mut(channel).map(f)
+    }
+
+    pub(crate) fn end_sub(&self, channel: &str) {
+        self.subs.lock().remove(channel);
+    }
+
+    pub(crate) fn deliver_publication(
+        &self,
+        channel: &str,
+        publication: &Arc<Publication>,
+        epoch: &str,
+        _prev: Option<&Arc<Publication>>,
+        lazy: &mut LazyPush<'_>,
+    ) {
+        let mut subs = self.subs.lock();
+        let Some(s) = subs.get_mut(channel) else { return };
+        if s.broken {
+            return;
+        }
+        if !s.live {
+            if let Some(b) = &mut s.buffer {
+                b.push(publication.clone());
+            }
+            return;
+        }
+        if let Some((offset, ep)) = &mut s.position {
+            if publication.offset != 0 {
+                if ep != epoch || publication.offset > *offset + 1 {
+                    s.broken = true;
+                    drop(subs);
+                    self.push_control(Control::InsufficientState { channel: channel.to_string() });
+                    return;
+                }
+                if publication.offset <= *offset {
+                    return;
+                }
+                *offset = publication.offset;
+            }
+        }
+        drop(subs);
+        self.enqueue(lazy.get(self.encoding));
+    }
+
+    pub(crate) fn deliver_join_leave(&self, channel: &str, lazy: &mut LazyPush<'_>) {
+        let ok = self.subs.lock().get(channel).is_some_and(|s| s.live && s.join_leave);
+        if ok {
+            self.enqueue(lazy.get(self.encoding));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> TransportInfo {
+        TransportInfo { name: "test", unidirectional: false, emulation: false, disconnect_push: false }
+    }
+
+    #[test]
+    fn queue_overflow_disconnects_slow_and_drops_queue() {
+        let c = ClientShared::new(Encoding::Json, info(), 10);
+        assert!(c.enqueue(Bytes::from_static(b"12345")));
+        assert!(c.enqueue(Bytes::from_static(b"12345")));
+        assert!(!c.enqueue(Bytes::from_static(b"1")));
+        let b = c.take_batch(16);
+        assert!(b.messages.is_empty());
+        assert_eq!(b.disconnect, Some(Disconnect::SLOW));
+        assert!(!c.enqueue(Bytes::from_static(b"1")));
+    }
+
+    #[test]
+    fn batches_hold_at_most_max_and_disconnect_comes_last() {
+        let c = ClientShared::new(Encoding::Json, info(), 1 << 20);
+        for _ in 0..20 {
+            c.enqueue(Bytes::from_static(b"{}"));
+        }
+        c.close_with(Disconnect::SHUTDOWN);
+        let b1 = c.take_batch(16);
+        assert_eq!(b1.messages.len(), 16);
+        assert_eq!(b1.disconnect, None);
+        let b2 = c.take_batch(16);
+        assert_eq!(b2.messages.len(), 4);
+        assert_eq!(b2.disconnect, Some(Disconnect::SHUTDOWN));
+        assert_eq!(c.queued_bytes(), 0);
+    }
+}
