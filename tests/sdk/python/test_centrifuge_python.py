@@ -15,6 +15,7 @@ from harness import (
     Recorder,
     client_handler,
     conn_token,
+    sub_token,
     subscription_handler,
     uniq,
 )
@@ -160,7 +161,7 @@ async def test_subscription_before_connect(h):
 
 async def test_client_publish_allowed_for_subscriber(h):
     user = uniq("u")
-    c, _rec, cctx = await h.connected(user)
+    c, _rec, cctx = await h.connected(user, info={"name": "alice"})
     channel = uniq("chat")
     sub, srec = await h.subscribed(c, channel)
     await asyncio.wait_for(sub.publish(h.proto.enc({"says": "hi"})), TIMEOUT)
@@ -169,6 +170,47 @@ async def test_client_publish_allowed_for_subscriber(h):
     assert ctx.pub.info is not None
     assert ctx.pub.info.user == user
     assert ctx.pub.info.client == cctx.client
+    assert h.proto.dec(ctx.pub.info.conn_info) == {"name": "alice"}
+
+
+async def test_private_channel_needs_subscription_token(h):
+    user = uniq("u")
+    c, _rec, _ = await h.connected(user)
+    channel = f"${uniq('priv')}"
+    drec = Recorder()
+    denied = c.new_subscription(channel, events=subscription_handler(drec))
+    await denied.subscribe()
+    ctx = await drec.wait("unsubscribed")
+    assert ctx.code == 103, ctx
+    c.remove_subscription(denied)
+
+    srec = Recorder()
+    sub = c.new_subscription(channel, events=subscription_handler(srec), token=sub_token(user, channel))
+    await sub.subscribe()
+    await srec.wait("subscribed")
+    await h.gyre.api_ok_async("publish", {"channel": channel, "data": {"secret": True}})
+    pctx = await srec.wait("publication")
+    assert h.proto.dec(pctx.pub.data) == {"secret": True}
+
+
+async def test_expired_subscription_token_get_token(h):
+    user = uniq("u")
+    c, _rec, _ = await h.connected(user)
+    channel = f"${uniq('priv')}"
+    calls = []
+
+    async def get_token(ch):
+        calls.append(ch)
+        return sub_token(user, ch)
+
+    srec = Recorder()
+    sub = c.new_subscription(channel, events=subscription_handler(srec),
+                             token=sub_token(user, channel, ttl=-30), get_token=get_token)
+    await sub.subscribe()
+    await srec.wait("subscribed", timeout=2 * TIMEOUT)
+    assert calls == [channel]
+    errs = [e.error for e in srec.of("error")]
+    assert any(getattr(e, "code", None) == 109 for e in errs), srec.events
 
 
 async def test_client_publish_refused_103(h):

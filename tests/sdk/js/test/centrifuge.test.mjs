@@ -8,7 +8,7 @@ import * as jsonBuild from 'centrifuge';
 import * as protobufBuild from 'centrifuge/build/protobuf';
 
 import {
-  startGyre, connToken, waitEvent, recordEvents, withTimeout, sleep, uniq, SECRET,
+  startGyre, connToken, subToken, waitEvent, recordEvents, withTimeout, sleep, uniq, SECRET,
 } from '../harness.mjs';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -189,7 +189,7 @@ for (const build of builds) {
 
     it('client publish is allowed with allow_publish_for_subscriber', async () => {
       const user = uniq('u');
-      const { c, ctx } = await connected(user);
+      const { c, ctx } = await connected(user, { token: connToken(user, { info: { name: 'alice' } }) });
       const channel = uniq('chat');
       const sub = await subscribed(c, channel);
       const pubP = waitEvent(sub, 'publication', T);
@@ -200,6 +200,42 @@ for (const build of builds) {
       assert.ok(pub.info, 'client publications carry the publisher info');
       assert.equal(pub.info.user, user);
       assert.equal(pub.info.client, ctx.client);
+      assert.deepEqual(dec(pub.info.connInfo), { name: 'alice' }, 'conn_info from the token info claim');
+    });
+
+    it('private channel: subscription token required (103 without), works with one', async () => {
+      const user = uniq('u');
+      const { c } = await connected(user);
+      const channel = `$${uniq('priv')}`;
+      const denied = c.newSubscription(channel);
+      denied.on('error', () => {});
+      const p = waitEvent(denied, 'unsubscribed', T);
+      denied.subscribe();
+      assert.equal((await p).code, 103);
+      c.removeSubscription(denied);
+
+      const sub = await subscribed(c, channel, { token: subToken(user, channel) });
+      const pubP = waitEvent(sub, 'publication', T);
+      await server.apiOk('publish', { channel, data: { secret: true } });
+      assert.deepEqual(dec((await pubP).data), { secret: true });
+    });
+
+    it('expired subscription token: getToken of the subscription is called', async () => {
+      const user = uniq('u');
+      const { c } = await connected(user);
+      const channel = `$${uniq('priv')}`;
+      const calls = [];
+      const sub = c.newSubscription(channel, {
+        token: subToken(user, channel, { ttl: -30 }),
+        getToken: async (ctx) => { calls.push(ctx.channel); return subToken(user, channel); },
+      });
+      const errors = [];
+      sub.on('error', (e) => errors.push(e));
+      const p = waitEvent(sub, 'subscribed', T * 2);
+      sub.subscribe();
+      await p;
+      assert.deepEqual(calls, [channel]);
+      assert.ok(errors.some((e) => e.error && e.error.code === 109), JSON.stringify(errors));
     });
 
     it('client publish is refused with 103 in a namespace without publish permission', async () => {
