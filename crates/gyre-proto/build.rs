@@ -13,7 +13,5 @@ fn main() {
     let mut config = prost_build::Config::new();
     // Payloads are shared between subscribers by reference count, never copied.
     config.bytes(["."]);
-    config
-        .compile_fds(fds)
-        .expect("prost code generation for proto/client.proto");
+    config.compile_fds(fds).expect("prost code generation for proto/client.proto");
 }

@@ -135,12 +135,18 @@ impl TokenVerifier {
         let rsa = if cfg.rsa_public_key.is_empty() {
             None
         } else {
-            Some(DecodingKey::from_rsa_pem(pem_bytes(&cfg.rsa_public_key).as_bytes()).map_err(|e| err("rsa_public_key", e.to_string()))?)
+            Some(
+                DecodingKey::from_rsa_pem(pem_bytes(&cfg.rsa_public_key).as_bytes())
+                    .map_err(|e| err("rsa_public_key", e.to_string()))?,
+            )
         };
         let ecdsa = if cfg.ecdsa_public_key.is_empty() {
             None
         } else {
-            Some(DecodingKey::from_ec_pem(pem_bytes(&cfg.ecdsa_public_key).as_bytes()).map_err(|e| err("ecdsa_public_key", e.to_string()))?)
+            Some(
+                DecodingKey::from_ec_pem(pem_bytes(&cfg.ecdsa_public_key).as_bytes())
+                    .map_err(|e| err("ecdsa_public_key", e.to_string()))?,
+            )
         };
         let re = |k: &str, s: &str| -> Result<Option<regex::Regex>, KeyError> {
             if s.is_empty() { Ok(None) } else { regex::Regex::new(s).map(Some).map_err(|e| err(k, e.to_string())) }
@@ -149,7 +155,10 @@ impl TokenVerifier {
             hmac: if cfg.hmac_secret_key.is_empty() {
                 None
             } else {
-                Some(DecodingKey::from_secret(cfg.hmac_secret_key.as_bytes()).map_err(|e| err("hmac_secret_key", e.to_string()))?)
+                Some(
+                    DecodingKey::from_secret(cfg.hmac_secret_key.as_bytes())
+                        .map_err(|e| err("hmac_secret_key", e.to_string()))?,
+                )
             },
             hmac_previous: if cfg.hmac_previous_secret_key.is_empty() {
                 None
@@ -188,9 +197,7 @@ impl TokenVerifier {
         v.validate_aud = false;
         v.required_spec_claims.clear();
         v.leeway = 0;
-        let try_key = |key: &DecodingKey| {
-            jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map(|d| d.claims)
-        };
+        let try_key = |key: &DecodingKey| jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map(|d| d.claims);
         match header.alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
                 let secret = self.hmac.as_ref().ok_or_else(|| inv("HMAC key not configured"))?;
@@ -287,13 +294,7 @@ impl TokenVerifier {
                 }
             }
         }
-        Ok(ConnectClaims {
-            user,
-            expire_at: expiry(&c)?,
-            info: info_claim(&c)?,
-            subs,
-            meta: c.get("meta").cloned(),
-        })
+        Ok(ConnectClaims { user, expire_at: expiry(&c)?, info: info_claim(&c)?, subs, meta: c.get("meta").cloned() })
     }
 
     /// Verifies a subscription token.
@@ -398,7 +399,10 @@ mod tests {
     #[test]
     fn hmac_connect_token_with_claims() {
         let v = verifier(|_| {});
-        let t = sign_hs256("secret", &claims(json!({"sub":"42","exp":NOW+60,"info":{"n":1},"channels":["a","b"],"subs":{"a":{"info":{"x":1}}}})));
+        let t = sign_hs256(
+            "secret",
+            &claims(json!({"sub":"42","exp":NOW+60,"info":{"n":1},"channels":["a","b"],"subs":{"a":{"info":{"x":1}}}})),
+        );
         let c = v.verify_connect(&t, NOW).unwrap();
         assert_eq!(c.user, "42");
         assert_eq!(c.expire_at, Some(NOW + 60));
@@ -468,7 +472,10 @@ mod tests {
     #[test]
     fn subscription_token() {
         let v = verifier(|_| {});
-        let t = sign_hs256("secret", &claims(json!({"sub":"1","channel":"$x","exp":NOW+30,"override":{"presence":{"value":true}}})));
+        let t = sign_hs256(
+            "secret",
+            &claims(json!({"sub":"1","channel":"$x","exp":NOW+30,"override":{"presence":{"value":true}}})),
+        );
         let c = v.verify_subscribe(&t, NOW).unwrap();
         assert_eq!(c.channel, "$x");
         assert_eq!(c.overrides.presence, Some(true));

@@ -186,7 +186,9 @@ impl Client {
         }
         match self.state {
             State::Connecting => {
-                let Some(req) = cmd.connect else { return Err(Disconnect::BAD_REQUEST) };
+                let Some(req) = cmd.connect else {
+                    return Err(Disconnect::BAD_REQUEST);
+                };
                 return self.handle_connect(cmd.id, req).await;
             }
             State::Unusable | State::Closed => return Err(Disconnect::BAD_REQUEST),
@@ -201,7 +203,9 @@ impl Client {
         } else if let Some(r) = cmd.subscribe {
             self.cmd_subscribe(id, r).await.map(|_| None)
         } else if let Some(r) = cmd.unsubscribe {
-            self.cmd_unsubscribe(r).await.map(|_| Some(Reply { id, unsubscribe: Some(UnsubscribeResult {}), ..Default::default() }))
+            self.cmd_unsubscribe(r)
+                .await
+                .map(|_| Some(Reply { id, unsubscribe: Some(UnsubscribeResult {}), ..Default::default() }))
         } else if let Some(r) = cmd.publish {
             self.cmd_publish(r).await.map(|_| Some(Reply { id, publish: Some(PublishResult {}), ..Default::default() }))
         } else if let Some(r) = cmd.presence {
@@ -333,11 +337,10 @@ impl Client {
         if !credentials {
             return Err(Disconnect::BAD_REQUEST.into());
         }
-        if let Some(at) = self.expire_at {
-            if at <= now {
+        if let Some(at) = self.expire_at
+            && at <= now {
                 return Err(ClientError::EXPIRED.into());
             }
-        }
         if cfg.user_connection_limit > 0
             && !self.user.is_empty()
             && node.hub.user_clients(&self.user).len() >= cfg.user_connection_limit
@@ -360,7 +363,8 @@ impl Client {
             let ch = node.rules.personal_channel(&pc.personal_channel_namespace, &self.user);
             if !wanted.iter().any(|(c, _)| *c == ch) {
                 let ns = node.rules.namespace(&ch).map_err(CommandError::Reply)?.clone();
-                let plan = self.server_plan(&ns, Bytes::new(), Bytes::new(), None, &SubOverride::default(), req.subs.get(&ch));
+                let plan =
+                    self.server_plan(&ns, Bytes::new(), Bytes::new(), None, &SubOverride::default(), req.subs.get(&ch));
                 wanted.push((ch, plan));
             }
             if pc.single_connection {
@@ -379,7 +383,8 @@ impl Client {
             }
             let ns = node.rules.namespace(ch).map_err(|_| CommandError::Disconnect(Disconnect::BAD_REQUEST))?.clone();
             if self.can_subscribe_without_token(ch, &ns) {
-                let plan = self.server_plan(&ns, Bytes::new(), Bytes::new(), None, &SubOverride::default(), req.subs.get(ch));
+                let plan =
+                    self.server_plan(&ns, Bytes::new(), Bytes::new(), None, &SubOverride::default(), req.subs.get(ch));
                 wanted.push((ch.clone(), plan));
             }
         }
@@ -433,8 +438,12 @@ impl Client {
         }
         self.next_periodic = Some(now + cfg.presence_update_interval.0.max(Duration::from_secs(1)));
         self.set_expiry(self.expire_at);
-        let joins: Vec<(String, Bytes)> =
-            self.channels.iter().filter(|(_, c)| c.join_leave).map(|(ch, c)| (ch.clone(), c.chan_info.clone())).collect();
+        let joins: Vec<(String, Bytes)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.join_leave)
+            .map(|(ch, c)| (ch.clone(), c.chan_info.clone()))
+            .collect();
         for (ch, info) in joins {
             let _ = self.node.broker.publish_join(&ch, self.client_info(&info)).await;
         }
@@ -476,8 +485,11 @@ impl Client {
         match rules.user_allowed(channel, ns, &self.user) {
             Some(ok) => ok,
             None => {
-                allowed(ns.options.allow_subscribe_for_client, ns.options.allow_subscribe_for_anonymous, self.user.is_empty())
-                    || self.node.config.client.insecure
+                allowed(
+                    ns.options.allow_subscribe_for_client,
+                    ns.options.allow_subscribe_for_anonymous,
+                    self.user.is_empty(),
+                ) || self.node.config.client.insecure
             }
         }
     }
@@ -557,21 +569,24 @@ impl Client {
         } else {
             let ok = match node.rules.user_allowed(&ch, &ns, &self.user) {
                 Some(ok) => ok,
-                None => allowed(o.allow_subscribe_for_client, o.allow_subscribe_for_anonymous, anon) || node.config.client.insecure,
+                None => {
+                    allowed(o.allow_subscribe_for_client, o.allow_subscribe_for_anonymous, anon)
+                        || node.config.client.insecure
+                }
             };
             if !ok {
                 return Err(ClientError::PERMISSION_DENIED.into());
             }
         }
-        if let Some(at) = expire_at {
-            if at <= self.now_unix() {
+        if let Some(at) = expire_at
+            && at <= self.now_unix() {
                 return Err(ClientError::TOKEN_EXPIRED.into());
             }
-        }
         let history = o.history_enabled();
         let hist_access = self.history_access(&ns);
         let recoverable = history
-            && (ov.force_recovery.unwrap_or(o.force_recovery) || (req.recoverable && (o.allow_recovery || hist_access)));
+            && (ov.force_recovery.unwrap_or(o.force_recovery)
+                || (req.recoverable && (o.allow_recovery || hist_access)));
         let positioned = history
             && (recoverable
                 || ov.force_positioning.unwrap_or(o.force_positioning)
@@ -589,7 +604,8 @@ impl Client {
             chan_info,
             data,
             expire_at,
-            recover: (req.recover && recoverable).then(|| StreamPosition { offset: req.offset, epoch: req.epoch.clone() }),
+            recover: (req.recover && recoverable)
+                .then(|| StreamPosition { offset: req.offset, epoch: req.epoch.clone() }),
             reject_unrecovered: req.flag & 2 != 0,
         };
         let join = plan.join_leave;
@@ -609,13 +625,12 @@ impl Client {
         let node = self.node.clone();
         let stateful = plan.positioned || plan.recoverable;
         self.shared.begin_sub(ch, stateful, plan.push_join_leave);
-        if node.hub.add_sub(ch, &self.shared) {
-            if let Err(e) = node.broker.subscribe(ch).await {
+        if node.hub.add_sub(ch, &self.shared)
+            && let Err(e) = node.broker.subscribe(ch).await {
                 tracing::warn!(channel = ch, error = %e, "broker subscribe failed");
                 self.rollback(ch).await;
                 return Err(ClientError::INTERNAL.into());
             }
-        }
         let mut result = SubscribeResult { data: plan.data.clone(), ..Default::default() };
         let mut pending = Pending { channel: ch.to_string(), position: None, append_to_result: false };
         if stateful {
@@ -697,7 +712,9 @@ impl Client {
         // Take what was buffered while registering.
         for p in &pendings {
             let buffered = self.shared.with_sub(&p.channel, |s| s.buffer.take()).flatten().unwrap_or_default();
-            let Some((mut last, epoch)) = p.position.clone() else { continue };
+            let Some((mut last, epoch)) = p.position.clone() else {
+                continue;
+            };
             let mut extra = Vec::new();
             for publication in buffered {
                 if publication.offset <= last {
@@ -739,15 +756,15 @@ impl Client {
                     let last = self.last_offset_in(&reply, &p.channel).unwrap_or(0);
                     (last, e)
                 });
-                if let Some((pos, _)) = &mut s.position {
-                    if let Some((last, _)) = &p.position {
+                if let Some((pos, _)) = &mut s.position
+                    && let Some((last, _)) = &p.position {
                         *pos = (*pos).max(*last);
                     }
-                }
             });
             // Anything that slipped in between the two locks is delivered now, in order.
             for publication in buffered_late {
-                let push = Push { channel: p.channel.clone(), r#pub: Some((*publication).clone()), ..Default::default() };
+                let push =
+                    Push { channel: p.channel.clone(), r#pub: Some((*publication).clone()), ..Default::default() };
                 self.shared.enqueue_push(&push);
             }
         }
@@ -771,14 +788,15 @@ impl Client {
 
     /// Removes a subscription: hub, broker interest, presence, leave.
     async fn remove_subscription(&mut self, ch: &str) {
-        let Some(ctx) = self.channels.remove(ch) else { return };
+        let Some(ctx) = self.channels.remove(ch) else {
+            return;
+        };
         let node = self.node.clone();
         self.shared.end_sub(ch);
-        if node.hub.remove_sub(ch, &self.shared.id) {
-            if let Err(e) = node.broker.unsubscribe(ch).await {
+        if node.hub.remove_sub(ch, &self.shared.id)
+            && let Err(e) = node.broker.unsubscribe(ch).await {
                 tracing::warn!(channel = ch, error = %e, "broker unsubscribe failed");
             }
-        }
         if ctx.presence {
             let _ = node.presence.remove_presence(ch, &self.shared.id, &self.user).await;
         }
@@ -879,13 +897,17 @@ impl Client {
             l if l < 0 => max,
             l => (l as usize).min(max),
         };
-        let q = HistoryQuery { since: req.since.as_ref().map(|s| s.offset), limit: Some(limit), reverse: req.reverse, ..Default::default() };
+        let q = HistoryQuery {
+            since: req.since.as_ref().map(|s| s.offset),
+            limit: Some(limit),
+            reverse: req.reverse,
+            ..Default::default()
+        };
         let (pubs, top) = node.history(&req.channel, q).await?;
-        if let Some(since) = &req.since {
-            if !since.epoch.is_empty() && since.epoch != top.epoch {
+        if let Some(since) = &req.since
+            && !since.epoch.is_empty() && since.epoch != top.epoch {
                 return Err(ClientError::UNRECOVERABLE_POSITION.into());
             }
-        }
         Ok(HistoryResult { publications: pubs, epoch: top.epoch, offset: top.offset })
     }
 
@@ -976,7 +998,9 @@ impl Client {
                     }
                 }
                 Control::InsufficientState { channel } => {
-                    let Some(ctx) = self.channels.get(&channel) else { continue };
+                    let Some(ctx) = self.channels.get(&channel) else {
+                        continue;
+                    };
                     if ctx.server_side {
                         return Err(Disconnect::INSUFFICIENT_STATE);
                     }
@@ -1022,14 +1046,17 @@ impl Client {
         if self.channels.len() >= self.node.config.client.channel_limit {
             return Err(Disconnect::CHANNEL_LIMIT);
         }
-        let Ok(ns) = self.node.rules.namespace(&sub.channel).cloned() else { return Ok(()) };
+        let Ok(ns) = self.node.rules.namespace(&sub.channel).cloned() else {
+            return Ok(());
+        };
         let recover = sub.recover_since.as_ref().map(|p| SubscribeRequest {
             recover: true,
             offset: p.offset,
             epoch: p.epoch.clone(),
             ..Default::default()
         });
-        let plan = self.server_plan(&ns, sub.info.clone(), sub.data.clone(), sub.expire_at, &sub.overrides, recover.as_ref());
+        let plan =
+            self.server_plan(&ns, sub.info.clone(), sub.data.clone(), sub.expire_at, &sub.overrides, recover.as_ref());
         let join = plan.join_leave;
         let info = plan.chan_info.clone();
         let (res, pending) = match self.register(&sub.channel, plan).await {
@@ -1096,7 +1123,8 @@ impl Client {
         }
         if self.next_periodic.is_some_and(|d| now >= d) {
             self.periodic().await?;
-            self.next_periodic = Some(now + self.node.config.client.presence_update_interval.0.max(Duration::from_secs(1)));
+            self.next_periodic =
+                Some(now + self.node.config.client.presence_update_interval.0.max(Duration::from_secs(1)));
         }
         Ok(())
     }
@@ -1110,11 +1138,10 @@ impl Client {
             if ctx.presence {
                 let _ = node.presence.add_presence(ch, &self.shared.id, self.client_info(&ctx.chan_info)).await;
             }
-            if let Some(at) = ctx.expire_at {
-                if at + grace <= now {
+            if let Some(at) = ctx.expire_at
+                && at + grace <= now {
                     expired.push((ch.clone(), ctx.server_side));
                 }
-            }
         }
         for (ch, server_side) in expired {
             if server_side {

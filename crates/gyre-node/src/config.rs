@@ -50,13 +50,9 @@ pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
         if num_end == 0 {
             return Err(format!("invalid duration {s:?}"));
         }
-        let n: f64 = rest[..num_end]
-            .parse()
-            .map_err(|_| format!("invalid number in duration {s:?}"))?;
+        let n: f64 = rest[..num_end].parse().map_err(|_| format!("invalid number in duration {s:?}"))?;
         rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let mult = match &rest[..unit_end] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -74,11 +70,11 @@ pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
 
 fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         let s = ms / 1000;
-        if s % 3600 == 0 && s != 0 {
+        if s.is_multiple_of(3600) && s != 0 {
             format!("{}h", s / 3600)
-        } else if s % 60 == 0 && s != 0 {
+        } else if s.is_multiple_of(60) && s != 0 {
             format!("{}m", s / 60)
         } else {
             format!("{s}s")
@@ -998,7 +994,7 @@ fn valid_ns_name(name: &str) -> bool {
 
 fn check_options(errs: &mut Vec<ConfigError>, key: &str, o: &ChannelOptions, meta_ttl: Dur) {
     let mut e = |k: &str, m: &str| errs.push(ConfigError { key: format!("{key}.{k}"), message: m.into() });
-    if (o.history_size > 0) != (!o.history_ttl.0.is_zero()) {
+    if (o.history_size > 0) == o.history_ttl.0.is_zero() {
         e("history_size", "history_size and history_ttl must both be set or both be zero");
     }
     let meta = if o.history_meta_ttl.0.is_zero() { meta_ttl } else { o.history_meta_ttl };
@@ -1039,11 +1035,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
         let mut errs = Vec::new();
         let mut e = |k: &str, m: String| errs.push(ConfigError { key: k.into(), message: m });
-        if let (Some(ping), Some(pong)) = (self.client.ping_interval.0, self.client.pong_timeout.0) {
-            if !pong.is_zero() && ping <= pong {
+        if let (Some(ping), Some(pong)) = (self.client.ping_interval.0, self.client.pong_timeout.0)
+            && !pong.is_zero() && ping <= pong {
                 e("client.ping_interval", "must be greater than client.pong_timeout".into());
             }
-        }
         if self.client.queue_max_size == 0 {
             e("client.queue_max_size", "must be positive".into());
         }
@@ -1057,7 +1052,13 @@ impl Config {
             e("log.level", format!("unknown level {:?}", self.log.level));
         }
         if !matches!(self.engine.typ.as_str(), "memory") {
-            e("engine.type", format!("unsupported engine {:?} (Gyre supports memory; use broker.type=nats for clusters)", self.engine.typ));
+            e(
+                "engine.type",
+                format!(
+                    "unsupported engine {:?} (Gyre supports memory; use broker.type=nats for clusters)",
+                    self.engine.typ
+                ),
+            );
         }
         if self.broker.enabled && !matches!(self.broker.typ.as_str(), "memory" | "nats") {
             e("broker.type", format!("unsupported broker {:?} (memory or nats)", self.broker.typ));
@@ -1081,10 +1082,13 @@ impl Config {
             }
         }
         let jwks = &self.client.token.jwks_public_endpoint;
-        if !jwks.is_empty() && !(jwks.starts_with("http://") || jwks.starts_with("https://")) {
+        if !(jwks.is_empty() || jwks.starts_with("http://") || jwks.starts_with("https://")) {
             e("client.token.jwks_public_endpoint", "must be an http(s) URL".into());
         }
-        for (k, v) in [("client.token.audience_regex", &self.client.token.audience_regex), ("client.token.issuer_regex", &self.client.token.issuer_regex)] {
+        for (k, v) in [
+            ("client.token.audience_regex", &self.client.token.audience_regex),
+            ("client.token.issuer_regex", &self.client.token.issuer_regex),
+        ] {
             if !v.is_empty() && regex::Regex::new(v).is_err() {
                 e(k, "invalid regular expression".into());
             }
@@ -1101,7 +1105,10 @@ impl Config {
                 });
             }
             if !seen.insert(ns.name.clone()) {
-                errs.push(ConfigError { key: format!("{key}.name"), message: format!("duplicate namespace {:?}", ns.name) });
+                errs.push(ConfigError {
+                    key: format!("{key}.name"),
+                    message: format!("duplicate namespace {:?}", ns.name),
+                });
             }
             check_options(&mut errs, &key, &ns.options, meta);
         }
@@ -1128,11 +1135,17 @@ impl Config {
                 });
             }
             if ns.options.proxy_enabled {
-                errs.push(ConfigError { key: format!("rpc.namespaces[{i}].proxy_enabled"), message: "RPC proxies are not supported by this Gyre version".into() });
+                errs.push(ConfigError {
+                    key: format!("rpc.namespaces[{i}].proxy_enabled"),
+                    message: "RPC proxies are not supported by this Gyre version".into(),
+                });
             }
         }
         if self.rpc.without_namespace.proxy_enabled {
-            errs.push(ConfigError { key: "rpc.without_namespace.proxy_enabled".into(), message: "RPC proxies are not supported by this Gyre version".into() });
+            errs.push(ConfigError {
+                key: "rpc.without_namespace.proxy_enabled".into(),
+                message: "RPC proxies are not supported by this Gyre version".into(),
+            });
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }

@@ -88,7 +88,13 @@ pub struct HistoryQuery {
 pub trait BrokerEventHandler: Send + Sync {
     /// A publication for `channel`. `prev` is the previous publication in the
     /// stream when the publication was marked for delta.
-    fn handle_publication(&self, channel: &str, publication: Arc<Publication>, epoch: &str, prev: Option<Arc<Publication>>);
+    fn handle_publication(
+        &self,
+        channel: &str,
+        publication: Arc<Publication>,
+        epoch: &str,
+        prev: Option<Arc<Publication>>,
+    );
     /// A join.
     fn handle_join(&self, channel: &str, info: ClientInfo);
     /// A leave.
@@ -105,13 +111,22 @@ pub trait Broker: Send + Sync {
     /// This node lost its last subscriber in `channel`.
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
     /// Publishes (and stores, with history options).
-    async fn publish(&self, channel: &str, publication: Publication, opts: &PublishOptions) -> Result<PublishResult, EngineError>;
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<PublishResult, EngineError>;
     /// Publishes a join event.
     async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
     /// Publishes a leave event.
     async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
     /// Reads the stream.
-    async fn history(&self, channel: &str, query: &HistoryQuery) -> Result<(Vec<Publication>, StreamPosition), EngineError>;
+    async fn history(
+        &self,
+        channel: &str,
+        query: &HistoryQuery,
+    ) -> Result<(Vec<Publication>, StreamPosition), EngineError>;
     /// Drops stored publications, keeping the position.
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
 }

@@ -166,7 +166,9 @@ impl Hub {
     /// Removes a subscriber; true when the channel has no subscriber left here.
     pub fn remove_sub(&self, channel: &str, client_id: &str) -> bool {
         let mut shard = self.subs[shard_of(channel)].write();
-        let Some(m) = shard.get_mut(channel) else { return false };
+        let Some(m) = shard.get_mut(channel) else {
+            return false;
+        };
         if m.remove(client_id).is_some() {
             self.num_subs.fetch_sub(1, Ordering::Relaxed);
         }
@@ -179,14 +181,24 @@ impl Hub {
     }
 
     /// Fans a publication out to this node's subscribers of `channel`.
-    pub fn broadcast_publication(&self, channel: &str, publication: &Arc<Publication>, epoch: &str, prev: Option<&Arc<Publication>>) {
+    pub fn broadcast_publication(
+        &self,
+        channel: &str,
+        publication: &Arc<Publication>,
+        epoch: &str,
+        prev: Option<&Arc<Publication>>,
+    ) {
         let shard = self.subs[shard_of(channel)].read();
-        let Some(subs) = shard.get(channel) else { return };
+        let Some(subs) = shard.get(channel) else {
+            return;
+        };
         let push = Push { channel: channel.to_string(), r#pub: Some((**publication).clone()), ..Default::default() };
         let mut lazy = LazyPush::new(&push);
         let mut json_ok: Option<bool> = None;
         for c in subs.values() {
-            if c.encoding.is_json() && !*json_ok.get_or_insert_with(|| gyre_proto::json::is_valid_json(&publication.data)) {
+            if c.encoding.is_json()
+                && !*json_ok.get_or_insert_with(|| gyre_proto::json::is_valid_json(&publication.data))
+            {
                 // A JSON client cannot carry non-JSON bytes (client-protocol.md §4).
                 c.close_with(crate::errors::Disconnect::INAPPROPRIATE_PROTOCOL);
                 continue;
@@ -209,7 +221,9 @@ impl Hub {
 
     fn broadcast_join_leave(&self, channel: &str, push: &Push) {
         let shard = self.subs[shard_of(channel)].read();
-        let Some(subs) = shard.get(channel) else { return };
+        let Some(subs) = shard.get(channel) else {
+            return;
+        };
         let mut lazy = LazyPush::new(push);
         for c in subs.values() {
             c.deliver_join_leave(channel, &mut lazy);
@@ -218,7 +232,10 @@ impl Hub {
 
     /// Channels with at least one subscriber on this node, with counts.
     pub fn channels(&self) -> Vec<(String, usize)> {
-        self.subs.iter().flat_map(|s| s.read().iter().map(|(k, v)| (k.to_string(), v.len())).collect::<Vec<_>>()).collect()
+        self.subs
+            .iter()
+            .flat_map(|s| s.read().iter().map(|(k, v)| (k.to_string(), v.len())).collect::<Vec<_>>())
+            .collect()
     }
 
     /// Connected clients.

@@ -139,7 +139,12 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn publish(&self, channel: &str, mut publication: Publication, opts: &PublishOptions) -> Result<PublishResult, EngineError> {
+    async fn publish(
+        &self,
+        channel: &str,
+        mut publication: Publication,
+        opts: &PublishOptions,
+    ) -> Result<PublishResult, EngineError> {
         let now = Instant::now();
         let needs_lock = opts.with_history() || opts.idempotency_key.is_some();
         if !needs_lock {
@@ -148,15 +153,13 @@ impl Broker for MemoryBroker {
         }
         let mut shard = self.shards[shard_of(channel)].lock();
         shard.sweep_idempotency(now);
-        if let Some(key) = &opts.idempotency_key {
-            if let Some((res, exp)) = shard.idempotency.get(&(channel.to_string(), key.clone())) {
-                if *exp > now {
+        if let Some(key) = &opts.idempotency_key
+            && let Some((res, exp)) = shard.idempotency.get(&(channel.to_string(), key.clone()))
+                && *exp > now {
                     let mut res = res.clone();
                     res.suppressed = true;
                     return Ok(res);
                 }
-            }
-        }
         let mut result = PublishResult::default();
         let mut epoch = String::new();
         let mut prev = None;
@@ -197,7 +200,11 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn history(&self, channel: &str, q: &HistoryQuery) -> Result<(Vec<Publication>, StreamPosition), EngineError> {
+    async fn history(
+        &self,
+        channel: &str,
+        q: &HistoryQuery,
+    ) -> Result<(Vec<Publication>, StreamPosition), EngineError> {
         let now = Instant::now();
         let mut shard = self.shards[shard_of(channel)].lock();
         let s = shard.stream(channel, now, q.meta_ttl);
@@ -250,13 +257,19 @@ impl PresenceManager for MemoryPresence {
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
         let shard = self.shards[shard_of(channel)].lock();
-        let Some(m) = shard.get(channel) else { return Ok(PresenceStats::default()) };
+        let Some(m) = shard.get(channel) else {
+            return Ok(PresenceStats::default());
+        };
         let users: std::collections::HashSet<&str> = m.values().map(|i| i.user.as_str()).collect();
         Ok(PresenceStats { num_clients: m.len() as u32, num_users: users.len() as u32 })
     }
 
     async fn add_presence(&self, channel: &str, client_id: &str, info: ClientInfo) -> Result<(), EngineError> {
-        self.shards[shard_of(channel)].lock().entry(channel.to_string()).or_default().insert(client_id.to_string(), info);
+        self.shards[shard_of(channel)]
+            .lock()
+            .entry(channel.to_string())
+            .or_default()
+            .insert(client_id.to_string(), info);
         Ok(())
     }
 

@@ -89,7 +89,13 @@ struct Events {
 }
 
 impl BrokerEventHandler for Events {
-    fn handle_publication(&self, channel: &str, publication: Arc<Publication>, epoch: &str, prev: Option<Arc<Publication>>) {
+    fn handle_publication(
+        &self,
+        channel: &str,
+        publication: Arc<Publication>,
+        epoch: &str,
+        prev: Option<Arc<Publication>>,
+    ) {
         self.hub.broadcast_publication(channel, &publication, epoch, prev.as_ref());
     }
     fn handle_join(&self, channel: &str, info: ClientInfo) {
@@ -132,10 +138,7 @@ impl std::fmt::Debug for Node {
 
 /// Current unix time in seconds.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 impl Node {
@@ -252,7 +255,11 @@ impl Node {
     }
 
     /// Reads history (API and client), with the namespace check (108).
-    pub async fn history(&self, channel: &str, query: HistoryQuery) -> Result<(Vec<Publication>, StreamPosition), ClientError> {
+    pub async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<(Vec<Publication>, StreamPosition), ClientError> {
         let ns = self.rules.namespace(channel)?.clone();
         if !ns.options.history_enabled() {
             return Err(ClientError::NOT_AVAILABLE);

@@ -282,7 +282,9 @@ impl ClientShared {
         lazy: &mut LazyPush<'_>,
     ) {
         let mut subs = self.subs.lock();
-        let Some(s) = subs.get_mut(channel) else { return };
+        let Some(s) = subs.get_mut(channel) else {
+            return;
+        };
         if s.broken {
             return;
         }
@@ -292,8 +294,8 @@ impl ClientShared {
             }
             return;
         }
-        if let Some((offset, ep)) = &mut s.position {
-            if publication.offset != 0 {
+        if let Some((offset, ep)) = &mut s.position
+            && publication.offset != 0 {
                 if ep != epoch || publication.offset > *offset + 1 {
                     s.broken = true;
                     drop(subs);
@@ -305,7 +307,6 @@ impl ClientShared {
                 }
                 *offset = publication.offset;
             }
-        }
         drop(subs);
         self.enqueue(lazy.get(self.encoding));
     }

@@ -43,9 +43,7 @@ fn decode_json_commands(data: &[u8]) -> Result<Vec<Command>, DecodeError> {
     if data.is_empty() {
         return Err(DecodeError::Empty);
     }
-    data.split(|b| *b == b'\n')
-        .map(json::decode_command)
-        .collect()
+    data.split(|b| *b == b'\n').map(json::decode_command).collect()
 }
 
 fn decode_protobuf_commands(mut data: &[u8]) -> Result<Vec<Command>, DecodeError> {
@@ -54,15 +52,10 @@ fn decode_protobuf_commands(mut data: &[u8]) -> Result<Vec<Command>, DecodeError
     }
     let mut out = Vec::new();
     while data.has_remaining() {
-        let len = prost::encoding::decode_varint(&mut data)
-            .map_err(|e| DecodeError::Protobuf(e.to_string()))?;
-        let len =
-            usize::try_from(len).map_err(|_| DecodeError::Protobuf("length overflow".into()))?;
+        let len = prost::encoding::decode_varint(&mut data).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+        let len = usize::try_from(len).map_err(|_| DecodeError::Protobuf("length overflow".into()))?;
         if len > data.len() {
-            return Err(DecodeError::Protobuf(format!(
-                "declared length {len} exceeds the {} bytes left",
-                data.len()
-            )));
+            return Err(DecodeError::Protobuf(format!("declared length {len} exceeds the {} bytes left", data.len())));
         }
         let (msg, rest) = data.split_at(len);
         out.push(Command::decode(msg).map_err(|e| DecodeError::Protobuf(e.to_string()))?);
@@ -104,8 +97,7 @@ pub fn frame_messages(protocol: ProtocolType, messages: &[Bytes]) -> Vec<u8> {
 pub fn encode_protobuf_commands(commands: &[Command]) -> Vec<u8> {
     let mut out = Vec::new();
     for c in commands {
-        c.encode_length_delimited(&mut out)
-            .expect("Vec<u8> grows as needed");
+        c.encode_length_delimited(&mut out).expect("Vec<u8> grows as needed");
     }
     out
 }
@@ -115,19 +107,13 @@ pub fn decode_replies(protocol: ProtocolType, data: &[u8]) -> Result<Vec<Reply>,
     match protocol {
         ProtocolType::Json => {
             let text = std::str::from_utf8(data).map_err(|e| DecodeError::Json(e.to_string()))?;
-            text.split('\n')
-                .filter(|l| !l.trim().is_empty())
-                .map(json::decode_reply)
-                .collect()
+            text.split('\n').filter(|l| !l.trim().is_empty()).map(json::decode_reply).collect()
         }
         ProtocolType::Protobuf => {
             let mut data = data;
             let mut out = Vec::new();
             while data.has_remaining() {
-                out.push(
-                    Reply::decode_length_delimited(&mut data)
-                        .map_err(|e| DecodeError::Protobuf(e.to_string()))?,
-                );
+                out.push(Reply::decode_length_delimited(&mut data).map_err(|e| DecodeError::Protobuf(e.to_string()))?);
             }
             Ok(out)
         }
@@ -151,10 +137,7 @@ mod tests {
     #[test]
     fn json_empty_line_is_an_error() {
         assert!(decode_commands(ProtocolType::Json, b"{\"id\":1}\n\n{\"id\":2}").is_err());
-        assert_eq!(
-            decode_commands(ProtocolType::Json, b""),
-            Err(DecodeError::Empty)
-        );
+        assert_eq!(decode_commands(ProtocolType::Json, b""), Err(DecodeError::Empty));
         assert!(decode_commands(ProtocolType::Json, b"not json").is_err());
     }
 
@@ -163,26 +146,17 @@ mod tests {
         let cmds = vec![
             Command {
                 id: 1,
-                connect: Some(ConnectRequest {
-                    token: "t".into(),
-                    ..Default::default()
-                }),
+                connect: Some(ConnectRequest { token: "t".into(), ..Default::default() }),
                 ..Default::default()
             },
             Command {
                 id: 2,
-                subscribe: Some(SubscribeRequest {
-                    channel: "c".into(),
-                    ..Default::default()
-                }),
+                subscribe: Some(SubscribeRequest { channel: "c".into(), ..Default::default() }),
                 ..Default::default()
             },
         ];
         let bytes = encode_protobuf_commands(&cmds);
-        assert_eq!(
-            decode_commands(ProtocolType::Protobuf, &bytes).unwrap(),
-            cmds
-        );
+        assert_eq!(decode_commands(ProtocolType::Protobuf, &bytes).unwrap(), cmds);
         let err = decode_commands(ProtocolType::Protobuf, &bytes[..bytes.len() - 1]).unwrap_err();
         assert!(matches!(err, DecodeError::Protobuf(_)));
         // A huge declared length must fail fast, not allocate or wait.
@@ -202,13 +176,7 @@ mod tests {
     fn framing_joins_json_with_newlines_only_between() {
         let a = Bytes::from_static(b"{}");
         let b = Bytes::from_static(b"{\"id\":1}");
-        assert_eq!(
-            frame_messages(ProtocolType::Json, &[a.clone(), b.clone()]),
-            b"{}\n{\"id\":1}"
-        );
-        assert_eq!(
-            frame_messages(ProtocolType::Protobuf, &[a, b]),
-            b"{}{\"id\":1}"
-        );
+        assert_eq!(frame_messages(ProtocolType::Json, &[a.clone(), b.clone()]), b"{}\n{\"id\":1}");
+        assert_eq!(frame_messages(ProtocolType::Protobuf, &[a, b]), b"{}{\"id\":1}");
     }
 }

@@ -28,8 +28,7 @@ use crate::protocol::*;
 // ---------------------------------------------------------------------------
 
 fn raw_bytes(v: Option<&RawValue>) -> Bytes {
-    v.map(|r| Bytes::copy_from_slice(r.get().as_bytes()))
-        .unwrap_or_default()
+    v.map(|r| Bytes::copy_from_slice(r.get().as_bytes())).unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -201,8 +200,7 @@ impl From<JSubscribe<'_>> for SubscribeRequest {
 
 /// Decodes one JSON command line.
 pub fn decode_command(line: &[u8]) -> Result<Command, DecodeError> {
-    let c: JCommand<'_> =
-        serde_json::from_slice(line).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let c: JCommand<'_> = serde_json::from_slice(line).map_err(|e| DecodeError::Json(e.to_string()))?;
     Ok(Command {
         id: c.id,
         connect: c.connect.map(|c| ConnectRequest {
@@ -215,40 +213,25 @@ pub fn decode_command(line: &[u8]) -> Result<Command, DecodeError> {
             flag: c.flag,
         }),
         subscribe: c.subscribe.map(Into::into),
-        unsubscribe: c
-            .unsubscribe
-            .map(|u| UnsubscribeRequest { channel: u.channel }),
+        unsubscribe: c.unsubscribe.map(|u| UnsubscribeRequest { channel: u.channel }),
         publish: c.publish.map(|p| PublishRequest {
             channel: p.channel,
             data: raw_bytes(p.data),
             ..Default::default()
         }),
         presence: c.presence.map(|p| PresenceRequest { channel: p.channel }),
-        presence_stats: c
-            .presence_stats
-            .map(|p| PresenceStatsRequest { channel: p.channel }),
+        presence_stats: c.presence_stats.map(|p| PresenceStatsRequest { channel: p.channel }),
         history: c.history.map(|h| HistoryRequest {
             channel: h.channel,
             limit: h.limit,
-            since: h.since.map(|s| StreamPosition {
-                offset: s.offset,
-                epoch: s.epoch,
-            }),
+            since: h.since.map(|s| StreamPosition { offset: s.offset, epoch: s.epoch }),
             reverse: h.reverse,
         }),
         ping: c.ping.map(|_| PingRequest {}),
-        send: c.send.map(|s| SendRequest {
-            data: raw_bytes(s.data),
-        }),
-        rpc: c.rpc.map(|r| RpcRequest {
-            data: raw_bytes(r.data),
-            method: r.method,
-        }),
+        send: c.send.map(|s| SendRequest { data: raw_bytes(s.data) }),
+        rpc: c.rpc.map(|r| RpcRequest { data: raw_bytes(r.data), method: r.method }),
         refresh: c.refresh.map(|r| RefreshRequest { token: r.token }),
-        sub_refresh: c.sub_refresh.map(|r| SubRefreshRequest {
-            channel: r.channel,
-            token: r.token,
-        }),
+        sub_refresh: c.sub_refresh.map(|r| SubRefreshRequest { channel: r.channel, token: r.token }),
     })
 }
 
@@ -768,12 +751,7 @@ struct JPub<'a> {
 
 impl From<JPub<'_>> for Publication {
     fn from(p: JPub<'_>) -> Self {
-        Publication {
-            data: raw_bytes(p.data),
-            offset: p.offset,
-            delta: p.delta,
-            ..Default::default()
-        }
+        Publication { data: raw_bytes(p.data), offset: p.offset, delta: p.delta, ..Default::default() }
     }
 }
 
@@ -783,23 +761,12 @@ pub fn decode_reply(line: &str) -> Result<Reply, DecodeError> {
     let r: JReply<'_> = serde_json::from_str(line).map_err(|e| DecodeError::Json(e.to_string()))?;
     Ok(Reply {
         id: r.id,
-        error: r.error.map(|e| Error {
-            code: e.code,
-            message: e.message,
-            temporary: e.temporary,
-        }),
+        error: r.error.map(|e| Error { code: e.code, message: e.message, temporary: e.temporary }),
         push: r.push.map(|p| Push {
             channel: p.channel,
             r#pub: p.publication.map(Into::into),
-            unsubscribe: p.unsubscribe.map(|u| Unsubscribe {
-                code: u.code,
-                reason: u.reason,
-            }),
-            disconnect: p.disconnect.map(|d| Disconnect {
-                code: d.code,
-                reason: d.reason,
-                reconnect: false,
-            }),
+            unsubscribe: p.unsubscribe.map(|u| Unsubscribe { code: u.code, reason: u.reason }),
+            disconnect: p.disconnect.map(|d| Disconnect { code: d.code, reason: d.reason, reconnect: false }),
             ..Default::default()
         }),
         connect: r.connect.map(|c| ConnectResult {
@@ -844,46 +811,20 @@ mod tests {
 
     #[test]
     fn empty_results_keep_their_key() {
-        let r = Reply {
-            id: 3,
-            publish: Some(PublishResult {}),
-            ..Default::default()
-        };
+        let r = Reply { id: 3, publish: Some(PublishResult {}), ..Default::default() };
         assert_eq!(reply_json(&r), r#"{"id":3,"publish":{}}"#);
-        let r = Reply {
-            id: 2,
-            subscribe: Some(SubscribeResult::default()),
-            ..Default::default()
-        };
+        let r = Reply { id: 2, subscribe: Some(SubscribeResult::default()), ..Default::default() };
         assert_eq!(reply_json(&r), r#"{"id":2,"subscribe":{}}"#);
         assert_eq!(reply_json(&Reply::default()), "{}");
     }
 
     #[test]
     fn omission_exceptions() {
-        let r = Reply {
-            id: 1,
-            presence_stats: Some(PresenceStatsResult::default()),
-            ..Default::default()
-        };
-        assert_eq!(
-            reply_json(&r),
-            r#"{"id":1,"presence_stats":{"num_clients":0,"num_users":0}}"#
-        );
-        let r = Reply {
-            id: 1,
-            history: Some(HistoryResult::default()),
-            ..Default::default()
-        };
-        assert_eq!(
-            reply_json(&r),
-            r#"{"id":1,"history":{"publications":[],"epoch":"","offset":0}}"#
-        );
-        let r = Reply {
-            id: 1,
-            presence: Some(PresenceResult::default()),
-            ..Default::default()
-        };
+        let r = Reply { id: 1, presence_stats: Some(PresenceStatsResult::default()), ..Default::default() };
+        assert_eq!(reply_json(&r), r#"{"id":1,"presence_stats":{"num_clients":0,"num_users":0}}"#);
+        let r = Reply { id: 1, history: Some(HistoryResult::default()), ..Default::default() };
+        assert_eq!(reply_json(&r), r#"{"id":1,"history":{"publications":[],"epoch":"","offset":0}}"#);
+        let r = Reply { id: 1, presence: Some(PresenceResult::default()), ..Default::default() };
         assert_eq!(reply_json(&r), r#"{"id":1,"presence":{"presence":{}}}"#);
     }
 
@@ -895,11 +836,7 @@ mod tests {
                 r#pub: Some(Publication {
                     data: Bytes::from_static(b"{\n  \"text\": \"hi\\n\"\n}"),
                     offset: 7,
-                    info: Some(ClientInfo {
-                        user: "".into(),
-                        client: "c1".into(),
-                        ..Default::default()
-                    }),
+                    info: Some(ClientInfo { user: "".into(), client: "c1".into(), ..Default::default() }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -921,17 +858,14 @@ mod tests {
 
     #[test]
     fn decodes_commands_with_raw_payloads() {
-        let c =
-            decode_command(br#"{"id":4,"publish":{"channel":"c","data":{"x":[1,2]}}}"#).unwrap();
+        let c = decode_command(br#"{"id":4,"publish":{"channel":"c","data":{"x":[1,2]}}}"#).unwrap();
         assert_eq!(&c.publish.unwrap().data[..], br#"{"x":[1,2]}"#);
         let c = decode_command(br#"{"id":5,"rpc":{"method":"ping"}}"#).unwrap();
         assert!(c.rpc.unwrap().data.is_empty());
         let c = decode_command(b"{}").unwrap();
         assert_eq!(c, Command::default());
-        let c = decode_command(
-            br#"{"id":1,"connect":{"subs":{"a":{"recover":true,"offset":3,"epoch":"e"}}}}"#,
-        )
-        .unwrap();
+        let c =
+            decode_command(br#"{"id":1,"connect":{"subs":{"a":{"recover":true,"offset":3,"epoch":"e"}}}}"#).unwrap();
         assert!(c.connect.unwrap().subs["a"].recover);
         assert!(decode_command(br#"{"id":"x"}"#).is_err());
     }
@@ -944,11 +878,7 @@ mod tests {
                 recoverable: true,
                 epoch: "abc".into(),
                 offset: 12,
-                publications: vec![Publication {
-                    data: Bytes::from_static(b"1"),
-                    offset: 12,
-                    ..Default::default()
-                }],
+                publications: vec![Publication { data: Bytes::from_static(b"1"), offset: 12, ..Default::default() }],
                 ..Default::default()
             }),
             ..Default::default()

@@ -21,10 +21,7 @@ pub mod json;
 /// Types generated from `proto/client.proto`.
 #[allow(missing_docs, clippy::all)]
 pub mod protocol {
-    include!(concat!(
-        env!("OUT_DIR"),
-        "/centrifugal.centrifuge.protocol.rs"
-    ));
+    include!(concat!(env!("OUT_DIR"), "/centrifugal.centrifuge.protocol.rs"));
 }
 
 pub use codec::{DecodeError, decode_commands, encode_reply, frame_messages};

@@ -1,0 +1,5 @@
+//! The `gyre` binary.
+
+fn main() -> std::process::ExitCode {
+    gyre_server::cli::main()
+}
