@@ -338,9 +338,10 @@ impl Client {
             return Err(Disconnect::BAD_REQUEST.into());
         }
         if let Some(at) = self.expire_at
-            && at <= now {
-                return Err(ClientError::EXPIRED.into());
-            }
+            && at <= now
+        {
+            return Err(ClientError::EXPIRED.into());
+        }
         if cfg.user_connection_limit > 0
             && !self.user.is_empty()
             && node.hub.user_clients(&self.user).len() >= cfg.user_connection_limit
@@ -579,9 +580,10 @@ impl Client {
             }
         }
         if let Some(at) = expire_at
-            && at <= self.now_unix() {
-                return Err(ClientError::TOKEN_EXPIRED.into());
-            }
+            && at <= self.now_unix()
+        {
+            return Err(ClientError::TOKEN_EXPIRED.into());
+        }
         let history = o.history_enabled();
         let hist_access = self.history_access(&ns);
         let recoverable = history
@@ -626,11 +628,12 @@ impl Client {
         let stateful = plan.positioned || plan.recoverable;
         self.shared.begin_sub(ch, stateful, plan.push_join_leave);
         if node.hub.add_sub(ch, &self.shared)
-            && let Err(e) = node.broker.subscribe(ch).await {
-                tracing::warn!(channel = ch, error = %e, "broker subscribe failed");
-                self.rollback(ch).await;
-                return Err(ClientError::INTERNAL.into());
-            }
+            && let Err(e) = node.broker.subscribe(ch).await
+        {
+            tracing::warn!(channel = ch, error = %e, "broker subscribe failed");
+            self.rollback(ch).await;
+            return Err(ClientError::INTERNAL.into());
+        }
         let mut result = SubscribeResult { data: plan.data.clone(), ..Default::default() };
         let mut pending = Pending { channel: ch.to_string(), position: None, append_to_result: false };
         if stateful {
@@ -757,9 +760,10 @@ impl Client {
                     (last, e)
                 });
                 if let Some((pos, _)) = &mut s.position
-                    && let Some((last, _)) = &p.position {
-                        *pos = (*pos).max(*last);
-                    }
+                    && let Some((last, _)) = &p.position
+                {
+                    *pos = (*pos).max(*last);
+                }
             });
             // Anything that slipped in between the two locks is delivered now, in order.
             for publication in buffered_late {
@@ -794,9 +798,10 @@ impl Client {
         let node = self.node.clone();
         self.shared.end_sub(ch);
         if node.hub.remove_sub(ch, &self.shared.id)
-            && let Err(e) = node.broker.unsubscribe(ch).await {
-                tracing::warn!(channel = ch, error = %e, "broker unsubscribe failed");
-            }
+            && let Err(e) = node.broker.unsubscribe(ch).await
+        {
+            tracing::warn!(channel = ch, error = %e, "broker unsubscribe failed");
+        }
         if ctx.presence {
             let _ = node.presence.remove_presence(ch, &self.shared.id, &self.user).await;
         }
@@ -905,9 +910,11 @@ impl Client {
         };
         let (pubs, top) = node.history(&req.channel, q).await?;
         if let Some(since) = &req.since
-            && !since.epoch.is_empty() && since.epoch != top.epoch {
-                return Err(ClientError::UNRECOVERABLE_POSITION.into());
-            }
+            && !since.epoch.is_empty()
+            && since.epoch != top.epoch
+        {
+            return Err(ClientError::UNRECOVERABLE_POSITION.into());
+        }
         Ok(HistoryResult { publications: pubs, epoch: top.epoch, offset: top.offset })
     }
 
@@ -1139,9 +1146,10 @@ impl Client {
                 let _ = node.presence.add_presence(ch, &self.shared.id, self.client_info(&ctx.chan_info)).await;
             }
             if let Some(at) = ctx.expire_at
-                && at + grace <= now {
-                    expired.push((ch.clone(), ctx.server_side));
-                }
+                && at + grace <= now
+            {
+                expired.push((ch.clone(), ctx.server_side));
+            }
         }
         for (ch, server_side) in expired {
             if server_side {

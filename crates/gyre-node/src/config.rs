@@ -1036,9 +1036,11 @@ impl Config {
         let mut errs = Vec::new();
         let mut e = |k: &str, m: String| errs.push(ConfigError { key: k.into(), message: m });
         if let (Some(ping), Some(pong)) = (self.client.ping_interval.0, self.client.pong_timeout.0)
-            && !pong.is_zero() && ping <= pong {
-                e("client.ping_interval", "must be greater than client.pong_timeout".into());
-            }
+            && !pong.is_zero()
+            && ping <= pong
+        {
+            e("client.ping_interval", "must be greater than client.pong_timeout".into());
+        }
         if self.client.queue_max_size == 0 {
             e("client.queue_max_size", "must be positive".into());
         }

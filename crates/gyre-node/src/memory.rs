@@ -155,11 +155,12 @@ impl Broker for MemoryBroker {
         shard.sweep_idempotency(now);
         if let Some(key) = &opts.idempotency_key
             && let Some((res, exp)) = shard.idempotency.get(&(channel.to_string(), key.clone()))
-                && *exp > now {
-                    let mut res = res.clone();
-                    res.suppressed = true;
-                    return Ok(res);
-                }
+            && *exp > now
+        {
+            let mut res = res.clone();
+            res.suppressed = true;
+            return Ok(res);
+        }
         let mut result = PublishResult::default();
         let mut epoch = String::new();
         let mut prev = None;

@@ -128,6 +128,7 @@ pub struct Node {
     pub name: String,
     started: Instant,
     shutting_down: AtomicBool,
+    disconnects: parking_lot::Mutex<HashMap<u32, u64>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -175,7 +176,18 @@ impl Node {
             name,
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
+            disconnects: parking_lot::Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Counts a server-initiated disconnect by code (metrics, tests).
+    pub fn record_disconnect(&self, code: u32) {
+        *self.disconnects.lock().entry(code).or_default() += 1;
+    }
+
+    /// How many connections were closed with `code`.
+    pub fn disconnect_count(&self, code: u32) -> u64 {
+        self.disconnects.lock().get(&code).copied().unwrap_or(0)
     }
 
     /// Whether shutdown began.

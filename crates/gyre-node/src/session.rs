@@ -221,6 +221,11 @@ impl ClientShared {
         self.notify.notify_one();
     }
 
+    /// The disconnect pending, if any.
+    pub fn pending_disconnect(&self) -> Option<Disconnect> {
+        self.queue.lock().disconnect.clone()
+    }
+
     /// Whether a disconnect is pending.
     pub fn closing(&self) -> bool {
         self.queue.lock().disconnect.is_some()
@@ -295,18 +300,19 @@ impl ClientShared {
             return;
         }
         if let Some((offset, ep)) = &mut s.position
-            && publication.offset != 0 {
-                if ep != epoch || publication.offset > *offset + 1 {
-                    s.broken = true;
-                    drop(subs);
-                    self.push_control(Control::InsufficientState { channel: channel.to_string() });
-                    return;
-                }
-                if publication.offset <= *offset {
-                    return;
-                }
-                *offset = publication.offset;
+            && publication.offset != 0
+        {
+            if ep != epoch || publication.offset > *offset + 1 {
+                s.broken = true;
+                drop(subs);
+                self.push_control(Control::InsufficientState { channel: channel.to_string() });
+                return;
             }
+            if publication.offset <= *offset {
+                return;
+            }
+            *offset = publication.offset;
+        }
         drop(subs);
         self.enqueue(lazy.get(self.encoding));
     }

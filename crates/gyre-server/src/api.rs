@@ -368,9 +368,11 @@ async fn history(node: &Arc<Node>, r: ChannelReq) -> ApiResult {
     let q = HistoryQuery { since: r.since.as_ref().map(|s| s.offset), limit, reverse: r.reverse, ..Default::default() };
     let (pubs, top) = node.history(&r.channel, q).await?;
     if let Some(s) = &r.since
-        && !s.epoch.is_empty() && s.epoch != top.epoch {
-            return Err(ClientError::UNRECOVERABLE_POSITION);
-        }
+        && !s.epoch.is_empty()
+        && s.epoch != top.epoch
+    {
+        return Err(ClientError::UNRECOVERABLE_POSITION);
+    }
     Ok(
         json!({"publications": pubs.iter().map(publication_json).collect::<Vec<_>>(), "epoch": top.epoch, "offset": top.offset}),
     )

@@ -458,10 +458,11 @@ fn serve(flags: ServerFlags) -> ExitCode {
         tracing::info!(%token, "connection token for user \"demo\"");
     }
     if !config.pid_file.is_empty()
-        && let Err(e) = std::fs::write(&config.pid_file, std::process::id().to_string()) {
-            eprintln!("pid_file {}: {e}", config.pid_file);
-            return ExitCode::FAILURE;
-        }
+        && let Err(e) = std::fs::write(&config.pid_file, std::process::id().to_string())
+    {
+        eprintln!("pid_file {}: {e}", config.pid_file);
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -90,7 +90,11 @@ async fn run(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, mut client
                         match tokio::time::timeout(write_timeout, sink.feed(frame(&batch.messages))).await {
                             Ok(Ok(())) => {}
                             Ok(Err(_)) => { disconnect = Some(None); break; }
-                            Err(_) => { disconnect = Some(Some(Disconnect::WRITE_ERROR)); break; }
+                            Err(_) => {
+                                // A stuck socket usually means the queue overflowed meanwhile: report that.
+                                disconnect = Some(Some(shared.pending_disconnect().unwrap_or(Disconnect::WRITE_ERROR)));
+                                break;
+                            }
                         }
                     }
                     if let Some(d) = batch.disconnect {
@@ -105,7 +109,7 @@ async fn run(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, mut client
                     match tokio::time::timeout(write_timeout, sink.flush()).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => break None,
-                        Err(_) => break Some(Disconnect::WRITE_ERROR),
+                        Err(_) => break Some(shared.pending_disconnect().unwrap_or(Disconnect::WRITE_ERROR)),
                     }
                 }
                 if let Some(d) = disconnect {
@@ -144,6 +148,7 @@ async fn run(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, mut client
         }
     };
     if let Some(d) = end {
+        node.record_disconnect(d.code);
         // Flush what is queued (never for 3008: its queue is gone by design).
         if d != Disconnect::SLOW {
             loop {
