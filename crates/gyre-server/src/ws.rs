@@ -34,7 +34,6 @@ pub fn ws_config(node: &Node) -> WebSocketConfig {
     let mut c = WebSocketConfig::default();
     c.read_buffer_size = 4096;
     c.write_buffer_size = 0;
-    c.max_write_buffer_size = usize::MAX;
     c.max_message_size = Some(limit);
     c.max_frame_size = Some(limit);
     c
@@ -81,13 +80,14 @@ async fn run(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, mut client
                 if let Err(d) = client.handle_controls().await {
                     break Some(d);
                 }
-                let mut wrote = false;
                 let mut disconnect = None;
                 loop {
                     let batch = shared.take_batch(MAX_MESSAGES_IN_FRAME);
                     if !batch.messages.is_empty() {
-                        wrote = true;
-                        match tokio::time::timeout(write_timeout, sink.feed(frame(&batch.messages))).await {
+                        // One frame, written and flushed: a stuck socket blocks here
+                        // (bounded by the write timeout) while the queue, not an
+                        // unbounded buffer, absorbs what arrives meanwhile.
+                        match tokio::time::timeout(write_timeout, sink.send(frame(&batch.messages))).await {
                             Ok(Ok(())) => {}
                             Ok(Err(_)) => { disconnect = Some(None); break; }
                             Err(_) => {
@@ -103,13 +103,6 @@ async fn run(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, mut client
                     }
                     if batch.messages.is_empty() {
                         break;
-                    }
-                }
-                if wrote {
-                    match tokio::time::timeout(write_timeout, sink.flush()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break None,
-                        Err(_) => break Some(shared.pending_disconnect().unwrap_or(Disconnect::WRITE_ERROR)),
                     }
                 }
                 if let Some(d) = disconnect {
