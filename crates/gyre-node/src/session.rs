@@ -110,6 +110,7 @@ pub struct ClientShared {
     max_queue: usize,
     queue: Mutex<Queue>,
     notify: Notify,
+    overflow: Notify,
     subs: Mutex<HashMap<Arc<str>, SubDelivery>>,
     control: Mutex<VecDeque<Control>>,
 }
@@ -141,6 +142,7 @@ impl ClientShared {
             max_queue,
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
+            overflow: Notify::new(),
             subs: Mutex::new(HashMap::new()),
             control: Mutex::new(VecDeque::new()),
         })
@@ -167,6 +169,12 @@ impl ClientShared {
         self.notify.notified().await
     }
 
+    /// Waits until the queue overflowed (3008): lets a writer stuck on a full
+    /// socket give up at once instead of at its write timeout.
+    pub async fn overflowed(&self) {
+        self.overflow.notified().await
+    }
+
     /// Queues one encoded message; false when the connection is closing.
     pub fn enqueue(&self, msg: Bytes) -> bool {
         let mut q = self.queue.lock();
@@ -179,6 +187,7 @@ impl ClientShared {
             q.disconnect = Some(Disconnect::SLOW);
             drop(q);
             self.notify.notify_one();
+            self.overflow.notify_one();
             return false;
         }
         q.bytes += msg.len();

@@ -43,6 +43,30 @@ fn close_message(d: &Disconnect) -> Message {
     Message::Close(Some(CloseFrame { code: CloseCode::from(d.code as u16), reason: d.reason.to_string().into() }))
 }
 
+type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, Message>;
+
+/// Writes and flushes one frame. While the socket is stuck, the queue keeps
+/// absorbing pushes; if it overflows meanwhile the write is abandoned at once
+/// with 3008 instead of waiting out the write timeout. `Err(None)` means the
+/// peer is gone.
+async fn write_frame(
+    sink: &mut Sink,
+    msg: Message,
+    shared: &ClientShared,
+    timeout: Duration,
+) -> Result<(), Option<Disconnect>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let write = sink.send(msg);
+    tokio::pin!(write);
+    tokio::select! {
+        r = &mut write => r.map_err(|_| None),
+        _ = tokio::time::sleep_until(deadline) => {
+            Err(Some(shared.pending_disconnect().unwrap_or(Disconnect::WRITE_ERROR)))
+        }
+        _ = shared.overflowed() => Err(Some(Disconnect::SLOW)),
+    }
+}
+
 /// Serves one upgraded connection until it ends.
 pub async fn serve(node: Arc<Node>, upgraded: Upgraded, encoding: Encoding, http_user: Option<String>) {
     let io = TokioIo::new(upgraded);
@@ -87,14 +111,9 @@ async fn run(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, mut client
                         // One frame, written and flushed: a stuck socket blocks here
                         // (bounded by the write timeout) while the queue, not an
                         // unbounded buffer, absorbs what arrives meanwhile.
-                        match tokio::time::timeout(write_timeout, sink.send(frame(&batch.messages))).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => { disconnect = Some(None); break; }
-                            Err(_) => {
-                                // A stuck socket usually means the queue overflowed meanwhile: report that.
-                                disconnect = Some(Some(shared.pending_disconnect().unwrap_or(Disconnect::WRITE_ERROR)));
-                                break;
-                            }
+                        match write_frame(&mut sink, frame(&batch.messages), &shared, write_timeout).await {
+                            Ok(()) => {}
+                            Err(d) => { disconnect = Some(d); break; }
                         }
                     }
                     if let Some(d) = batch.disconnect {
