@@ -556,11 +556,13 @@ mod tests {
 
     #[test]
     fn bad_and_duplicate_namespaces_are_refused() {
-        let mut spec = CentrifugoSpec::default();
-        spec.namespaces = vec![ChannelNamespace {
-            name: "x".into(),
+        let mut spec = CentrifugoSpec {
+            namespaces: vec![ChannelNamespace {
+                name: "x".into(),
+                ..Default::default()
+            }],
             ..Default::default()
-        }];
+        };
         assert_eq!(
             build_config(&spec).unwrap_err().reason(),
             "InvalidNamespace"

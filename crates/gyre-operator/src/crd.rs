@@ -7,6 +7,10 @@
 //! Rules that need more than one object (for example "the referenced Secret has the keys") live in
 //! the reconciler and surface as status conditions.
 
+// The derive's repeated `printcolumn(type_ = ...)` arguments trip this lint; they are distinct
+// columns, not duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::{

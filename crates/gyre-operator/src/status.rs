@@ -42,29 +42,47 @@ fn find<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conds.iter().find(|c| c.type_ == type_)
 }
 
-fn set(
-    out: &mut Vec<Condition>,
-    prev: &[Condition],
+/// Accumulates conditions, carrying `lastTransitionTime` over from the previous status when
+/// the value did not flip.
+struct Conditions<'a> {
+    out: Vec<Condition>,
+    prev: &'a [Condition],
     generation: Option<i64>,
-    now: &Time,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: String,
-) {
-    let status = if status { "True" } else { "False" };
-    let last_transition_time = match find(prev, type_) {
-        Some(p) if p.status == status => p.last_transition_time.clone(),
-        _ => now.clone(),
-    };
-    out.push(Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    });
+    now: &'a Time,
+}
+
+impl Conditions<'_> {
+    fn set(&mut self, type_: &str, status: bool, reason: &str, message: String) {
+        let status = if status { "True" } else { "False" };
+        let last_transition_time = match find(self.prev, type_) {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => self.now.clone(),
+        };
+        self.out.push(Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            observed_generation: self.generation,
+            last_transition_time,
+        });
+    }
+
+    /// Keeps the previous condition (a check not reached in this pass), or records it pending.
+    fn keep(&mut self, type_: &str, pending: &str) {
+        match find(self.prev, type_) {
+            Some(c) => self.out.push(c.clone()),
+            None => self.set(type_, false, "Pending", pending.to_string()),
+        }
+    }
+
+    fn check(&mut self, type_: &str, check: &Option<Check>, ok_message: &str) {
+        match check {
+            Some(Ok(reason)) => self.set(type_, true, reason, ok_message.to_string()),
+            Some(Err((reason, message))) => self.set(type_, false, reason, message.clone()),
+            None => self.keep(type_, "not checked yet"),
+        }
+    }
 }
 
 /// Rollout facts of the owned Deployment: (desired, rolled out, available).
@@ -116,60 +134,14 @@ pub fn endpoints(cr: &Centrifugo) -> Endpoints {
 pub fn compute_status(cr: &Centrifugo, obs: &Observed<'_>, now: &Time) -> CentrifugoStatus {
     let prev = cr.status.clone().unwrap_or_default();
     let generation = cr.metadata.generation;
-    let mut conds = Vec::new();
-
-    let keep = |t: &str| find(&prev.conditions, t).cloned();
-    let push_check =
-        |conds: &mut Vec<Condition>, t: &str, check: &Option<Check>, ok_msg: &str| match check {
-            Some(Ok(reason)) => set(
-                conds,
-                &prev.conditions,
-                generation,
-                now,
-                t,
-                true,
-                reason,
-                ok_msg.into(),
-            ),
-            Some(Err((reason, msg))) => set(
-                conds,
-                &prev.conditions,
-                generation,
-                now,
-                t,
-                false,
-                reason,
-                msg.clone(),
-            ),
-            None => {
-                if let Some(c) = keep(t) {
-                    conds.push(c);
-                } else {
-                    set(
-                        conds,
-                        &prev.conditions,
-                        generation,
-                        now,
-                        t,
-                        false,
-                        "Pending",
-                        "not checked yet".into(),
-                    );
-                }
-            }
-        };
-    push_check(
-        &mut conds,
-        CONFIG_VALID,
-        &obs.config,
-        "configuration generated",
-    );
-    push_check(
-        &mut conds,
-        SECRETS_READY,
-        &obs.secrets,
-        "credentials available",
-    );
+    let mut conds = Conditions {
+        out: Vec::new(),
+        prev: &prev.conditions,
+        generation,
+        now,
+    };
+    conds.check(CONFIG_VALID, &obs.config, "configuration generated");
+    conds.check(SECRETS_READY, &obs.secrets, "credentials available");
 
     let mut status = CentrifugoStatus {
         observed_generation: prev.observed_generation,
@@ -209,27 +181,9 @@ pub fn compute_status(cr: &Centrifugo, obs: &Observed<'_>, now: &Time) -> Centri
             status.updated_replicas
         );
         if done {
-            set(
-                &mut conds,
-                &prev.conditions,
-                generation,
-                now,
-                PROGRESSING,
-                false,
-                "RolloutComplete",
-                progress.clone(),
-            );
+            conds.set(PROGRESSING, false, "RolloutComplete", progress.clone());
         } else {
-            set(
-                &mut conds,
-                &prev.conditions,
-                generation,
-                now,
-                PROGRESSING,
-                true,
-                "RollingOut",
-                progress.clone(),
-            );
+            conds.set(PROGRESSING, true, "RollingOut", progress.clone());
         }
         let ready = done && available >= desired;
         let reason = match (ready, desired) {
@@ -237,64 +191,20 @@ pub fn compute_status(cr: &Centrifugo, obs: &Observed<'_>, now: &Time) -> Centri
             (true, _) => "AllReplicasReady",
             (false, _) => "ReplicasNotReady",
         };
-        set(
-            &mut conds,
-            &prev.conditions,
-            generation,
-            now,
-            READY,
-            ready,
-            reason,
-            progress,
-        );
+        conds.set(READY, ready, reason, progress);
     } else {
-        if let Some(c) = keep(PROGRESSING) {
-            conds.push(c);
-        } else {
-            set(
-                &mut conds,
-                &prev.conditions,
-                generation,
-                now,
-                PROGRESSING,
-                false,
-                "Pending",
-                "nothing deployed yet".into(),
-            );
-        }
+        conds.keep(PROGRESSING, "nothing deployed yet");
         let (reason, msg) = match (blocked, &obs.error) {
             (Some((r, m)), _) => (r.to_string(), m.to_string()),
             (None, Some((_, m))) => ("ReconcileFailed".to_string(), m.clone()),
             (None, None) => ("Pending".to_string(), "nothing deployed yet".to_string()),
         };
-        set(
-            &mut conds,
-            &prev.conditions,
-            generation,
-            now,
-            READY,
-            false,
-            &reason,
-            msg,
-        );
+        conds.set(READY, false, &reason, msg);
     }
 
     match &obs.error {
-        Some((reason, msg)) => set(
-            &mut conds,
-            &prev.conditions,
-            generation,
-            now,
-            RECONCILE_ERROR,
-            true,
-            reason,
-            msg.clone(),
-        ),
-        None => set(
-            &mut conds,
-            &prev.conditions,
-            generation,
-            now,
+        Some((reason, msg)) => conds.set(RECONCILE_ERROR, true, reason, msg.clone()),
+        None => conds.set(
             RECONCILE_ERROR,
             false,
             "ReconcileSucceeded",
@@ -306,6 +216,6 @@ pub fn compute_status(cr: &Centrifugo, obs: &Observed<'_>, now: &Time) -> Centri
     if obs.error.is_none() && (obs.deployment.is_some() || blocked.is_some()) {
         status.observed_generation = generation;
     }
-    status.conditions = conds;
+    status.conditions = conds.out;
     status
 }
