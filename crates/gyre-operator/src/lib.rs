@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod metrics;
+pub mod rbac;
 pub mod status;
 
 use kube::CustomResourceExt;
@@ -18,4 +19,4 @@ pub fn crd_yaml() -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

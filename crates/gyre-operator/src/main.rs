@@ -55,6 +55,8 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Print, as JSON, the RBAC permissions the operator needs (checked against the chart in CI).
+    Rbac,
     /// Print the objects the operator would create for a Centrifugo manifest, as YAML.
     /// The generated Secret gets fresh random values, like the operator's first pass.
     Render {
@@ -88,6 +90,10 @@ fn main() -> anyhow::Result<()> {
             config_only,
         }) => render(&file, &default_image, config_only),
         Some(Command::Run(args)) => run(args),
+        Some(Command::Rbac) => out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(gyre_operator::rbac::REQUIRED)?
+        )),
         None => run(cli.run),
     }
 }
