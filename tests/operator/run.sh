@@ -101,6 +101,48 @@ if [ -n "${GYRE_BIN:-}" ] && [ -x "${GYRE_BIN}" ]; then
     "$GYRE_BIN" checkconfig -c "$cfg"
   done
   echo "all generated configs accepted by $GYRE_BIN"
+
+  # Start the server as the pod would (config file + CENTRIFUGO_* credentials from the Secret),
+  # on free loopback ports, and use the credentials: /health answers, the API key publishes, a
+  # wrong key is refused.
+  read -r port iport < <("$PY" -c 'import socket
+ss=[socket.socket() for _ in range(2)]
+[s.bind(("127.0.0.1",0)) for s in ss]
+print(*[s.getsockname()[1] for s in ss])')
+  api_key="ci-api-key-$RANDOM$RANDOM"
+  CENTRIFUGO_HTTP_API_KEY="$api_key" \
+  CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY="ci-hmac-secret-0123456789abcdef0123456789" \
+  CENTRIFUGO_ADMIN_PASSWORD=ci-admin CENTRIFUGO_ADMIN_SECRET=ci-admin-secret \
+    "$GYRE_BIN" -c "$ART/configs/centrifugo-single.json" --http_server.address 127.0.0.1 \
+    --http_server.port "$port" --http_server.internal_port "$iport" > "$ART/gyre-server.log" 2>&1 &
+  gyre_pid=$!
+  trap 'kill "$gyre_pid" 2>/dev/null || true' EXIT
+  "$PY" - "$iport" "$api_key" <<'PY'
+import json, sys, time, urllib.request, urllib.error
+port, key = sys.argv[1], sys.argv[2]
+base = f"http://127.0.0.1:{port}"
+for _ in range(100):
+    try:
+        urllib.request.urlopen(base + "/health", timeout=1)
+        break
+    except Exception:
+        time.sleep(0.1)
+else:
+    sys.exit("gyre did not answer /health on the internal port")
+def publish(k):
+    req = urllib.request.Request(base + "/api/publish", method="POST",
+        data=json.dumps({"channel": "chat:ci", "data": {"x": 1}}).encode(),
+        headers={"X-API-Key": k, "Content-Type": "application/json"})
+    try:
+        return urllib.request.urlopen(req, timeout=2).status
+    except urllib.error.HTTPError as e:
+        return e.code
+assert publish(key) == 200, "publish with the Secret's API key failed"
+assert publish("wrong") == 401, "a wrong API key was not refused"
+print("gyre started from the generated config: /health ok, API key accepted, wrong key refused")
+PY
+  kill -TERM "$gyre_pid"; wait "$gyre_pid" || true
+  trap - EXIT
 else
   echo "SKIPPED: GYRE_BIN is not set to an executable gyre binary (got '${GYRE_BIN:-}')."
   echo "SKIPPED: the operator's config.json files were NOT checked by the real server."
