@@ -14,22 +14,20 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         autoscaling::v2::{
-            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-            MetricSpec, MetricTarget, ResourceMetricSource,
+            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+            MetricTarget, ResourceMetricSource,
         },
         core::v1::{
-            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-            EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-            SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServiceAccount,
-            ServicePort, ServiceSpec as K8sServiceSpec, SleepAction, TopologySpreadConstraint,
-            Volume, VolumeMount,
+            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+            EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec,
+            Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+            ServiceAccount, ServicePort, ServiceSpec as K8sServiceSpec, SleepAction, TopologySpreadConstraint, Volume,
+            VolumeMount,
         },
         networking::v1::{
-            HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-            IngressServiceBackend, IngressSpec as K8sIngressSpec, NetworkPolicy,
-            NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
-            NetworkPolicySpec as K8sNetworkPolicySpec, ServiceBackendPort,
+            HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend,
+            IngressSpec as K8sIngressSpec, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer,
+            NetworkPolicyPort, NetworkPolicySpec as K8sNetworkPolicySpec, ServiceBackendPort,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec as K8sPdbSpec},
     },
@@ -62,22 +60,10 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Keys of the credentials Secret and the environment variables the server reads them from.
 /// `required` keys must exist in a user-provided Secret; admin keys only when the admin UI is on.
 pub const SECRET_ENV: &[(&str, &str, SecretKeyUse)] = &[
-    (
-        "tokenHmacSecretKey",
-        "CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY",
-        SecretKeyUse::Always,
-    ),
+    ("tokenHmacSecretKey", "CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY", SecretKeyUse::Always),
     ("apiKey", "CENTRIFUGO_HTTP_API_KEY", SecretKeyUse::Always),
-    (
-        "adminPassword",
-        "CENTRIFUGO_ADMIN_PASSWORD",
-        SecretKeyUse::Admin,
-    ),
-    (
-        "adminSecret",
-        "CENTRIFUGO_ADMIN_SECRET",
-        SecretKeyUse::Admin,
-    ),
+    ("adminPassword", "CENTRIFUGO_ADMIN_PASSWORD", SecretKeyUse::Admin),
+    ("adminSecret", "CENTRIFUGO_ADMIN_SECRET", SecretKeyUse::Admin),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,9 +105,7 @@ pub fn internal_service_name(cr: &Centrifugo) -> String {
 }
 /// Secret the pods read credentials from: the user's, or the one the operator generates.
 pub fn secret_name(cr: &Centrifugo) -> String {
-    cr.spec
-        .existing_secret()
-        .map_or_else(|| generated_secret_name(cr), str::to_string)
+    cr.spec.existing_secret().map_or_else(|| generated_secret_name(cr), str::to_string)
 }
 
 /// Labels that identify the pods of one instance; immutable once a Deployment exists.
@@ -134,11 +118,7 @@ pub fn selector_labels(cr: &Centrifugo) -> BTreeMap<String, String> {
 
 /// `key=value,...` form of the selector, as the scale subresource wants it.
 pub fn selector_string(cr: &Centrifugo) -> String {
-    selector_labels(cr)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    selector_labels(cr).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 fn labels(cr: &Centrifugo, component: &str) -> BTreeMap<String, String> {
@@ -160,11 +140,7 @@ fn meta(cr: &Centrifugo, name: String, component: &str) -> ObjectMeta {
 }
 
 fn with_type<K: Resource<DynamicType = ()>>(meta: ObjectMeta) -> (ObjectMeta, String, String) {
-    (
-        meta,
-        K::api_version(&()).into_owned(),
-        K::kind(&()).into_owned(),
-    )
+    (meta, K::api_version(&()).into_owned(), K::kind(&()).into_owned())
 }
 
 /// Random credentials for a new generated Secret: 32 bytes each, base64url without padding.
@@ -176,10 +152,7 @@ pub fn generate_secret_values() -> BTreeMap<String, String> {
         .map(|(key, _, _)| {
             let mut buf = [0u8; 32];
             rng.fill_bytes(&mut buf);
-            (
-                (*key).to_string(),
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf),
-            )
+            ((*key).to_string(), base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
         })
         .collect()
 }
@@ -188,19 +161,12 @@ pub fn generate_secret_values() -> BTreeMap<String, String> {
 /// creation or on an explicit rotation), never re-sent with new randomness on a routine pass.
 pub fn build_generated_secret(cr: &Centrifugo, values: &BTreeMap<String, String>) -> Secret {
     let mut m = meta(cr, generated_secret_name(cr), "credentials");
-    m.annotations = Some(BTreeMap::from([(
-        ROTATION_ANNOTATION.to_string(),
-        cr.spec.rotation_generation().to_string(),
-    )]));
+    m.annotations =
+        Some(BTreeMap::from([(ROTATION_ANNOTATION.to_string(), cr.spec.rotation_generation().to_string())]));
     Secret {
         metadata: m,
         type_: Some("Opaque".into()),
-        data: Some(
-            values
-                .iter()
-                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
+        data: Some(values.iter().map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec()))).collect()),
         ..Default::default()
     }
 }
@@ -232,16 +198,10 @@ pub fn missing_secret_keys(cr: &Centrifugo, data: &BTreeMap<String, ByteString>)
 
 pub fn build_config_map(cr: &Centrifugo, inputs: &Inputs) -> ConfigMap {
     let mut m = meta(cr, config_map_name(cr), "config");
-    m.annotations = Some(BTreeMap::from([(
-        CONFIG_HASH_ANNOTATION.to_string(),
-        inputs.config.hash.clone(),
-    )]));
+    m.annotations = Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), inputs.config.hash.clone())]));
     ConfigMap {
         metadata: m,
-        data: Some(BTreeMap::from([(
-            CONFIG_FILE.to_string(),
-            inputs.config.json.clone(),
-        )])),
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), inputs.config.json.clone())])),
         ..Default::default()
     }
 }
@@ -276,10 +236,7 @@ fn default_resources() -> ResourceRequirements {
             ("cpu".to_string(), Quantity("100m".into())),
             ("memory".to_string(), Quantity("128Mi".into())),
         ])),
-        limits: Some(BTreeMap::from([(
-            "memory".to_string(),
-            Quantity("256Mi".into()),
-        )])),
+        limits: Some(BTreeMap::from([("memory".to_string(), Quantity("256Mi".into()))])),
         ..Default::default()
     }
 }
@@ -299,10 +256,7 @@ fn health_probe(period: i32, failure_threshold: i32) -> Probe {
 }
 
 fn spread_constraints(cr: &Centrifugo) -> Vec<TopologySpreadConstraint> {
-    let selector = LabelSelector {
-        match_labels: Some(selector_labels(cr)),
-        ..Default::default()
-    };
+    let selector = LabelSelector { match_labels: Some(selector_labels(cr)), ..Default::default() };
     match cr.spec.pod().topology_spread_constraints {
         None => vec![TopologySpreadConstraint {
             max_skew: 1,
@@ -346,10 +300,7 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
         name: "gyre".into(),
         image: Some(inputs.image.clone()),
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
-        args: Some(vec![
-            "--config".into(),
-            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
-        ]),
+        args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/{CONFIG_FILE}")]),
         ports: Some(vec![
             ContainerPort {
                 name: Some("http".into()),
@@ -366,15 +317,10 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
         ]),
         env: Some(env),
         readiness_probe: Some(health_probe(5, 3)),
-        liveness_probe: Some(Probe {
-            initial_delay_seconds: Some(5),
-            ..health_probe(10, 3)
-        }),
+        liveness_probe: Some(Probe { initial_delay_seconds: Some(5), ..health_probe(10, 3) }),
         lifecycle: (pod.pre_stop_sleep_seconds > 0).then(|| Lifecycle {
             pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction {
-                    seconds: pod.pre_stop_sleep_seconds,
-                }),
+                sleep: Some(SleepAction { seconds: pod.pre_stop_sleep_seconds }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -384,14 +330,8 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
             ..Default::default()
         }),
         volume_mounts: Some(vec![
@@ -401,11 +341,7 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
                 read_only: Some(true),
                 ..Default::default()
             },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..Default::default()
-            },
+            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
         ]),
         ..Default::default()
     };
@@ -416,20 +352,14 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
         termination_grace_period_seconds: Some(pod.termination_grace_period_seconds),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
             ..Default::default()
         }),
         containers: vec![container],
         volumes: Some(vec![
             Volume {
                 name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: config_map_name(cr),
-                    ..Default::default()
-                }),
+                config_map: Some(ConfigMapVolumeSource { name: config_map_name(cr), ..Default::default() }),
                 ..Default::default()
             },
             Volume {
@@ -441,8 +371,7 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
                 ..Default::default()
             },
         ]),
-        image_pull_secrets: (!spec.image_pull_secrets.is_empty())
-            .then(|| spec.image_pull_secrets.clone()),
+        image_pull_secrets: (!spec.image_pull_secrets.is_empty()).then(|| spec.image_pull_secrets.clone()),
         node_selector: (!pod.node_selector.is_empty()).then(|| pod.node_selector.clone()),
         tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
         affinity: pod.affinity.clone(),
@@ -456,10 +385,7 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
         spec: Some(DeploymentSpec {
             // Under an HPA the field is left out so the apply never fights the autoscaler.
             replicas: (!spec.autoscaling_enabled()).then_some(spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(cr)),
-                ..Default::default()
-            },
+            selector: LabelSelector { match_labels: Some(selector_labels(cr)), ..Default::default() },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -536,33 +462,17 @@ pub fn build_ingress(cr: &Centrifugo) -> Option<Ingress> {
     let backend = IngressBackend {
         service: Some(IngressServiceBackend {
             name: cr.name_any(),
-            port: Some(ServiceBackendPort {
-                name: Some("http".into()),
-                ..Default::default()
-            }),
+            port: Some(ServiceBackendPort { name: Some("http".into()), ..Default::default() }),
         }),
         ..Default::default()
     };
     let http = HTTPIngressRuleValue {
-        paths: vec![HTTPIngressPath {
-            path: Some(ing.path.clone()),
-            path_type: "Prefix".into(),
-            backend,
-        }],
+        paths: vec![HTTPIngressPath { path: Some(ing.path.clone()), path_type: "Prefix".into(), backend }],
     };
     let rules = if ing.hosts.is_empty() {
-        vec![IngressRule {
-            host: None,
-            http: Some(http),
-        }]
+        vec![IngressRule { host: None, http: Some(http) }]
     } else {
-        ing.hosts
-            .iter()
-            .map(|h| IngressRule {
-                host: Some(h.clone()),
-                http: Some(http.clone()),
-            })
-            .collect()
+        ing.hosts.iter().map(|h| IngressRule { host: Some(h.clone()), http: Some(http.clone()) }).collect()
     };
     let mut m = meta(cr, cr.name_any(), "server");
     if !ing.annotations.is_empty() {
@@ -586,11 +496,7 @@ pub fn build_hpa(cr: &Centrifugo) -> Option<HorizontalPodAutoscaler> {
         type_: "Resource".into(),
         resource: Some(ResourceMetricSource {
             name: name.into(),
-            target: MetricTarget {
-                type_: "Utilization".into(),
-                average_utilization: Some(pct),
-                ..Default::default()
-            },
+            target: MetricTarget { type_: "Utilization".into(), average_utilization: Some(pct), ..Default::default() },
         }),
         ..Default::default()
     };
@@ -632,10 +538,7 @@ pub fn build_pdb(cr: &Centrifugo) -> Option<PodDisruptionBudget> {
     Some(PodDisruptionBudget {
         metadata: meta(cr, cr.name_any(), "server"),
         spec: Some(K8sPdbSpec {
-            selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(cr)),
-                ..Default::default()
-            }),
+            selector: Some(LabelSelector { match_labels: Some(selector_labels(cr)), ..Default::default() }),
             min_available,
             max_unavailable,
             ..Default::default()
@@ -652,30 +555,18 @@ pub fn build_network_policy(cr: &Centrifugo) -> Option<NetworkPolicy> {
         ..Default::default()
     };
     let api_from = if np.api_clients.is_empty() {
-        vec![NetworkPolicyPeer {
-            pod_selector: Some(LabelSelector::default()),
-            ..Default::default()
-        }]
+        vec![NetworkPolicyPeer { pod_selector: Some(LabelSelector::default()), ..Default::default() }]
     } else {
         np.api_clients.clone()
     };
     Some(NetworkPolicy {
         metadata: meta(cr, cr.name_any(), "server"),
         spec: Some(K8sNetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(cr)),
-                ..Default::default()
-            }),
+            pod_selector: Some(LabelSelector { match_labels: Some(selector_labels(cr)), ..Default::default() }),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![
-                NetworkPolicyIngressRule {
-                    from: None,
-                    ports: Some(vec![port(CLIENT_PORT)]),
-                },
-                NetworkPolicyIngressRule {
-                    from: Some(api_from),
-                    ports: Some(vec![port(INTERNAL_PORT)]),
-                },
+                NetworkPolicyIngressRule { from: None, ports: Some(vec![port(CLIENT_PORT)]) },
+                NetworkPolicyIngressRule { from: Some(api_from), ports: Some(vec![port(INTERNAL_PORT)]) },
             ]),
             ..Default::default()
         }),
@@ -691,12 +582,7 @@ pub fn service_monitor_resource() -> ApiResource {
 }
 
 pub fn build_service_monitor(cr: &Centrifugo) -> Option<DynamicObject> {
-    let sm = cr
-        .spec
-        .metrics
-        .as_ref()
-        .and_then(|m| m.service_monitor.as_ref())
-        .filter(|s| s.enabled)?;
+    let sm = cr.spec.metrics.as_ref().and_then(|m| m.service_monitor.as_ref()).filter(|s| s.enabled)?;
     let mut m = meta(cr, cr.name_any(), "server");
     m.labels.get_or_insert_default().extend(sm.labels.clone());
     let mut match_labels = selector_labels(cr);

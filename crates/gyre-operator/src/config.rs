@@ -40,13 +40,9 @@ pub const SECRET_PATHS: &[&str] = &[
 /// and Event reasons, so they are stable CamelCase identifiers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error(
-        "spec.config.{0} holds a credential; credentials come from the Secret (see spec.secrets)"
-    )]
+    #[error("spec.config.{0} holds a credential; credentials come from the Secret (see spec.secrets)")]
     SecretInConfig(String),
-    #[error(
-        "spec.config.{path} is managed by the operator (it must be {expected}); remove it from spec.config"
-    )]
+    #[error("spec.config.{path} is managed by the operator (it must be {expected}); remove it from spec.config")]
     OperatorOwnedKey { path: String, expected: String },
     #[error("spec.config must be a JSON object, and so must spec.config.{0}")]
     NotAnObject(String),
@@ -66,9 +62,7 @@ impl ConfigError {
             Self::SecretInConfig(_) => "SecretInConfig",
             Self::OperatorOwnedKey { .. } => "OperatorOwnedKey",
             Self::NotAnObject(_) => "ConfigNotAnObject",
-            Self::InvalidNamespaceName(_) | Self::NamespaceOptionsNotObject(_) => {
-                "InvalidNamespace"
-            }
+            Self::InvalidNamespaceName(_) | Self::NamespaceOptionsNotObject(_) => "InvalidNamespace",
             Self::DuplicateNamespace(_) => "DuplicateNamespace",
             Self::InvalidSpec(_) => "InvalidSpec",
         }
@@ -86,21 +80,15 @@ pub struct GeneratedConfig {
 /// them (e.g. a CRD installed without the rules, or objects created before an upgrade).
 pub fn validate_spec(spec: &CentrifugoSpec) -> Result<(), ConfigError> {
     if spec.replicas > 1 && spec.nats.is_none() {
-        return Err(ConfigError::InvalidSpec(
-            "spec.nats is required when replicas > 1".into(),
-        ));
+        return Err(ConfigError::InvalidSpec("spec.nats is required when replicas > 1".into()));
     }
     if spec.autoscaling_enabled() && spec.nats.is_none() {
-        return Err(ConfigError::InvalidSpec(
-            "spec.nats is required when autoscaling is enabled".into(),
-        ));
+        return Err(ConfigError::InvalidSpec("spec.nats is required when autoscaling is enabled".into()));
     }
     if let Some(a) = &spec.autoscaling
         && a.min_replicas > a.max_replicas
     {
-        return Err(ConfigError::InvalidSpec(
-            "autoscaling.minReplicas must not exceed autoscaling.maxReplicas".into(),
-        ));
+        return Err(ConfigError::InvalidSpec("autoscaling.minReplicas must not exceed autoscaling.maxReplicas".into()));
     }
     if let Some(p) = &spec.pod_disruption_budget
         && p.min_available.is_some()
@@ -113,9 +101,7 @@ pub fn validate_spec(spec: &CentrifugoSpec) -> Result<(), ConfigError> {
     if let Some(n) = &spec.nats
         && n.url.is_some() == n.url_from.is_some()
     {
-        return Err(ConfigError::InvalidSpec(
-            "set exactly one of nats.url and nats.urlFrom".into(),
-        ));
+        return Err(ConfigError::InvalidSpec("set exactly one of nats.url and nats.urlFrom".into()));
     }
     Ok(())
 }
@@ -158,10 +144,7 @@ pub fn build_config(spec: &CentrifugoSpec) -> Result<GeneratedConfig, ConfigErro
             && !existing.is_null()
             && !same_value(existing, &value)
         {
-            return Err(ConfigError::OperatorOwnedKey {
-                path: path.to_string(),
-                expected: value.to_string(),
-            });
+            return Err(ConfigError::OperatorOwnedKey { path: path.to_string(), expected: value.to_string() });
         }
         insert(&mut root, path, value)?;
     }
@@ -176,22 +159,15 @@ pub fn build_config(spec: &CentrifugoSpec) -> Result<GeneratedConfig, ConfigErro
 
 fn same_value(a: &Value, b: &Value) -> bool {
     // A port given as a string ("8000") is the same port for the server's config loader.
-    a == b
-        || a.as_str()
-            .is_some_and(|s| s == b.to_string().trim_matches('"'))
+    a == b || a.as_str().is_some_and(|s| s == b.to_string().trim_matches('"'))
 }
 
-fn merge_namespaces(
-    root: &mut Map<String, Value>,
-    typed: &[ChannelNamespace],
-) -> Result<(), ConfigError> {
+fn merge_namespaces(root: &mut Map<String, Value>, typed: &[ChannelNamespace]) -> Result<(), ConfigError> {
     let existing = match lookup(root, "channel.namespaces") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
         Some(_) => {
-            return Err(ConfigError::InvalidSpec(
-                "spec.config.channel.namespaces must be a list".into(),
-            ));
+            return Err(ConfigError::InvalidSpec("spec.config.channel.namespaces must be a list".into()));
         }
     };
     if existing.is_empty() && typed.is_empty() {
@@ -217,10 +193,7 @@ fn merge_namespaces(
 /// Mirrors the server's own check, so a bad name is reported on the resource instead of as a
 /// crash loop.
 pub fn valid_namespace_name(name: &str) -> bool {
-    name.len() >= 2
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    name.len() >= 2 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn namespace_to_config(ns: &ChannelNamespace) -> Result<Value, ConfigError> {
@@ -232,37 +205,16 @@ fn namespace_to_config(ns: &ChannelNamespace) -> Result<Value, ConfigError> {
     let typed: [(&str, Option<Value>); 12] = [
         ("presence", ns.presence.map(Value::from)),
         ("join_leave", ns.join_leave.map(Value::from)),
-        (
-            "force_push_join_leave",
-            ns.force_push_join_leave.map(Value::from),
-        ),
+        ("force_push_join_leave", ns.force_push_join_leave.map(Value::from)),
         ("history_size", ns.history_size.map(Value::from)),
         ("history_ttl", ns.history_ttl.clone().map(Value::from)),
         ("force_recovery", ns.force_recovery.map(Value::from)),
-        (
-            "allow_subscribe_for_client",
-            ns.allow_subscribe_for_client.map(Value::from),
-        ),
-        (
-            "allow_subscribe_for_anonymous",
-            ns.allow_subscribe_for_anonymous.map(Value::from),
-        ),
-        (
-            "allow_publish_for_subscriber",
-            ns.allow_publish_for_subscriber.map(Value::from),
-        ),
-        (
-            "allow_publish_for_client",
-            ns.allow_publish_for_client.map(Value::from),
-        ),
-        (
-            "allow_presence_for_subscriber",
-            ns.allow_presence_for_subscriber.map(Value::from),
-        ),
-        (
-            "allow_history_for_subscriber",
-            ns.allow_history_for_subscriber.map(Value::from),
-        ),
+        ("allow_subscribe_for_client", ns.allow_subscribe_for_client.map(Value::from)),
+        ("allow_subscribe_for_anonymous", ns.allow_subscribe_for_anonymous.map(Value::from)),
+        ("allow_publish_for_subscriber", ns.allow_publish_for_subscriber.map(Value::from)),
+        ("allow_publish_for_client", ns.allow_publish_for_client.map(Value::from)),
+        ("allow_presence_for_subscriber", ns.allow_presence_for_subscriber.map(Value::from)),
+        ("allow_history_for_subscriber", ns.allow_history_for_subscriber.map(Value::from)),
     ];
     for (k, v) in typed {
         if let Some(v) = v {
@@ -292,15 +244,11 @@ fn insert(root: &mut Map<String, Value>, path: &str, value: Value) -> Result<(),
             walked.push('.');
         }
         walked.push_str(p);
-        let entry = cur
-            .entry((*p).to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
+        let entry = cur.entry((*p).to_string()).or_insert_with(|| Value::Object(Map::new()));
         if entry.is_null() {
             *entry = Value::Object(Map::new());
         }
-        cur = entry
-            .as_object_mut()
-            .ok_or_else(|| ConfigError::NotAnObject(walked.clone()))?;
+        cur = entry.as_object_mut().ok_or_else(|| ConfigError::NotAnObject(walked.clone()))?;
     }
     cur.insert((*last).to_string(), value);
     Ok(())
@@ -363,10 +311,7 @@ mod tests {
     use crate::crd::{AdminSpec, LogLevel, NatsSpec};
 
     fn spec_with_config(config: Value) -> CentrifugoSpec {
-        CentrifugoSpec {
-            config: Some(config),
-            ..Default::default()
-        }
+        CentrifugoSpec { config: Some(config), ..Default::default() }
     }
 
     fn parse(c: &GeneratedConfig) -> Value {
@@ -435,10 +380,7 @@ mod tests {
     #[test]
     fn secrets_in_config_are_refused() {
         for (cfg, path) in [
-            (
-                json!({"client": {"token": {"hmac_secret_key": "x"}}}),
-                "client.token.hmac_secret_key",
-            ),
+            (json!({"client": {"token": {"hmac_secret_key": "x"}}}), "client.token.hmac_secret_key"),
             (json!({"http_api": {"key": "x"}}), "http_api.key"),
             (json!({"admin": {"password": "x"}}), "admin.password"),
             (json!({"admin": {"secret": "x"}}), "admin.secret"),
@@ -452,8 +394,7 @@ mod tests {
 
     #[test]
     fn conflicting_owned_keys_are_refused_but_equal_ones_accepted() {
-        let err =
-            build_config(&spec_with_config(json!({"http_server": {"port": 9999}}))).unwrap_err();
+        let err = build_config(&spec_with_config(json!({"http_server": {"port": 9999}}))).unwrap_err();
         assert_eq!(err.reason(), "OperatorOwnedKey");
         assert!(err.to_string().contains("http_server.port"));
         build_config(&spec_with_config(json!({"http_server": {"port": 8000}}))).unwrap();
@@ -468,11 +409,7 @@ mod tests {
     fn nats_sets_broker_and_presence_manager() {
         let spec = CentrifugoSpec {
             replicas: 3,
-            nats: Some(NatsSpec {
-                url: Some("nats://nats:4222".into()),
-                url_from: None,
-                prefix: "tenant-a".into(),
-            }),
+            nats: Some(NatsSpec { url: Some("nats://nats:4222".into()), url_from: None, prefix: "tenant-a".into() }),
             ..Default::default()
         };
         let v = parse(&build_config(&spec).unwrap());
@@ -480,10 +417,7 @@ mod tests {
             v["broker"],
             json!({"enabled": true, "type": "nats", "nats": {"url": "nats://nats:4222", "prefix": "tenant-a"}})
         );
-        assert_eq!(
-            v["presence_manager"],
-            json!({"enabled": true, "type": "nats"})
-        );
+        assert_eq!(v["presence_manager"], json!({"enabled": true, "type": "nats"}));
     }
 
     #[test]
@@ -507,32 +441,18 @@ mod tests {
 
     #[test]
     fn spec_rules_mirror_cel() {
-        let multi = CentrifugoSpec {
-            replicas: 2,
-            ..Default::default()
-        };
+        let multi = CentrifugoSpec { replicas: 2, ..Default::default() };
         assert_eq!(build_config(&multi).unwrap_err().reason(), "InvalidSpec");
         let both = CentrifugoSpec {
-            nats: Some(NatsSpec {
-                url: None,
-                url_from: None,
-                prefix: "p".into(),
-            }),
+            nats: Some(NatsSpec { url: None, url_from: None, prefix: "p".into() }),
             ..Default::default()
         };
-        assert!(
-            build_config(&both)
-                .unwrap_err()
-                .to_string()
-                .contains("exactly one")
-        );
+        assert!(build_config(&both).unwrap_err().to_string().contains("exactly one"));
     }
 
     #[test]
     fn typed_namespaces_merge_with_config_namespaces() {
-        let mut spec = spec_with_config(
-            json!({"channel": {"namespaces": [{"name": "legacy", "presence": true}]}}),
-        );
+        let mut spec = spec_with_config(json!({"channel": {"namespaces": [{"name": "legacy", "presence": true}]}}));
         spec.admin = Some(AdminSpec { enabled: true });
         spec.namespaces = vec![ChannelNamespace {
             name: "chat".into(),
@@ -557,30 +477,15 @@ mod tests {
     #[test]
     fn bad_and_duplicate_namespaces_are_refused() {
         let mut spec = CentrifugoSpec {
-            namespaces: vec![ChannelNamespace {
-                name: "x".into(),
-                ..Default::default()
-            }],
+            namespaces: vec![ChannelNamespace { name: "x".into(), ..Default::default() }],
             ..Default::default()
         };
-        assert_eq!(
-            build_config(&spec).unwrap_err().reason(),
-            "InvalidNamespace"
-        );
+        assert_eq!(build_config(&spec).unwrap_err().reason(), "InvalidNamespace");
         spec.namespaces = vec![
-            ChannelNamespace {
-                name: "chat".into(),
-                ..Default::default()
-            },
-            ChannelNamespace {
-                name: "chat".into(),
-                ..Default::default()
-            },
+            ChannelNamespace { name: "chat".into(), ..Default::default() },
+            ChannelNamespace { name: "chat".into(), ..Default::default() },
         ];
-        assert_eq!(
-            build_config(&spec).unwrap_err(),
-            ConfigError::DuplicateNamespace("chat".into())
-        );
+        assert_eq!(build_config(&spec).unwrap_err(), ConfigError::DuplicateNamespace("chat".into()));
     }
 
     #[test]

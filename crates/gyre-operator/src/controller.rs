@@ -80,18 +80,9 @@ impl Error {
     }
 }
 
-fn kube_err(
-    verb: &'static str,
-    kind: &'static str,
-    name: &str,
-) -> impl FnOnce(kube::Error) -> Error {
+fn kube_err(verb: &'static str, kind: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
     let name = name.to_string();
-    move |source| Error::Kube {
-        verb,
-        kind,
-        name,
-        source: Box::new(source),
-    }
+    move |source| Error::Kube { verb, kind, name, source: Box::new(source) }
 }
 
 /// Operator-wide settings.
@@ -111,10 +102,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: None,
-        };
+        let reporter = Reporter { controller: MANAGER.into(), instance: None };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -160,29 +148,19 @@ pub fn error_policy(cr: Arc<Centrifugo>, _err: &Error, ctx: Arc<Context>) -> Act
     let mut failures = ctx.failures.lock();
     let n = failures.entry(key(&cr)).or_insert(0);
     *n = n.saturating_add(1);
-    let delay = BACKOFF_BASE
-        .saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(16)))
-        .min(BACKOFF_MAX);
+    let delay = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(16))).min(BACKOFF_MAX);
     Action::requeue(delay)
 }
 
 async fn publish(ctx: &Context, cr: &Centrifugo, type_: EventType, reason: &str, note: String) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
+    let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&ev, &cr.object_ref(&())).await {
         warn!(instance = %key(cr), error = %e, "could not publish event");
     }
 }
 
 async fn write_status(ctx: &Context, cr: &Centrifugo, obs: &Observed<'_>) -> Result<(), Error> {
-    let ns = cr
-        .namespace()
-        .ok_or_else(|| Error::NoNamespace(cr.name_any()))?;
+    let ns = cr.namespace().ok_or_else(|| Error::NoNamespace(cr.name_any()))?;
     let status = compute_status(cr, obs, &now());
     let api: Api<Centrifugo> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = json!({
@@ -190,29 +168,15 @@ async fn write_status(ctx: &Context, cr: &Centrifugo, obs: &Observed<'_>) -> Res
         "kind": "Centrifugo",
         "status": status,
     });
-    api.patch_status(
-        &cr.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube_err("status", "Centrifugo", &cr.name_any()))?;
+    api.patch_status(&cr.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube_err("status", "Centrifugo", &cr.name_any()))?;
     Ok(())
 }
 
 async fn report_failure(cr: &Centrifugo, ctx: &Context, err: &Error) {
-    publish(
-        ctx,
-        cr,
-        EventType::Warning,
-        "ReconcileFailed",
-        err.to_string(),
-    )
-    .await;
-    let obs = Observed {
-        error: Some((err.reason().to_string(), err.to_string())),
-        ..Default::default()
-    };
+    publish(ctx, cr, EventType::Warning, "ReconcileFailed", err.to_string()).await;
+    let obs = Observed { error: Some((err.reason().to_string(), err.to_string())), ..Default::default() };
     if let Err(e) = write_status(ctx, cr, &obs).await {
         warn!(instance = %key(cr), error = %e, "could not record the failure in status");
     }
@@ -223,13 +187,9 @@ where
     K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(kube_err("apply", kind, &name))
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+        .await
+        .map_err(kube_err("apply", kind, &name))
 }
 
 /// Deletes an optional child that is switched off; absent is fine.
@@ -244,12 +204,7 @@ where
     }
 }
 
-async fn apply_or_remove<K>(
-    api: &Api<K>,
-    name: &str,
-    desired: Option<K>,
-    kind: &'static str,
-) -> Result<(), Error>
+async fn apply_or_remove<K>(api: &Api<K>, name: &str, desired: Option<K>, kind: &'static str) -> Result<(), Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
@@ -260,24 +215,14 @@ where
 }
 
 enum SecretOutcome {
-    Ready {
-        hash: String,
-        check: &'static str,
-    },
-    NotReady {
-        reason: &'static str,
-        message: String,
-    },
+    Ready { hash: String, check: &'static str },
+    NotReady { reason: &'static str, message: String },
 }
 
 async fn ensure_secret(cr: &Centrifugo, ctx: &Context, ns: &str) -> Result<SecretOutcome, Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(name) = cr.spec.existing_secret() {
-        let Some(secret) = api
-            .get_opt(name)
-            .await
-            .map_err(kube_err("get", "Secret", name))?
-        else {
+        let Some(secret) = api.get_opt(name).await.map_err(kube_err("get", "Secret", name))? else {
             return Ok(SecretOutcome::NotReady {
                 reason: "SecretNotFound",
                 message: format!("Secret {name} (spec.secrets.existingSecret) does not exist"),
@@ -291,25 +236,16 @@ async fn ensure_secret(cr: &Centrifugo, ctx: &Context, ns: &str) -> Result<Secre
                 message: format!("Secret {name} lacks keys: {}", missing.join(", ")),
             });
         }
-        return Ok(SecretOutcome::Ready {
-            hash: builders::credentials_hash(&data),
-            check: "ExistingSecret",
-        });
+        return Ok(SecretOutcome::Ready { hash: builders::credentials_hash(&data), check: "ExistingSecret" });
     }
 
     let name = builders::generated_secret_name(cr);
     let wanted_rotation = cr.spec.rotation_generation().to_string();
-    let current = api
-        .get_opt(&name)
-        .await
-        .map_err(kube_err("get", "Secret", &name))?;
+    let current = api.get_opt(&name).await.map_err(kube_err("get", "Secret", &name))?;
     let Some(current) = current else {
         let values = builders::generate_secret_values();
         let secret = builders::build_generated_secret(cr, &values);
-        let pp = PostParams {
-            field_manager: Some(MANAGER.into()),
-            ..Default::default()
-        };
+        let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
         let created = match api.create(&pp, &secret).await {
             Ok(s) => {
                 publish(
@@ -323,10 +259,9 @@ async fn ensure_secret(cr: &Centrifugo, ctx: &Context, ns: &str) -> Result<Secre
                 s
             }
             // Someone (an earlier pass whose reply was lost) created it first: use theirs.
-            Err(kube::Error::Api(s)) if s.code == 409 => api
-                .get(&name)
-                .await
-                .map_err(kube_err("get", "Secret", &name))?,
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                api.get(&name).await.map_err(kube_err("get", "Secret", &name))?
+            }
             Err(e) => return Err(kube_err("create", "Secret", &name)(e)),
         };
         return Ok(SecretOutcome::Ready {
@@ -335,78 +270,46 @@ async fn ensure_secret(cr: &Centrifugo, ctx: &Context, ns: &str) -> Result<Secre
         });
     };
 
-    let recorded = current
-        .annotations()
-        .get(ROTATION_ANNOTATION)
-        .cloned()
-        .unwrap_or_else(|| "0".into());
+    let recorded = current.annotations().get(ROTATION_ANNOTATION).cloned().unwrap_or_else(|| "0".into());
     let mut data = current.data.clone().unwrap_or_default();
     let (values, reason, note) = if recorded != wanted_rotation {
         (
             builders::generate_secret_values(),
             "SecretRotated",
-            format!(
-                "regenerated credentials in Secret {name} (rotationGeneration {wanted_rotation})"
-            ),
+            format!("regenerated credentials in Secret {name} (rotationGeneration {wanted_rotation})"),
         )
     } else {
         let missing = builders::missing_secret_keys(cr, &data);
-        let all_missing: Vec<_> = builders::SECRET_ENV
-            .iter()
-            .filter(|(k, _, _)| !data.contains_key(*k))
-            .collect();
+        let all_missing: Vec<_> = builders::SECRET_ENV.iter().filter(|(k, _, _)| !data.contains_key(*k)).collect();
         if missing.is_empty() && all_missing.is_empty() {
-            return Ok(SecretOutcome::Ready {
-                hash: builders::credentials_hash(&data),
-                check: "Generated",
-            });
+            return Ok(SecretOutcome::Ready { hash: builders::credentials_hash(&data), check: "Generated" });
         }
         // Keys were removed by hand: fill only those, keep every existing value.
         let fresh = builders::generate_secret_values();
-        let mut values: std::collections::BTreeMap<String, String> = data
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
-            .collect();
+        let mut values: std::collections::BTreeMap<String, String> =
+            data.iter().filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?))).collect();
         for (k, v) in fresh {
             values.entry(k).or_insert(v);
         }
-        (
-            values,
-            "SecretRepaired",
-            format!("added missing keys to Secret {name}"),
-        )
+        (values, "SecretRepaired", format!("added missing keys to Secret {name}"))
     };
     let secret = builders::build_generated_secret(cr, &values);
     let applied = apply(&api, &secret, "Secret").await?;
     publish(ctx, cr, EventType::Normal, reason, note).await;
-    data = applied
-        .data
-        .unwrap_or_else(|| secret.data.clone().unwrap_or_default());
-    Ok(SecretOutcome::Ready {
-        hash: builders::credentials_hash(&data),
-        check: "Generated",
-    })
+    data = applied.data.unwrap_or_else(|| secret.data.clone().unwrap_or_default());
+    Ok(SecretOutcome::Ready { hash: builders::credentials_hash(&data), check: "Generated" })
 }
 
 async fn service_monitor_served(client: &Client) -> Result<bool, Error> {
-    match client
-        .list_api_group_resources("monitoring.coreos.com/v1")
-        .await
-    {
+    match client.list_api_group_resources("monitoring.coreos.com/v1").await {
         Ok(list) => Ok(list.resources.iter().any(|r| r.name == "servicemonitors")),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        Err(e) => Err(kube_err(
-            "discover",
-            "ServiceMonitor",
-            "monitoring.coreos.com/v1",
-        )(e)),
+        Err(e) => Err(kube_err("discover", "ServiceMonitor", "monitoring.coreos.com/v1")(e)),
     }
 }
 
 async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error> {
-    let ns = cr
-        .namespace()
-        .ok_or_else(|| Error::NoNamespace(cr.name_any()))?;
+    let ns = cr.namespace().ok_or_else(|| Error::NoNamespace(cr.name_any()))?;
     let name = cr.name_any();
     let client = ctx.client.clone();
     let prev = cr.status.clone().unwrap_or_default();
@@ -433,44 +336,21 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
     };
 
     let inputs = Inputs {
-        image: cr
-            .spec
-            .image
-            .clone()
-            .unwrap_or_else(|| ctx.settings.default_image.clone()),
+        image: cr.spec.image.clone().unwrap_or_else(|| ctx.settings.default_image.clone()),
         config,
         secret_name: builders::secret_name(cr),
         secret_hash,
     };
 
-    apply(
-        &Api::namespaced(client.clone(), &ns),
-        &builders::build_service_account(cr),
-        "ServiceAccount",
-    )
-    .await?;
-    apply(
-        &Api::namespaced(client.clone(), &ns),
-        &builders::build_config_map(cr, &inputs),
-        "ConfigMap",
-    )
-    .await?;
-    let deployment: Deployment = apply(
-        &Api::namespaced(client.clone(), &ns),
-        &builders::build_deployment(cr, &inputs),
-        "Deployment",
-    )
-    .await?;
+    apply(&Api::namespaced(client.clone(), &ns), &builders::build_service_account(cr), "ServiceAccount").await?;
+    apply(&Api::namespaced(client.clone(), &ns), &builders::build_config_map(cr, &inputs), "ConfigMap").await?;
+    let deployment: Deployment =
+        apply(&Api::namespaced(client.clone(), &ns), &builders::build_deployment(cr, &inputs), "Deployment").await?;
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     apply(&services, &builders::build_client_service(cr), "Service").await?;
     apply(&services, &builders::build_internal_service(cr), "Service").await?;
-    apply_or_remove::<Ingress>(
-        &Api::namespaced(client.clone(), &ns),
-        &name,
-        builders::build_ingress(cr),
-        "Ingress",
-    )
-    .await?;
+    apply_or_remove::<Ingress>(&Api::namespaced(client.clone(), &ns), &name, builders::build_ingress(cr), "Ingress")
+        .await?;
     apply_or_remove::<HorizontalPodAutoscaler>(
         &Api::namespaced(client.clone(), &ns),
         &name,
@@ -493,8 +373,7 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
     )
     .await?;
 
-    let sm_api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &ns, &builders::service_monitor_resource());
+    let sm_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &builders::service_monitor_resource());
     match builders::build_service_monitor(cr) {
         Some(sm) => {
             if service_monitor_served(&client).await? {
@@ -554,10 +433,7 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
 
 async fn invalid(cr: &Centrifugo, ctx: &Context, e: &ConfigError) -> Result<Action, Error> {
     publish(ctx, cr, EventType::Warning, e.reason(), e.to_string()).await;
-    let obs = Observed {
-        config: Some(Err((e.reason().to_string(), e.to_string()))),
-        ..Default::default()
-    };
+    let obs = Observed { config: Some(Err((e.reason().to_string(), e.to_string()))), ..Default::default() };
     write_status(ctx, cr, &obs).await?;
     // Nothing to retry: only a spec change can fix this, and that triggers a new pass.
     Ok(Action::await_change())

@@ -56,27 +56,10 @@ pub const PAUSED_ANNOTATION: &str = "centrifugo.gyre.dev/paused";
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Replicas",
-        type_ = "integer",
-        json_path = ".status.readyReplicas"
-    ),
-    printcolumn(
-        name = "Image",
-        type_ = "string",
-        json_path = ".status.image",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Image", type_ = "string", json_path = ".status.image", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(
     validation = Rule::new("self.replicas <= 1 || has(self.nats)")
@@ -201,9 +184,7 @@ impl ImagePullPolicy {
 }
 
 /// Server log level.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     None,
@@ -318,9 +299,7 @@ pub struct AdminSpec {
 }
 
 /// Service type of the client Service.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub enum ServiceType {
     #[default]
     ClusterIP,
@@ -419,17 +398,10 @@ pub struct AutoscalingSpec {
     #[serde(default = "default_max_replicas")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
-    #[serde(
-        default = "default_cpu_target",
-        rename = "targetCPUUtilizationPercentage"
-    )]
+    #[serde(default = "default_cpu_target", rename = "targetCPUUtilizationPercentage")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: i32,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "targetMemoryUtilizationPercentage"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "targetMemoryUtilizationPercentage")]
     #[schemars(range(min = 1, max = 100))]
     pub target_memory_utilization_percentage: Option<i32>,
 }
@@ -616,9 +588,7 @@ impl CentrifugoSpec {
         self.secrets.as_ref().map_or(0, |s| s.rotation_generation)
     }
     pub fn existing_secret(&self) -> Option<&str> {
-        self.secrets
-            .as_ref()
-            .and_then(|s| s.existing_secret.as_deref())
+        self.secrets.as_ref().and_then(|s| s.existing_secret.as_deref())
     }
 }
 
@@ -649,10 +619,6 @@ impl Default for CentrifugoSpec {
 
 impl Centrifugo {
     pub fn is_paused(&self) -> bool {
-        self.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(PAUSED_ANNOTATION))
-            .is_some_and(|v| v == "true")
+        self.metadata.annotations.as_ref().and_then(|a| a.get(PAUSED_ANNOTATION)).is_some_and(|v| v == "true")
     }
 }

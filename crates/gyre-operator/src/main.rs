@@ -20,11 +20,7 @@ use tracing_subscriber::EnvFilter;
 const DEFAULT_IMAGE: &str = concat!("gyre:", env!("CARGO_PKG_VERSION"));
 
 #[derive(Parser)]
-#[command(
-    name = "gyre-operator",
-    version,
-    about = "Kubernetes operator for Gyre (Centrifugo-compatible) servers"
-)]
+#[command(name = "gyre-operator", version, about = "Kubernetes operator for Gyre (Centrifugo-compatible) servers")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -77,32 +73,22 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Crdgen { output }) => {
             let yaml = gyre_operator::crd_yaml();
             match output {
-                Some(p) => {
-                    std::fs::write(&p, yaml).with_context(|| format!("writing {}", p.display()))?
-                }
+                Some(p) => std::fs::write(&p, yaml).with_context(|| format!("writing {}", p.display()))?,
                 None => out(&yaml)?,
             }
             Ok(())
         }
-        Some(Command::Render {
-            file,
-            default_image,
-            config_only,
-        }) => render(&file, &default_image, config_only),
+        Some(Command::Render { file, default_image, config_only }) => render(&file, &default_image, config_only),
         Some(Command::Run(args)) => run(args),
-        Some(Command::Rbac) => out(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(gyre_operator::rbac::REQUIRED)?
-        )),
+        Some(Command::Rbac) => out(&format!("{}\n", serde_json::to_string_pretty(gyre_operator::rbac::REQUIRED)?)),
         None => run(cli.run),
     }
 }
 
 fn render(file: &PathBuf, default_image: &str, config_only: bool) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut cr: Centrifugo = serde_norway::from_str(&text)
-        .with_context(|| format!("{} is not a Centrifugo manifest", file.display()))?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut cr: Centrifugo =
+        serde_norway::from_str(&text).with_context(|| format!("{} is not a Centrifugo manifest", file.display()))?;
     if cr.metadata.namespace.is_none() {
         cr.metadata.namespace = Some("default".into());
     }
@@ -113,27 +99,17 @@ fn render(file: &PathBuf, default_image: &str, config_only: bool) -> anyhow::Res
     if config_only {
         return out(&config.json);
     }
-    let generated = cr
-        .spec
-        .existing_secret()
-        .is_none()
-        .then(builders::generate_secret_values);
+    let generated = cr.spec.existing_secret().is_none().then(builders::generate_secret_values);
     let secret_hash = generated.as_ref().map_or_else(
         || "existing-secret".to_string(),
         |v| {
             builders::credentials_hash(
-                &v.iter()
-                    .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
-                    .collect(),
+                &v.iter().map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.as_bytes().to_vec()))).collect(),
             )
         },
     );
     let inputs = Inputs {
-        image: cr
-            .spec
-            .image
-            .clone()
-            .unwrap_or_else(|| default_image.to_string()),
+        image: cr.spec.image.clone().unwrap_or_else(|| default_image.to_string()),
         config,
         secret_name: builders::secret_name(&cr),
         secret_hash,
@@ -157,22 +133,15 @@ fn out(text: &str) -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let client = kube::Client::try_default()
-            .await
-            .context("building a Kubernetes client (in-cluster or kubeconfig)")?;
+        let client =
+            kube::Client::try_default().await.context("building a Kubernetes client (in-cluster or kubeconfig)")?;
         let m = Arc::new(Metrics::default());
         let server = tokio::spawn(metrics::serve(args.metrics_addr, m.clone()));
-        let settings = Settings {
-            default_image: args.default_image,
-        };
+        let settings = Settings { default_image: args.default_image };
         let result = controller::run(client, settings, args.watch_namespace, m).await;
         server.abort();
         result

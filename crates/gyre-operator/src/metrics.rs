@@ -48,26 +48,11 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for (name, help, c) in [
-            (
-                "gyre_operator_reconciles_total",
-                "Reconcile passes started.",
-                &self.reconciles,
-            ),
-            (
-                "gyre_operator_reconcile_failures_total",
-                "Reconcile passes that returned an error.",
-                &self.failures,
-            ),
-            (
-                "gyre_operator_paused_skips_total",
-                "Passes skipped because the instance is paused.",
-                &self.paused_skips,
-            ),
+            ("gyre_operator_reconciles_total", "Reconcile passes started.", &self.reconciles),
+            ("gyre_operator_reconcile_failures_total", "Reconcile passes that returned an error.", &self.failures),
+            ("gyre_operator_paused_skips_total", "Passes skipped because the instance is paused.", &self.paused_skips),
         ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                c.get()
-            ));
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", c.get()));
         }
         out
     }
@@ -99,9 +84,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
                 let resp = respond(&metrics, req.uri().path());
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }

@@ -100,33 +100,14 @@ fn rollout(dep: &Deployment) -> (i32, bool, i32) {
 pub fn endpoints(cr: &Centrifugo) -> Endpoints {
     let ns = cr.namespace().unwrap_or_else(|| "default".into());
     let svc = cr.spec.service();
-    let external_client = cr
-        .spec
-        .ingress
-        .as_ref()
-        .filter(|i| i.enabled)
-        .and_then(|i| {
-            let host = i.hosts.first()?;
-            let tls = i
-                .tls
-                .iter()
-                .any(|t| t.hosts.as_ref().is_none_or(|h| h.contains(host)));
-            Some(format!(
-                "{}://{host}/connection/websocket",
-                if tls { "wss" } else { "ws" }
-            ))
-        });
+    let external_client = cr.spec.ingress.as_ref().filter(|i| i.enabled).and_then(|i| {
+        let host = i.hosts.first()?;
+        let tls = i.tls.iter().any(|t| t.hosts.as_ref().is_none_or(|h| h.contains(host)));
+        Some(format!("{}://{host}/connection/websocket", if tls { "wss" } else { "ws" }))
+    });
     Endpoints {
-        api: format!(
-            "http://{}.{ns}.svc:{}/api",
-            internal_service_name(cr),
-            svc.internal_port
-        ),
-        client: format!(
-            "ws://{}.{ns}.svc:{}/connection/websocket",
-            cr.name_any(),
-            svc.port
-        ),
+        api: format!("http://{}.{ns}.svc:{}/api", internal_service_name(cr), svc.internal_port),
+        client: format!("ws://{}.{ns}.svc:{}/connection/websocket", cr.name_any(), svc.port),
         external_client,
     }
 }
@@ -134,12 +115,7 @@ pub fn endpoints(cr: &Centrifugo) -> Endpoints {
 pub fn compute_status(cr: &Centrifugo, obs: &Observed<'_>, now: &Time) -> CentrifugoStatus {
     let prev = cr.status.clone().unwrap_or_default();
     let generation = cr.metadata.generation;
-    let mut conds = Conditions {
-        out: Vec::new(),
-        prev: &prev.conditions,
-        generation,
-        now,
-    };
+    let mut conds = Conditions { out: Vec::new(), prev: &prev.conditions, generation, now };
     conds.check(CONFIG_VALID, &obs.config, "configuration generated");
     conds.check(SECRETS_READY, &obs.secrets, "credentials available");
 
@@ -158,14 +134,8 @@ pub fn compute_status(cr: &Centrifugo, obs: &Observed<'_>, now: &Time) -> Centri
     };
 
     let blocked = match (&obs.config, &obs.secrets) {
-        (Some(Err(_)), _) => Some((
-            "InvalidConfig",
-            "the configuration is invalid, see ConfigValid",
-        )),
-        (_, Some(Err(_))) => Some((
-            "SecretsNotReady",
-            "credentials are not available, see SecretsReady",
-        )),
+        (Some(Err(_)), _) => Some(("InvalidConfig", "the configuration is invalid, see ConfigValid")),
+        (_, Some(Err(_))) => Some(("SecretsNotReady", "credentials are not available, see SecretsReady")),
         _ => None,
     };
 
@@ -176,10 +146,7 @@ pub fn compute_status(cr: &Centrifugo, obs: &Observed<'_>, now: &Time) -> Centri
         status.updated_replicas = st.updated_replicas.unwrap_or(0);
         status.available_replicas = st.available_replicas.unwrap_or(0);
         let (desired, done, available) = rollout(dep);
-        let progress = format!(
-            "{}/{desired} pods updated, {available} available",
-            status.updated_replicas
-        );
+        let progress = format!("{}/{desired} pods updated, {available} available", status.updated_replicas);
         if done {
             conds.set(PROGRESSING, false, "RolloutComplete", progress.clone());
         } else {
@@ -204,12 +171,7 @@ pub fn compute_status(cr: &Centrifugo, obs: &Observed<'_>, now: &Time) -> Centri
 
     match &obs.error {
         Some((reason, msg)) => conds.set(RECONCILE_ERROR, true, reason, msg.clone()),
-        None => conds.set(
-            RECONCILE_ERROR,
-            false,
-            "ReconcileSucceeded",
-            "last pass succeeded".into(),
-        ),
+        None => conds.set(RECONCILE_ERROR, false, "ReconcileSucceeded", "last pass succeeded".into()),
     }
 
     // observedGeneration advances only when this pass fully handled the current spec.

@@ -15,17 +15,10 @@ fn repo_root() -> PathBuf {
 #[test]
 fn committed_crds_match_generator() {
     let generated = crate::crd_yaml();
-    for rel in [
-        "manifests/crd.yaml",
-        "charts/gyre-operator/crds/centrifugo.yaml",
-    ] {
+    for rel in ["manifests/crd.yaml", "charts/gyre-operator/crds/centrifugo.yaml"] {
         let path = repo_root().join(rel);
-        let committed =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(
-            committed == generated,
-            "{rel} is stale: run `cargo run -p gyre-operator -- crdgen -o {rel}`"
-        );
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(committed == generated, "{rel} is stale: run `cargo run -p gyre-operator -- crdgen -o {rel}`");
     }
 }
 
@@ -37,40 +30,23 @@ fn crd_shape() {
     assert_eq!(crd["spec"]["names"]["shortNames"], json!(["cfgo"]));
     let v = &crd["spec"]["versions"][0];
     assert_eq!(v["name"], "v1alpha1");
-    assert_eq!(
-        (v["served"].clone(), v["storage"].clone()),
-        (json!(true), json!(true))
-    );
+    assert_eq!((v["served"].clone(), v["storage"].clone()), (json!(true), json!(true)));
     assert_eq!(v["subresources"]["status"], json!({}));
     assert_eq!(
         v["subresources"]["scale"],
         json!({"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"})
     );
-    let cols: Vec<&str> = v["additionalPrinterColumns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let cols: Vec<&str> =
+        v["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(cols, ["Ready", "Replicas", "Image", "Age"]);
     let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(spec["properties"]["replicas"]["default"], 1);
     assert_eq!(spec["properties"]["replicas"]["minimum"], 0.0);
     assert_eq!(spec["properties"]["logLevel"]["default"], "info");
-    assert_eq!(
-        spec["properties"]["config"]["x-kubernetes-preserve-unknown-fields"],
-        true
-    );
-    assert_eq!(
-        spec["properties"]["namespaces"]["x-kubernetes-list-type"],
-        "map"
-    );
-    let rules: Vec<&str> = spec["x-kubernetes-validations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["rule"].as_str().unwrap())
-        .collect();
+    assert_eq!(spec["properties"]["config"]["x-kubernetes-preserve-unknown-fields"], true);
+    assert_eq!(spec["properties"]["namespaces"]["x-kubernetes-list-type"], "map");
+    let rules: Vec<&str> =
+        spec["x-kubernetes-validations"].as_array().unwrap().iter().map(|r| r["rule"].as_str().unwrap()).collect();
     assert_eq!(rules.len(), 2);
     let conds = &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
     assert_eq!(conds["x-kubernetes-list-map-keys"], json!(["type"]));
@@ -109,36 +85,18 @@ fn cel_accepts_good_specs() {
 #[test]
 fn cel_refuses_bad_specs() {
     for (spec, needle) in [
-        (
-            json!({"replicas": 2}),
-            "spec.nats is required when replicas > 1",
-        ),
-        (
-            json!({"autoscaling": {}}),
-            "spec.nats is required when autoscaling is enabled",
-        ),
+        (json!({"replicas": 2}), "spec.nats is required when replicas > 1"),
+        (json!({"autoscaling": {}}), "spec.nats is required when autoscaling is enabled"),
         (
             json!({"nats": {"url": "nats://n:4222"}, "autoscaling": {"minReplicas": 5, "maxReplicas": 3}}),
             "minReplicas must not exceed",
         ),
-        (
-            json!({"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}),
-            "at most one of",
-        ),
-        (
-            json!({"nats": {"prefix": "x"}}),
-            "exactly one of nats.url and nats.urlFrom",
-        ),
-        (
-            json!({"nats": {"url": "nats://n", "urlFrom": {"name": "s", "key": "k"}}}),
-            "exactly one of",
-        ),
+        (json!({"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}), "at most one of"),
+        (json!({"nats": {"prefix": "x"}}), "exactly one of nats.url and nats.urlFrom"),
+        (json!({"nats": {"url": "nats://n", "urlFrom": {"name": "s", "key": "k"}}}), "exactly one of"),
     ] {
         let errs = cel_errors(spec.clone());
-        assert!(
-            errs.contains(needle),
-            "{spec}: expected {needle:?}, got {errs:?}"
-        );
+        assert!(errs.contains(needle), "{spec}: expected {needle:?}, got {errs:?}");
     }
 }
 
@@ -165,10 +123,8 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 fn example_manifests_are_valid() {
     for path in yaml_files(&repo_root().join("manifests/examples")) {
         let text = std::fs::read_to_string(&path).unwrap();
-        let cr: Centrifugo =
-            serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        cr.validate_cel()
-            .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+        let cr: Centrifugo = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        cr.validate_cel().unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
         build_config(&cr.spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
@@ -178,36 +134,22 @@ fn invalid_samples_fail_where_labelled() {
     let mut stages = std::collections::BTreeSet::new();
     for path in yaml_files(&repo_root().join("tests/operator/samples/invalid")) {
         let text = std::fs::read_to_string(&path).unwrap();
-        let (stage, needle) =
-            expectation(&text).unwrap_or_else(|| panic!("{} lacks '# fails:'", path.display()));
+        let (stage, needle) = expectation(&text).unwrap_or_else(|| panic!("{} lacks '# fails:'", path.display()));
         stages.insert(stage.clone());
         let parsed: Result<Centrifugo, _> = serde_norway::from_str(&text);
         let err = match stage.as_str() {
             // Checked by the Python jsonschema step against the CRD's openAPIV3Schema; here it
             // is enough that the typed model refuses or that it survives to the schema check.
             "schema" => continue,
-            "cel" => format!(
-                "{:?}",
-                parsed
-                    .expect("parses")
-                    .validate_cel()
-                    .expect_err("CEL must refuse")
-            ),
+            "cel" => format!("{:?}", parsed.expect("parses").validate_cel().expect_err("CEL must refuse")),
             "operator" => {
                 let cr = parsed.expect("parses");
-                cr.validate_cel()
-                    .unwrap_or_else(|e| panic!("{}: CEL refused: {e:?}", path.display()));
-                build_config(&cr.spec)
-                    .expect_err("operator must refuse")
-                    .to_string()
+                cr.validate_cel().unwrap_or_else(|e| panic!("{}: CEL refused: {e:?}", path.display()));
+                build_config(&cr.spec).expect_err("operator must refuse").to_string()
             }
             other => panic!("unknown stage {other}"),
         };
-        assert!(
-            err.contains(&needle),
-            "{}: expected {needle:?} in {err}",
-            path.display()
-        );
+        assert!(err.contains(&needle), "{}: expected {needle:?} in {err}", path.display());
     }
     assert!(stages.contains("cel") && stages.contains("operator") && stages.contains("schema"));
 }

@@ -24,11 +24,7 @@ pub fn cr(spec: CentrifugoSpec) -> Centrifugo {
 }
 
 pub fn nats() -> Option<NatsSpec> {
-    Some(NatsSpec {
-        url: Some("nats://nats.messaging.svc:4222".into()),
-        url_from: None,
-        prefix: "centrifugo".into(),
-    })
+    Some(NatsSpec { url: Some("nats://nats.messaging.svc:4222".into()), url_from: None, prefix: "centrifugo".into() })
 }
 
 /// Fixed credentials, so hashes in tests are stable.
@@ -42,10 +38,7 @@ pub fn secret_values() -> BTreeMap<String, String> {
 }
 
 pub fn secret_data(values: &BTreeMap<String, String>) -> BTreeMap<String, ByteString> {
-    values
-        .iter()
-        .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
-        .collect()
+    values.iter().map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec()))).collect()
 }
 
 pub fn inputs(c: &Centrifugo) -> Inputs {
