@@ -230,9 +230,9 @@ impl Client {
             // Centrifugo OSS registers no message handler for async sends.
             Err(Disconnect::NOT_AVAILABLE.into())
         } else if let Some(r) = cmd.refresh {
-            self.cmd_refresh(r).map(|x| Some(Reply { id, refresh: Some(x), ..Default::default() }))
+            self.cmd_refresh(r).await.map(|x| Some(Reply { id, refresh: Some(x), ..Default::default() }))
         } else if let Some(r) = cmd.sub_refresh {
-            self.cmd_sub_refresh(r).map(|x| Some(Reply { id, sub_refresh: Some(x), ..Default::default() }))
+            self.cmd_sub_refresh(r).await.map(|x| Some(Reply { id, sub_refresh: Some(x), ..Default::default() }))
         } else {
             Err(Disconnect::BAD_REQUEST.into())
         };
@@ -323,7 +323,7 @@ impl Client {
         let mut token_subs: Vec<(String, crate::auth::SubOptions)> = Vec::new();
         let mut credentials = false;
         if !req.token.is_empty() {
-            let claims = node.conn_verifier.verify_connect(&req.token, now).map_err(|e| match e {
+            let claims = node.conn_verifier.verify_connect_async(&req.token, now).await.map_err(|e| match e {
                 TokenError::Expired => CommandError::Reply(ClientError::TOKEN_EXPIRED),
                 TokenError::Invalid(m) => {
                     tracing::info!(error = %m, "invalid connection token");
@@ -570,13 +570,14 @@ impl Client {
             return Err(ClientError::PERMISSION_DENIED.into());
         }
         if !req.token.is_empty() {
-            let c = node.sub_verifier.verify_subscribe(&req.token, self.now_unix()).map_err(|e| match e {
-                TokenError::Expired => CommandError::Reply(ClientError::TOKEN_EXPIRED),
-                TokenError::Invalid(m) => {
-                    tracing::info!(error = %m, "invalid subscription token");
-                    CommandError::Reply(ClientError::PERMISSION_DENIED)
-                }
-            })?;
+            let c =
+                node.sub_verifier.verify_subscribe_async(&req.token, self.now_unix()).await.map_err(|e| match e {
+                    TokenError::Expired => CommandError::Reply(ClientError::TOKEN_EXPIRED),
+                    TokenError::Invalid(m) => {
+                        tracing::info!(error = %m, "invalid subscription token");
+                        CommandError::Reply(ClientError::PERMISSION_DENIED)
+                    }
+                })?;
             if c.channel != ch || c.user != self.user || (!c.client.is_empty() && *c.client != *self.shared.id) {
                 return Err(Disconnect::INVALID_TOKEN.into());
             }
@@ -981,12 +982,12 @@ impl Client {
         Err(ClientError::NOT_AVAILABLE.into())
     }
 
-    fn cmd_refresh(&mut self, req: RefreshRequest) -> Result<RefreshResult, CommandError> {
+    async fn cmd_refresh(&mut self, req: RefreshRequest) -> Result<RefreshResult, CommandError> {
         if req.token.is_empty() {
             return Err(Disconnect::BAD_REQUEST.into());
         }
         let now = self.now_unix();
-        let c = self.node.conn_verifier.verify_connect(&req.token, now).map_err(|e| match e {
+        let c = self.node.conn_verifier.verify_connect_async(&req.token, now).await.map_err(|e| match e {
             TokenError::Expired => CommandError::Disconnect(Disconnect::EXPIRED),
             TokenError::Invalid(_) => CommandError::Disconnect(Disconnect::INVALID_TOKEN),
         })?;
@@ -1006,7 +1007,7 @@ impl Client {
         })
     }
 
-    fn cmd_sub_refresh(&mut self, req: SubRefreshRequest) -> Result<SubRefreshResult, CommandError> {
+    async fn cmd_sub_refresh(&mut self, req: SubRefreshRequest) -> Result<SubRefreshResult, CommandError> {
         if req.channel.is_empty() {
             return Err(Disconnect::BAD_REQUEST.into());
         }
@@ -1017,7 +1018,7 @@ impl Client {
             return Err(ClientError::BAD_REQUEST.into());
         }
         let now = self.now_unix();
-        let c = self.node.sub_verifier.verify_subscribe(&req.token, now).map_err(|e| match e {
+        let c = self.node.sub_verifier.verify_subscribe_async(&req.token, now).await.map_err(|e| match e {
             TokenError::Expired => CommandError::Reply(ClientError::TOKEN_EXPIRED),
             TokenError::Invalid(_) => CommandError::Disconnect(Disconnect::INVALID_TOKEN),
         })?;

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod errors;
 pub mod filter;
 pub mod hub;
+pub mod jwks;
 pub mod memory;
 pub mod node;
 pub mod session;
