@@ -223,18 +223,17 @@ impl Hub {
         }
     }
 
-    /// Fans a publication out to this node's subscribers of `channel`.
+    /// Fans a publication out to this node's subscribers of `channel`;
+    /// returns how many subscribers it was offered to.
     pub fn broadcast_publication(
         &self,
         channel: &str,
         publication: &Arc<Publication>,
         epoch: &str,
         prev: Option<&Arc<Publication>>,
-    ) {
+    ) -> usize {
         let shard = self.subs[shard_of(channel)].read();
-        let Some(subs) = shard.get(channel) else {
-            return;
-        };
+        let Some(subs) = shard.get(channel) else { return 0 };
         let push = Push { channel: channel.to_string(), r#pub: Some((**publication).clone()), ..Default::default() };
         let mut lazy = LazyPush::with_prev(&push, prev);
         let mut json_ok: Option<bool> = None;
@@ -248,29 +247,26 @@ impl Hub {
             }
             c.deliver_publication(channel, publication, epoch, prev, &mut lazy);
         }
+        subs.len()
     }
 
     /// Fans a join out to subscribers that receive join/leave.
-    pub fn broadcast_join(&self, channel: &str, info: ClientInfo) {
+    pub fn broadcast_join(&self, channel: &str, info: ClientInfo) -> usize {
         let push = Push { channel: channel.to_string(), join: Some(Join { info: Some(info) }), ..Default::default() };
-        self.broadcast_join_leave(channel, &push);
+        self.broadcast_join_leave(channel, &push)
     }
 
     /// Fans a leave out to subscribers that receive join/leave.
-    pub fn broadcast_leave(&self, channel: &str, info: ClientInfo) {
+    pub fn broadcast_leave(&self, channel: &str, info: ClientInfo) -> usize {
         let push = Push { channel: channel.to_string(), leave: Some(Leave { info: Some(info) }), ..Default::default() };
-        self.broadcast_join_leave(channel, &push);
+        self.broadcast_join_leave(channel, &push)
     }
 
-    fn broadcast_join_leave(&self, channel: &str, push: &Push) {
+    fn broadcast_join_leave(&self, channel: &str, push: &Push) -> usize {
         let shard = self.subs[shard_of(channel)].read();
-        let Some(subs) = shard.get(channel) else {
-            return;
-        };
+        let Some(subs) = shard.get(channel) else { return 0 };
         let mut lazy = LazyPush::new(push);
-        for c in subs.values() {
-            c.deliver_join_leave(channel, &mut lazy);
-        }
+        subs.values().filter(|c| c.deliver_join_leave(channel, &mut lazy)).count()
     }
 
     /// Channels with at least one subscriber on this node, with counts.

@@ -18,6 +18,7 @@ pub mod filter;
 pub mod hub;
 pub mod jwks;
 pub mod memory;
+pub mod metrics;
 pub mod node;
 pub mod session;
 

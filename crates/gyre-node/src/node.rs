@@ -86,6 +86,7 @@ pub struct NodeInfo {
 
 struct Events {
     hub: Arc<Hub>,
+    counters: Arc<crate::metrics::Counters>,
 }
 
 impl BrokerEventHandler for Events {
@@ -96,13 +97,17 @@ impl BrokerEventHandler for Events {
         epoch: &str,
         prev: Option<Arc<Publication>>,
     ) {
-        self.hub.broadcast_publication(channel, &publication, epoch, prev.as_ref());
+        let n = self.hub.broadcast_publication(channel, &publication, epoch, prev.as_ref());
+        crate::metrics::Counters::add(&self.counters.publications_received, 1);
+        crate::metrics::Counters::add(&self.counters.publications_sent, n as u64);
     }
     fn handle_join(&self, channel: &str, info: ClientInfo) {
-        self.hub.broadcast_join(channel, info);
+        let n = self.hub.broadcast_join(channel, info);
+        crate::metrics::Counters::add(&self.counters.join_leave_sent, n as u64);
     }
     fn handle_leave(&self, channel: &str, info: ClientInfo) {
-        self.hub.broadcast_leave(channel, info);
+        let n = self.hub.broadcast_leave(channel, info);
+        crate::metrics::Counters::add(&self.counters.join_leave_sent, n as u64);
     }
 }
 
@@ -129,6 +134,8 @@ pub struct Node {
     started: Instant,
     shutting_down: AtomicBool,
     disconnects: parking_lot::Mutex<HashMap<u32, u64>>,
+    /// Metrics counters.
+    pub counters: Arc<crate::metrics::Counters>,
 }
 
 impl std::fmt::Debug for Node {
@@ -163,7 +170,8 @@ impl Node {
             TokenVerifier::new(&config.client.token, "client.token", skip)?
         };
         let hub = Arc::new(Hub::default());
-        broker.register_handler(Arc::new(Events { hub: hub.clone() }));
+        let counters = Arc::new(crate::metrics::Counters::default());
+        broker.register_handler(Arc::new(Events { hub: hub.clone(), counters: counters.clone() }));
         Ok(Arc::new(Node {
             rules: ChannelRules::new(&config),
             config: Arc::new(config),
@@ -177,12 +185,18 @@ impl Node {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             disconnects: parking_lot::Mutex::new(HashMap::new()),
+            counters,
         }))
     }
 
     /// Counts a server-initiated disconnect by code (metrics, tests).
     pub fn record_disconnect(&self, code: u32) {
         *self.disconnects.lock().entry(code).or_default() += 1;
+    }
+
+    /// All disconnect counts by code.
+    pub fn disconnect_counts(&self) -> Vec<(u32, u64)> {
+        self.disconnects.lock().iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     /// How many connections were closed with `code`.

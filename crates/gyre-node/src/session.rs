@@ -397,11 +397,12 @@ impl ClientShared {
         self.subs.lock().get(channel).and_then(|s| s.position.clone())
     }
 
-    pub(crate) fn deliver_join_leave(&self, channel: &str, lazy: &mut LazyPush<'_>) {
+    pub(crate) fn deliver_join_leave(&self, channel: &str, lazy: &mut LazyPush<'_>) -> bool {
         let ok = self.subs.lock().get(channel).is_some_and(|s| s.live && s.join_leave);
         if ok {
             self.enqueue(lazy.get(self.encoding, PubForm::Plain));
         }
+        ok
     }
 }
 
