@@ -229,6 +229,10 @@ pub(crate) async fn connection(app: Arc<App>, req: Request<Incoming>, sse: bool)
     } else {
         (StreamFormat::Lines, Encoding::Json, "http_stream")
     };
+    // Refuse what cannot be a command stream before any connection state exists.
+    if gyre_proto::decode_commands(encoding.protocol(), &data).is_err() {
+        return h::text(StatusCode::BAD_REQUEST, "Bad Request\n");
+    }
     let session = uuid::Uuid::new_v4().to_string();
     let (rx, guard) = app.sessions.register(session.clone());
     let http_user = h::http_user(&cfg, &headers);
