@@ -35,18 +35,19 @@ fn asset(body: Bytes, ct: &'static str, cache: &'static str) -> Response<Body> {
 /// The page with the endpoints of the transports this server has enabled.
 fn page(app: &App) -> String {
     let cfg = &app.node.config;
-    let mut transports = serde_json::Map::new();
+    // An ordered list: WebSocket first, the fallbacks after it.
+    let mut transports = Vec::new();
     if !cfg.websocket.disabled {
-        transports.insert("websocket".into(), json!(cfg.websocket.handler_prefix));
+        transports.push(json!(["websocket", cfg.websocket.handler_prefix]));
     }
     if cfg.http_stream.enabled {
-        transports.insert("http_stream".into(), json!(cfg.http_stream.handler_prefix));
+        transports.push(json!(["http_stream", cfg.http_stream.handler_prefix]));
     }
     if cfg.sse.enabled {
-        transports.insert("sse".into(), json!(cfg.sse.handler_prefix));
+        transports.push(json!(["sse", cfg.sse.handler_prefix]));
     }
     if cfg.sockjs.enabled {
-        transports.insert("sockjs".into(), json!(cfg.sockjs.handler_prefix));
+        transports.push(json!(["sockjs", cfg.sockjs.handler_prefix]));
     }
     let config = json!({"transports": transports, "emulation": cfg.emulation.handler_prefix});
     // `</` cannot appear in the JSON of an inline script.

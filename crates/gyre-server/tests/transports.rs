@@ -779,7 +779,7 @@ async fn demo_page_assets_and_token_only_when_enabled() {
     let page = HttpStream::open(s.addr, "GET", "/", &[], b"").await;
     assert_eq!(page.status, 200);
     let html = page.body_text().await;
-    assert!(html.contains("/demo/centrifuge.js") && html.contains("\"http_stream\":\"/connection/http_stream\""));
+    assert!(html.contains("/demo/centrifuge.js") && html.contains("[\"http_stream\",\"/connection/http_stream\"]"));
     let js = HttpStream::open(s.addr, "GET", "/demo/centrifuge.js", &[], b"").await;
     assert!(js.body_text().await.contains("globalThis.Centrifuge"));
     let tok: Value =
