@@ -839,3 +839,63 @@ async fn transports_are_off_by_default_and_shutdown_reaches_every_transport() {
     assert_eq!(uni_d["disconnect"]["code"], 3001);
     assert_eq!(sj_d.unwrap(), b"c[3001,\"shutdown\"]");
 }
+
+#[tokio::test]
+async fn sockjs_raw_websocket_carries_unframed_centrifugo_frames_and_echo() {
+    let s = server().await;
+    let mut ws = ws_connect(s.addr, "/connection/sockjs/websocket").await;
+    let connect = json!({"id": 1, "connect": {"token": user_token("raw")}});
+    let subscribe = json!({"id": 2, "subscribe": {"channel": "raw"}});
+    ws.send(Message::Text(format!("{connect}\n{subscribe}").into())).await.unwrap();
+    let mut got: Vec<Value> = Vec::new();
+    while !got.iter().any(|r| r["id"] == 2) {
+        let Message::Text(t) = ws_next(&mut ws).await else { panic!("text") };
+        got.extend(t.split('\n').map(|l| serde_json::from_str::<Value>(l).unwrap()));
+    }
+    assert!(got[0]["connect"]["client"].is_string());
+    s.api("disconnect", json!({"user": "raw"})).await;
+    assert_eq!(ws_close_code(&mut ws).await, 3503);
+
+    let mut echo = ws_connect(s.addr, "/sockjs_test/echo/websocket").await;
+    echo.send(Message::Text("plain text".into())).await.unwrap();
+    assert_eq!(ws_next(&mut echo).await, Message::Text("plain text".into()));
+    let mut echo = ws_connect(s.addr, "/sockjs_test/echo/0/e/websocket").await;
+    assert_eq!(ws_next(&mut echo).await, Message::Text("o".into()));
+    echo.send(Message::Text("[\"x\"]".into())).await.unwrap();
+    assert_eq!(ws_next(&mut echo).await, Message::Text("a[\"x\"]".into()));
+}
+
+#[tokio::test]
+async fn uni_websocket_join_push_messages_and_disabled_disconnect_push() {
+    let mut cfg = all_transports();
+    merge(&mut cfg, json!({"uni_websocket": {"join_push_messages": true, "disable_disconnect_push": true}}));
+    let s = TestServer::start(cfg).await;
+    let q = urlencode(&json!({"token": user_token("jp"), "subs": {"j1": {}, "j2": {}}}).to_string());
+    let mut ws = ws_connect(s.addr, &format!("/connection/uni_websocket?cf_connect={q}")).await;
+    assert!(ws_json(&mut ws).await["connect"].is_object());
+    let (st, b) = s
+        .api(
+            "batch",
+            json!({"commands": [
+                {"publish": {"channel": "j1", "data": {"n": 1}}},
+                {"publish": {"channel": "j2", "data": {"n": 2}}}
+            ]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let mut pubs: Vec<Value> = Vec::new();
+    while pubs.len() < 2 {
+        let Message::Text(t) = ws_next(&mut ws).await else { panic!("text") };
+        pubs.extend(t.split('\n').map(|l| serde_json::from_str::<Value>(l).unwrap()));
+    }
+    assert_eq!(pubs.len(), 2);
+    s.api("disconnect", json!({"user": "jp"})).await;
+    // No disconnect push: straight to the Close frame.
+    assert_eq!(
+        ws_next(&mut ws).await,
+        Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: 3503.into(),
+            reason: "force disconnect".into(),
+        }))
+    );
+}
