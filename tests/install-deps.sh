@@ -2,8 +2,8 @@
 # Installs everything the test suites need, idempotently, on a fresh Debian 12
 # machine as root (or on a machine that already has it all: then it only checks).
 #
-#   - Debian packages: nats-server (for later issues' tests), and, with
-#     GYRE_NEED_CHROMIUM=1, chromium + chromium-driver (browser tests).
+#   - Debian packages: nats-server (for later issues' tests), and chromium +
+#     chromium-driver for the demo-page browser tests (GYRE_NEED_CHROMIUM=0 skips them).
 #     `apt-get update` runs only if something has to be installed.
 #   - tests/sdk/js: `npm ci` from the committed package-lock.json (centrifuge 5.x,
 #     ws, cent.js 6.1.0), skipped when node_modules already matches the lockfile.
@@ -43,8 +43,8 @@ have nats-server || missing+=(nats-server)
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
 have curl || missing+=(curl)
-# Hook for browser tests (later issues): GYRE_NEED_CHROMIUM=1 bash tests/install-deps.sh
-if [ "${GYRE_NEED_CHROMIUM:-0}" = 1 ]; then
+# Browser tests (tests/sdk/js/test/browser.test.mjs) drive Debian's chromium.
+if [ "${GYRE_NEED_CHROMIUM:-1}" = 1 ]; then
     have chromium || missing+=(chromium)
     have chromedriver || missing+=(chromium-driver)
 fi

@@ -920,11 +920,37 @@ pub struct SockJs {
     /// Path.
     #[serde(default = "d_sockjs_prefix")]
     pub handler_prefix: String,
+    /// Script URL the iframe transports' page loads.
+    pub sockjs_url: String,
+    /// Interval of `h` heartbeat frames.
+    pub heartbeat_delay: Dur,
+    /// A session without a receiving request expires after this.
+    pub disconnect_delay: Dur,
+    /// Streaming responses end after this many bytes; the client reconnects to the session.
+    pub response_limit: usize,
+    /// Sticky sessions for load balancers: set a `JSESSIONID` cookie and
+    /// announce `cookie_needed` in `/info`.
+    pub cookie_needed: bool,
+    /// Expose SockJS's protocol test services (`/echo`, `/close`,
+    /// `/disabled_websocket_echo`, `/cookie_needed_echo`) under `test_services_prefix`.
+    pub test_services: bool,
+    /// Prefix of the test services.
+    pub test_services_prefix: String,
 }
 
 impl Default for SockJs {
     fn default() -> Self {
-        SockJs { enabled: false, handler_prefix: d_sockjs_prefix() }
+        SockJs {
+            enabled: false,
+            handler_prefix: d_sockjs_prefix(),
+            sockjs_url: "https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js".into(),
+            heartbeat_delay: Dur(Duration::from_secs(25)),
+            disconnect_delay: Dur(Duration::from_secs(5)),
+            response_limit: 128 * 1024,
+            cookie_needed: false,
+            test_services: false,
+            test_services_prefix: "/sockjs_test".into(),
+        }
     }
 }
 

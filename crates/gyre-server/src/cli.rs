@@ -219,6 +219,9 @@ fn quickstart_tree() -> Value {
         "http_api": {"key": random_secret()},
         "health": {"enabled": true},
         "demo": {"enabled": true},
+        "http_stream": {"enabled": true},
+        "sse": {"enabled": true},
+        "sockjs": {"enabled": true},
         "channel": {"without_namespace": {
             "allow_subscribe_for_client": true, "allow_subscribe_for_anonymous": true,
             "allow_publish_for_subscriber": true, "allow_publish_for_anonymous": true,
