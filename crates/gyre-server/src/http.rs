@@ -270,6 +270,12 @@ async fn route(app: Arc<App>, kind: Listener, req: Request<Incoming>) -> Respons
     if internal && cfg.health.enabled && path == cfg.health.handler_prefix {
         return json_response(StatusCode::OK, Bytes::from_static(b"{}"));
     }
+    if internal && cfg.prometheus.enabled && path == cfg.prometheus.handler_prefix {
+        let mut r = text(StatusCode::OK, "");
+        *r.body_mut() = ChannelBody::fixed(Bytes::from(gyre_node::metrics::render(&app.node)));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        return r;
+    }
     if external && cfg.init.enabled && path == cfg.init.handler_prefix && req.method() == Method::GET {
         return json_response(StatusCode::OK, Bytes::from_static(b"{}"));
     }
