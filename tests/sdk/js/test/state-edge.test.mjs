@@ -34,6 +34,10 @@ const NAMESPACES = [
   { name: 'notf', allow_subscribe_for_client: true },
   { name: 'prot' },
   { name: 'protrec', ...HISTORY },
+  {
+    name: 'fjl', allow_subscribe_for_client: true, presence: true, join_leave: true,
+    force_push_join_leave: true, allow_presence_for_subscriber: true,
+  },
 ];
 
 for (const build of [
@@ -360,6 +364,45 @@ for (const build of [
       // there is no getToken (centrifuge-js _subscribeError: err.code === 109).
       assert.equal(e.type, 'configuration', JSON.stringify(errors));
       assert.match(e.error.message, /subscription token expired/);
+    });
+
+    it('a connection dropped without a close frame leaves presence (leave pushed)', async () => {
+      const channel = `fjl:${uniq('c')}`;
+      const userA = uniq('a');
+      const userB = uniq('b');
+      const { c: a } = await connected(userA);
+      const { sub: subA } = await subscribed(a, channel);
+      const { c: b, ctx: bctx } = await connected(userB, { minReconnectDelay: 60000, maxReconnectDelay: 60000 });
+      const joinP = waitEvent(subA, 'join', T, (ctx) => ctx.info.user === userB);
+      await subscribed(b, channel);
+      await joinP;
+      const leaveP = waitEvent(subA, 'leave', T, (ctx) => ctx.info.user === userB);
+      b._transport._transport.terminate(); // ws: destroy the socket, no close frame
+      assert.equal((await leaveP).info.client, bctx.client);
+      const stats = await withTimeout(subA.presenceStats(), T, 'presenceStats');
+      assert.deepEqual(stats, { numClients: 1, numUsers: 1 });
+    });
+
+    it('server-side subscription: join/leave as client-level events', async () => {
+      const channel = `fjl:${uniq('c')}`;
+      const userA = uniq('a');
+      const userB = uniq('b');
+      const { c: a } = await connected(userA, { token: connToken(userA, { channels: [channel] }) });
+      const joins = [];
+      const leaves = [];
+      a.on('join', (ctx) => { if (ctx.channel === channel) joins.push(ctx.info.user); });
+      a.on('leave', (ctx) => { if (ctx.channel === channel) leaves.push(ctx.info.user); });
+      const { c: b } = await connected(userB);
+      const jP = waitEvent(a, 'join', T, (ctx) => ctx.info.user === userB);
+      const { sub: subB } = await subscribed(b, channel);
+      await jP;
+      const lP = waitEvent(a, 'leave', T, (ctx) => ctx.info.user === userB);
+      subB.unsubscribe();
+      await lP;
+      assert.deepEqual(joins.filter((u) => u !== userA), [userB]);
+      assert.deepEqual(leaves, [userB]);
+      const p = await withTimeout(a.presence(channel), T, 'presence via server-side sub');
+      assert.deepEqual(Object.values(p.clients).map((ci) => ci.user), [userA]);
     });
   });
 }
