@@ -307,12 +307,26 @@ impl Client {
                 Ok(())
             }
             Err(CommandError::Disconnect(d)) => Err(d),
-            Err(CommandError::Reply(e)) => Err(match e.code {
-                109 | 110 => Disconnect::EXPIRED,
-                111 => Disconnect::TOO_MANY_REQUESTS,
-                103 => Disconnect::PERMISSION_DENIED,
-                _ => Disconnect::SERVER_ERROR,
-            }),
+            Err(CommandError::Reply(e)) => Err(
+                match self
+                    .node
+                    .config
+                    .client
+                    .connect_code_to_unidirectional_disconnect
+                    .transforms
+                    .iter()
+                    .find(|t| t.code == e.code)
+                    .filter(|_| self.node.config.client.connect_code_to_unidirectional_disconnect.enabled)
+                {
+                    Some(t) => Disconnect::custom(t.to.code, t.to.reason.clone()),
+                    None => match e.code {
+                        109 | 110 => Disconnect::EXPIRED,
+                        111 => Disconnect::TOO_MANY_REQUESTS,
+                        103 => Disconnect::PERMISSION_DENIED,
+                        _ => Disconnect::SERVER_ERROR,
+                    },
+                },
+            ),
         }
     }
 

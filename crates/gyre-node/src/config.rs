@@ -336,6 +336,37 @@ pub struct PersonalChannel {
     pub single_connection: bool,
 }
 
+/// `client.connect_code_to_unidirectional_disconnect`: which disconnect a
+/// unidirectional client gets for a connect error code.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct CodeTransforms {
+    /// Apply the transforms.
+    pub enabled: bool,
+    /// Code → disconnect.
+    pub transforms: Vec<CodeTransform>,
+}
+
+/// One transform.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct CodeTransform {
+    /// Connect error code.
+    pub code: u32,
+    /// Resulting disconnect.
+    pub to: DisconnectTo,
+}
+
+/// A disconnect code and reason.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct DisconnectTo {
+    /// Code.
+    pub code: u32,
+    /// Reason.
+    pub reason: String,
+}
+
 /// `client.*`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -404,7 +435,7 @@ pub struct Client {
     /// Personal channel auto-subscription.
     pub subscribe_to_user_personal_channel: PersonalChannel,
     /// Connect error code transforms for unidirectional transports.
-    pub connect_code_to_unidirectional_disconnect: serde_json::Value,
+    pub connect_code_to_unidirectional_disconnect: CodeTransforms,
     /// Connect/refresh proxies (not implemented yet; must stay disabled).
     pub proxy: serde_json::Value,
 }
@@ -438,7 +469,7 @@ impl Default for Client {
             user_id_http_header: String::new(),
             insecure: false,
             subscribe_to_user_personal_channel: PersonalChannel::default(),
-            connect_code_to_unidirectional_disconnect: serde_json::Value::Null,
+            connect_code_to_unidirectional_disconnect: CodeTransforms::default(),
             proxy: serde_json::Value::Null,
         }
     }

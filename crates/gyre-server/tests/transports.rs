@@ -899,3 +899,23 @@ async fn uni_websocket_join_push_messages_and_disabled_disconnect_push() {
         }))
     );
 }
+
+#[tokio::test]
+async fn uni_connect_errors_map_to_disconnects_with_configurable_transforms() {
+    let mut cfg = all_transports();
+    merge(
+        &mut cfg,
+        json!({"client": {"connect_code_to_unidirectional_disconnect": {
+            "enabled": true, "transforms": [{"code": 109, "to": {"code": 4109, "reason": "renew token"}}]}}}),
+    );
+    let s = TestServer::start(cfg).await;
+    let expired = token(json!({"sub": "x", "exp": gyre_node::node::unix_now() - 10}));
+    let q = urlencode(&json!({ "token": expired }).to_string());
+    let mut ws = ws_connect(s.addr, &format!("/connection/uni_websocket?cf_connect={q}")).await;
+    assert_eq!(ws_json(&mut ws).await, json!({"disconnect": {"code": 4109, "reason": "renew token"}}));
+    assert_eq!(ws_close_code(&mut ws).await, 4109);
+    // Without a transform, an expired token is 3005 (the default mapping).
+    let s2 = server().await;
+    let mut ws = ws_connect(s2.addr, &format!("/connection/uni_websocket?cf_connect={q}")).await;
+    assert_eq!(ws_json(&mut ws).await["disconnect"]["code"], 3005);
+}
