@@ -10,6 +10,7 @@ mod procfs;
 mod report;
 mod run;
 mod stats;
+mod wsraw;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -16,16 +15,14 @@ use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
 
 use crate::frames::{self, Setup, Target};
 use crate::payload::{TsScanner, encode_payload, now_micros};
 use crate::procfs;
 use crate::stats::{hist_summary_ms, new_latency_histogram, percentile_sorted};
+use crate::wsraw::{RawWs, op};
+use gyre_proto::ProtocolType;
 
 /// Options of one run (see `main.rs` for the CLI).
 #[derive(Debug, Clone, clap::Args)]
@@ -106,7 +103,6 @@ struct Shared {
     dropped: AtomicUsize,
     delivered: AtomicU64,
     pings: AtomicU64,
-    first_delivery_us: AtomicU64,
     last_delivery_us: AtomicU64,
     ready_per_channel: Vec<AtomicU32>,
     hist: Mutex<Histogram<u64>>,
@@ -123,8 +119,6 @@ impl Shared {
         }
     }
 }
-
-type Ws = WebSocketStream<TcpStream>;
 
 fn check_loopback(addr: &SocketAddr) -> Result<()> {
     if !addr.ip().is_loopback() {
@@ -158,16 +152,14 @@ async fn tcp_connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> Result<TcpSt
     Ok(s)
 }
 
-fn ws_config() -> WebSocketConfig {
-    // Small buffers: 10k connections must fit in one process.
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_message_size(Some(1 << 20))
-        .max_frame_size(Some(1 << 20))
+fn data_opcode(proto: ProtocolType) -> u8 {
+    match proto {
+        ProtocolType::Json => op::TEXT,
+        ProtocolType::Protobuf => op::BINARY,
+    }
 }
 
-async fn setup_conn(opts: &RunOpts, sh: &Shared, i: usize, token: Option<&str>) -> Result<Ws> {
+async fn setup_conn(opts: &RunOpts, sh: &Shared, i: usize, token: Option<&str>) -> Result<RawWs> {
     let ch = channel_name(opts, i % opts.channels);
     let source = (opts.source_ips > 1)
         .then(|| Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(opts.source_ips)) as u8));
@@ -176,109 +168,107 @@ async fn setup_conn(opts: &RunOpts, sh: &Shared, i: usize, token: Option<&str>) 
         Target::Nchan => format!("/sub/{ch}"),
         _ => "/connection/websocket".to_owned(),
     };
-    let mut req = format!("ws://{}{}", opts.addr, path).into_client_request()?;
-    if sh.target == Target::GyreProtobuf {
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            http::HeaderValue::from_static("centrifuge-protobuf"),
-        );
-    }
-    let (mut ws, _resp) = client_async_with_config(req, stream, Some(ws_config())).await?;
+    let subprotocol = (sh.target == Target::GyreProtobuf).then_some("centrifuge-protobuf");
+    let seed = (i as u32).wrapping_mul(2_654_435_761);
+    let (mut ws, mut leftover) =
+        RawWs::handshake(stream, &opts.addr.to_string(), &path, subprotocol, seed).await?;
+    let mut pending: Vec<Vec<u8>> = Vec::new();
+    let ctl = ws
+        .reader
+        .feed(&mut leftover, &mut |m| pending.push(m.to_vec()))?;
+    ws.answer_pings(&ctl).await?;
     let Some(proto) = sh.target.protocol() else {
         return Ok(ws); // Nchan subscribes by the URL.
     };
-    let frame = frames::setup_frame(proto, token, &ch);
-    ws.send(ws_message(proto, frame)).await?;
+    ws.send(data_opcode(proto), &frames::setup_frame(proto, token, &ch))
+        .await?;
     let mut st = Setup::default();
-    while !(st.connected && st.subscribed) {
-        let msg = ws.next().await.context("closed during setup")??;
-        let data = match &msg {
-            Message::Text(t) => t.as_bytes(),
-            Message::Binary(b) => &b[..],
-            Message::Close(c) => bail!("closed during setup: {c:?}"),
-            _ => continue,
-        };
-        let before = st.pings;
-        frames::absorb_setup_frame(proto, data, &mut st)?;
-        for _ in before..st.pings {
-            ws.send(ws_message(proto, frames::pong(proto).to_vec()))
-                .await?;
+    loop {
+        let pings_before = st.pings;
+        for m in pending.drain(..) {
+            frames::absorb_setup_frame(proto, &m, &mut st)?;
         }
+        for _ in pings_before..st.pings {
+            ws.send(data_opcode(proto), frames::pong(proto)).await?;
+        }
+        if st.connected && st.subscribed {
+            return Ok(ws);
+        }
+        let ctl = ws
+            .read_and_process(&mut |m| pending.push(m.to_vec()))
+            .await?
+            .context("closed during setup")?;
+        if let Some(code) = ctl.close {
+            bail!("closed during setup with code {code:?}");
+        }
+        ws.answer_pings(&ctl).await?;
     }
-    Ok(ws)
 }
 
-fn ws_message(proto: gyre_proto::ProtocolType, data: Vec<u8>) -> Message {
-    match proto {
-        gyre_proto::ProtocolType::Json => Message::Text(
-            String::from_utf8(data)
-                .expect("JSON frames are UTF-8")
-                .into(),
-        ),
-        gyre_proto::ProtocolType::Protobuf => Message::Binary(data.into()),
-    }
-}
-
-async fn hot_loop(sh: &Shared, mut ws: Ws) {
+async fn hot_loop(sh: &Shared, mut ws: RawWs) {
     let cancelled = sh.stop.cancelled();
     tokio::pin!(cancelled);
+    let proto = sh.target.protocol();
     loop {
-        let msg = tokio::select! {
+        let mut app_pings = 0usize;
+        let mut bad_frames = 0usize;
+        let mut on_message = |m: &[u8]| {
+            let now = now_micros();
+            let scan = frames::scan_frame(sh.target, m, &sh.scanner, |ts| {
+                sh.hist
+                    .lock()
+                    .saturating_record(now.saturating_sub(ts).max(1));
+            });
+            match scan {
+                Ok(s) => {
+                    if s.deliveries > 0 {
+                        sh.delivered
+                            .fetch_add(s.deliveries as u64, Ordering::Relaxed);
+                        sh.last_delivery_us.fetch_max(now, Ordering::Relaxed);
+                    }
+                    app_pings += s.pings;
+                }
+                Err(_) => bad_frames += 1,
+            }
+        };
+        let r = tokio::select! {
             biased;
             _ = &mut cancelled => break,
-            m = ws.next() => m,
+            r = ws.read_and_process(&mut on_message) => r,
         };
-        let data: &[u8] = match &msg {
-            Some(Ok(Message::Text(t))) => t.as_bytes(),
-            Some(Ok(Message::Binary(b))) => b,
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                // The library queued the pong; push it out.
-                let _ = ws.flush().await;
-                continue;
-            }
-            Some(Ok(Message::Close(c))) => {
-                sh.note_error(format!("server closed a connection: {c:?}"));
+        if bad_frames > 0 {
+            sh.note_error("undecodable frame".to_owned());
+        }
+        let ctl = match r {
+            Ok(Some(ctl)) => ctl,
+            Ok(None) => {
+                sh.note_error("server closed a connection (EOF)".to_owned());
                 sh.dropped.fetch_add(1, Ordering::Relaxed);
                 break;
             }
-            Some(Err(e)) => {
-                sh.note_error(format!("connection error: {e}"));
-                sh.dropped.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            None => {
+            Err(e) => {
+                sh.note_error(format!("connection error: {e:#}"));
                 sh.dropped.fetch_add(1, Ordering::Relaxed);
                 break;
             }
         };
-        let now = now_micros();
-        let scan = frames::scan_frame(sh.target, data, &sh.scanner, |ts| {
-            sh.hist
-                .lock()
-                .saturating_record(now.saturating_sub(ts).max(1));
-        });
-        match scan {
-            Ok(s) => {
-                if s.deliveries > 0 {
-                    sh.delivered
-                        .fetch_add(s.deliveries as u64, Ordering::Relaxed);
-                    sh.last_delivery_us.fetch_max(now, Ordering::Relaxed);
-                    sh.first_delivery_us.fetch_min(now, Ordering::Relaxed);
-                }
-                if let Some(proto) = sh.target.protocol() {
-                    sh.pings.fetch_add(s.pings as u64, Ordering::Relaxed);
-                    for _ in 0..s.pings {
-                        if ws
-                            .send(ws_message(proto, frames::pong(proto).to_vec()))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                }
+        if let Some(code) = ctl.close {
+            sh.note_error(format!("server sent Close {code:?}"));
+            sh.dropped.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        let mut ok = ws.answer_pings(&ctl).await.is_ok();
+        if let Some(proto) = proto {
+            sh.pings.fetch_add(app_pings as u64, Ordering::Relaxed);
+            for _ in 0..app_pings {
+                ok &= ws
+                    .send(data_opcode(proto), frames::pong(proto))
+                    .await
+                    .is_ok();
             }
-            Err(e) => sh.note_error(format!("undecodable frame: {e}")),
+        }
+        if !ok {
+            sh.note_error("pong write failed".to_owned());
         }
     }
 }
@@ -473,7 +463,6 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
         dropped: AtomicUsize::new(0),
         delivered: AtomicU64::new(0),
         pings: AtomicU64::new(0),
-        first_delivery_us: AtomicU64::new(u64::MAX),
         last_delivery_us: AtomicU64::new(0),
         ready_per_channel: (0..opts.channels).map(|_| AtomicU32::new(0)).collect(),
         hist: Mutex::new(new_latency_histogram()),
