@@ -86,6 +86,7 @@ pub fn summarize(lines: &str) -> Vec<Row> {
 fn fmt_num(v: Option<f64>) -> String {
     match v {
         None => "–".to_owned(),
+        Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
         Some(x) if x.abs() >= 1000.0 => format!("{x:.0}"),
         Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
         Some(x) => format!("{x:.2}"),
@@ -162,5 +163,7 @@ not json
         assert_eq!(fmt_num(Some(12345.6)), "12346");
         assert_eq!(fmt_num(Some(12.34)), "12.3");
         assert_eq!(fmt_num(Some(1.234)), "1.23");
+        assert_eq!(fmt_num(Some(200.0)), "200");
+        assert_eq!(fmt_num(Some(0.0)), "0");
     }
 }
