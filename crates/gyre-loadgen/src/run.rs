@@ -281,10 +281,11 @@ async fn conn_task(
     start: Instant,
     token: Option<Arc<str>>,
 ) {
-    if opts.connect_rate > 0 {
-        sleep_until(start + Duration::from_secs_f64(i as f64 / f64::from(opts.connect_rate))).await;
-    }
     let setup = async {
+        if opts.connect_rate > 0 {
+            let at = start + Duration::from_secs_f64(i as f64 / f64::from(opts.connect_rate));
+            sleep_until(at).await;
+        }
         let _permit = sem.acquire().await?;
         timeout(
             Duration::from_secs(opts.setup_timeout_s),
@@ -549,9 +550,12 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
     let phase_secs = pub_start.elapsed().as_secs_f64();
 
     sh.stop.cancel();
-    for t in tasks {
-        let _ = timeout(Duration::from_secs(5), t).await;
-    }
+    let _ = timeout(Duration::from_secs(5), async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    })
+    .await;
 
     let delivered = sh.delivered.load(Ordering::Relaxed);
     let published = ps.published.load(Ordering::Relaxed);
