@@ -41,6 +41,29 @@ pub fn parse_stat_ppid(text: &str) -> Option<u32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Busy clock ticks of the whole host from the text of `/proc/stat` (the
+/// aggregate `cpu` line: user, nice, system, irq, softirq and steal; guest time
+/// is already inside user).
+pub fn parse_host_busy_ticks(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    if v.len() < 8 {
+        return None;
+    }
+    Some(v[0] + v[1] + v[2] + v[5] + v[6] + v[7])
+}
+
+/// Busy ticks of the whole host.
+pub fn host_busy_ticks() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_host_busy_ticks(&text).context("malformed /proc/stat")
+}
+
 /// PSS in bytes of one process.
 pub fn pss_bytes(pid: u32) -> Result<u64> {
     let p = format!("/proc/{pid}/smaps_rollup");
@@ -149,6 +172,15 @@ Shared_Clean:       1234 kB
         assert_eq!(parse_stat_ppid(stat), Some(1));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
         assert_eq!(parse_stat_cpu_ticks("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn host_busy_sums_the_busy_columns() {
+        let stat = "cpu  100 20 30 400 5 6 7 8 0 0\ncpu0 50 10 15 200 2 3 3 4 0 0\nintr 1 2\n";
+        assert_eq!(parse_host_busy_ticks(stat), Some(100 + 20 + 30 + 6 + 7 + 8));
+        assert_eq!(parse_host_busy_ticks("cpu  1 2 3\n"), None);
+        assert_eq!(parse_host_busy_ticks("intr 1\n"), None);
+        assert!(host_busy_ticks().is_ok());
     }
 
     #[test]

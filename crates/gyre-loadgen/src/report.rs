@@ -20,6 +20,7 @@ pub const METRICS: &[(&str, &str, f64)] = &[
     ("pub p99 ms", "/publish_latency_ms/p99", 1.0),
     ("CPU µs/deliv", "/server_cpu_us_per_delivery", 1.0),
     ("loadgen CPU %", "/loadgen_cpu_pct", 1.0),
+    ("other CPU %", "/other_cpu_pct", 1.0),
 ];
 
 /// One (scenario, target) group with the median of each metric.

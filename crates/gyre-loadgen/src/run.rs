@@ -518,6 +518,7 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
     });
     let server_cpu0 = procfs::total_cpu_ticks(&server_pids).ok();
     let self_cpu0 = procfs::cpu_ticks("self").ok();
+    let host_cpu0 = procfs::host_busy_ticks().ok();
     let pub_start = Instant::now();
     let pub_start_us = now_micros();
     let mut expected = 0u64;
@@ -547,6 +548,7 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
     }
     let server_cpu1 = procfs::total_cpu_ticks(&server_pids).ok();
     let self_cpu1 = procfs::cpu_ticks("self").ok();
+    let host_cpu1 = procfs::host_busy_ticks().ok();
     let phase_secs = pub_start.elapsed().as_secs_f64();
 
     sh.stop.cancel();
@@ -580,6 +582,12 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
     };
     let server_cpu_s = cpu_delta(server_cpu0, server_cpu1);
     let self_cpu_s = cpu_delta(self_cpu0, self_cpu1);
+    // CPU used by anything else on the host while publishing: a run where this
+    // is high was disturbed (the machine is shared with builds) and is suspect.
+    let other_cpu_s = match (cpu_delta(host_cpu0, host_cpu1), server_cpu_s, self_cpu_s) {
+        (Some(h), Some(s), Some(l)) => Some((h - s - l).max(0.0)),
+        _ => None,
+    };
     let per_conn = match (pss_before, pss_after) {
         (Some(b), Some(a)) if ready > 0 => Some(round3((a as f64 - b as f64) / ready as f64)),
         _ => None,
@@ -621,6 +629,10 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
             _ => json!(null),
         },
         "loadgen_cpu_pct": match self_cpu_s {
+            Some(s) if phase_secs > 0.0 => json!(round3(100.0 * s / phase_secs)),
+            _ => json!(null),
+        },
+        "other_cpu_pct": match other_cpu_s {
             Some(s) if phase_secs > 0.0 => json!(round3(100.0 * s / phase_secs)),
             _ => json!(null),
         },
