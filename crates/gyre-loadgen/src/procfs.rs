@@ -64,6 +64,33 @@ pub fn host_busy_ticks() -> Result<u64> {
     parse_host_busy_ticks(&text).context("malformed /proc/stat")
 }
 
+/// Parses `/proc/<pid>/task/<tid>/schedstat`: (ns on CPU, ns waiting on a run queue).
+pub fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+    let mut it = text.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Nanoseconds the threads of `pid` spent runnable but waiting for a CPU
+/// (summed over its current threads): how much the host got in the way.
+pub fn runq_wait_ns(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for e in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let Ok(e) = e else { continue };
+        if let Ok(t) = std::fs::read_to_string(e.path().join("schedstat"))
+            && let Some((_, wait)) = parse_schedstat(&t)
+        {
+            total += wait;
+        }
+    }
+    Ok(total)
+}
+
+/// Summed run-queue wait of `pids`, ns.
+pub fn total_runq_wait_ns(pids: &[u32]) -> Result<u64> {
+    pids.iter().map(|p| runq_wait_ns(*p)).sum()
+}
+
 /// PSS in bytes of one process.
 pub fn pss_bytes(pid: u32) -> Result<u64> {
     let p = format!("/proc/{pid}/smaps_rollup");
@@ -181,6 +208,13 @@ Shared_Clean:       1234 kB
         assert_eq!(parse_host_busy_ticks("cpu  1 2 3\n"), None);
         assert_eq!(parse_host_busy_ticks("intr 1\n"), None);
         assert!(host_busy_ticks().is_ok());
+    }
+
+    #[test]
+    fn schedstat_fields() {
+        assert_eq!(parse_schedstat("123 456 7\n"), Some((123, 456)));
+        assert_eq!(parse_schedstat("123"), None);
+        runq_wait_ns(std::process::id()).unwrap();
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub const METRICS: &[(&str, &str, f64)] = &[
     ("CPU µs/deliv", "/server_cpu_us_per_delivery", 1.0),
     ("loadgen CPU %", "/loadgen_cpu_pct", 1.0),
     ("other CPU %", "/other_cpu_pct", 1.0),
+    ("server runq wait ms", "/server_runq_wait_ms", 1.0),
 ];
 
 /// One (scenario, target) group with the median of each metric.

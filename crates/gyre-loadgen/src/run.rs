@@ -519,6 +519,7 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
     let server_cpu0 = procfs::total_cpu_ticks(&server_pids).ok();
     let self_cpu0 = procfs::cpu_ticks("self").ok();
     let host_cpu0 = procfs::host_busy_ticks().ok();
+    let runq0 = procfs::total_runq_wait_ns(&server_pids).ok();
     let pub_start = Instant::now();
     let pub_start_us = now_micros();
     let mut expected = 0u64;
@@ -549,6 +550,7 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
     let server_cpu1 = procfs::total_cpu_ticks(&server_pids).ok();
     let self_cpu1 = procfs::cpu_ticks("self").ok();
     let host_cpu1 = procfs::host_busy_ticks().ok();
+    let runq1 = procfs::total_runq_wait_ns(&server_pids).ok();
     let phase_secs = pub_start.elapsed().as_secs_f64();
 
     sh.stop.cancel();
@@ -634,6 +636,10 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
         },
         "other_cpu_pct": match other_cpu_s {
             Some(s) if phase_secs > 0.0 => json!(round3(100.0 * s / phase_secs)),
+            _ => json!(null),
+        },
+        "server_runq_wait_ms": match (runq0, runq1) {
+            (Some(a), Some(b)) if !server_pids.is_empty() => json!(round3(b.saturating_sub(a) as f64 / 1e6)),
             _ => json!(null),
         },
         "pings": sh.pings.load(Ordering::Relaxed),
