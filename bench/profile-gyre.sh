@@ -58,14 +58,17 @@ wait_port() {
     return 1
 }
 
+# SCHED_FIFO as in run-matrix.sh (the host may be shared); PRIO=normal disables.
+if [ "${PRIO:-rt}" = rt ]; then RUNPRIO=(chrt -f 10); else RUNPRIO=(); fi
+
 loadgen() {
-    taskset -c 1 "$LOADGEN" run --target "$TARGET" --addr "127.0.0.1:$PORT" --scenario "$SCEN" \
+    "${RUNPRIO[@]}" taskset -c 1 "$LOADGEN" run --target "$TARGET" --addr "127.0.0.1:$PORT" --scenario "$SCEN" \
         --conns "$CONNS" --channels "$CHANNELS" --msgs "$MSGS" --pub-rate "$RATE" \
         --pub-conns "$PUBCONNS" --server-pid "$PID" --token-secret "$SECRET" --deadline-s 240 "$@"
 }
 
 if perf record -e cpu-clock -o "$WORK/probe.data" -- true >/dev/null 2>&1; then
-    taskset -c 0 "$GYRE_BIN" --config "$WORK/gyre.json" >"$WORK/gyre.log" 2>&1 &
+    "${RUNPRIO[@]}" taskset -c 0 "$GYRE_BIN" --config "$WORK/gyre.json" >"$WORK/gyre.log" 2>&1 &
     PID=$!
     wait_port
     # Sample the whole run (connect + publish); the report separates the phases by symbol.

@@ -13,7 +13,8 @@
 #
 # Needs root for apt-get (nginx + libnginx-mod-nchan are installed when
 # missing). Environment: CARGO_TARGET_DIR (where binaries are built),
-# GYRE_BIN (use this gyre binary instead of building one).
+# GYRE_BIN (use this gyre binary instead of building one), GYRE_COMMIT (its
+# commit, for machine.txt), PRIO, QUIET_PCT, QUIET_WAIT_S (see below).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -217,7 +218,8 @@ run_one() { # scenario run target
     echo "memory: $(grep MemTotal /proc/meminfo | awk '{print $2" kB"}')"
     echo "nginx: $(nginx -v 2>&1 | cut -d/ -f2 || true)"
     echo "nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || true)"
-    echo "gyre: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || true)"
+    echo "gyre binary: $GYRE_BIN (commit ${GYRE_COMMIT:-$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || true)})"
+    echo "load generator: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || true)"
     echo "targets: $TARGETS"
     echo "scenarios: $SCENARIOS"
     echo "runs: $RUNS"
