@@ -474,13 +474,30 @@ fn serve(flags: ServerFlags) -> ExitCode {
         eprintln!("pid_file {}: {e}", config.pid_file);
         return ExitCode::FAILURE;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Two runtimes: connections on a multi-thread runtime, accept loops and
+    // HTTP requests (the server API) on a one-thread front runtime. The OS
+    // schedules the front thread independently, so an API call is served in
+    // milliseconds even while a fan-out keeps every connection task busy.
+    let conns = match tokio::runtime::Builder::new_multi_thread().thread_name("gyre-conn").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gyre-http")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let conn_handle = conns.handle().clone();
     rt.block_on(async move {
         let timeout = config.shutdown.timeout.0;
         let node = match crate::build_node(config) {
@@ -490,7 +507,7 @@ fn serve(flags: ServerFlags) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let running = match crate::http::start(node).await {
+        let running = match crate::http::start_with(node, Some(conn_handle)).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("{e}");

@@ -84,9 +84,15 @@ async fn write_frame<T: Transport>(
     messages: &[Bytes],
     shared: &ClientShared,
 ) -> Result<(), Option<Disconnect>> {
-    let deadline = tokio::time::Instant::now() + transport.write_timeout();
+    let timeout = transport.write_timeout();
     let write = transport.write(messages);
     tokio::pin!(write);
+    // The common case: the socket takes the frame at once. Only a write that
+    // has to wait pays for a timer.
+    if let Some(r) = futures_util::FutureExt::now_or_never(&mut write) {
+        return r.map_err(|_| None);
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
     tokio::select! {
         r = &mut write => r.map_err(|_| None),
         _ = tokio::time::sleep_until(deadline) => {
@@ -113,12 +119,17 @@ async fn write_queued<T: Transport>(transport: &mut T, shared: &ClientShared) ->
 }
 
 /// Runs one connection until it ends, then cleans the client up.
+///
+/// Every call into the client (command handling, controls, timers) and the
+/// write path is boxed: an idle connection's task then only holds the small
+/// waiting state, not room for the largest command's state machine, which
+/// is most of the memory a parked connection would otherwise cost.
 pub async fn drive<T: Transport>(node: Arc<Node>, mut client: Client, transport: &mut T, start: Start) {
     let shared = client.shared().clone();
     let first = match start {
         Start::Idle => Ok(()),
-        Start::Data(data) => client.handle_data(&data).await,
-        Start::Uni(req) => client.connect_unidirectional(req).await,
+        Start::Data(data) => Box::pin(client.handle_data(&data)).await,
+        Start::Uni(req) => Box::pin(client.connect_unidirectional(req)).await,
     };
     // Why the loop ended: Some(d) = close with d; None = peer gone, nothing to send.
     let end: Option<Disconnect> = match first {
@@ -128,16 +139,16 @@ pub async fn drive<T: Transport>(node: Arc<Node>, mut client: Client, transport:
             tokio::select! {
                 biased;
                 _ = shared.notified() => {
-                    if let Err(d) = client.handle_controls().await {
+                    if let Err(d) = Box::pin(client.handle_controls()).await {
                         break Some(d);
                     }
-                    if let Err(d) = write_queued(transport, &shared).await {
+                    if let Err(d) = Box::pin(write_queued(transport, &shared)).await {
                         break d;
                     }
                 }
                 inbound = transport.read() => match inbound {
                     Inbound::Data(data) => {
-                        if let Err(d) = client.handle_data(&data).await {
+                        if let Err(d) = Box::pin(client.handle_data(&data)).await {
                             break Some(d);
                         }
                     }
@@ -145,7 +156,7 @@ pub async fn drive<T: Transport>(node: Arc<Node>, mut client: Client, transport:
                     Inbound::Close(d) => break Some(d),
                 },
                 _ = tokio::time::sleep_until(deadline) => {
-                    if let Err(d) = client.tick().await {
+                    if let Err(d) = Box::pin(client.tick()).await {
                         break Some(d);
                     }
                 }
@@ -174,5 +185,5 @@ pub async fn drive<T: Transport>(node: Arc<Node>, mut client: Client, transport:
     }
     // Stop further queueing from the hub, then clean up state.
     shared.close_with(Disconnect::CONNECTION_CLOSED);
-    client.close().await;
+    Box::pin(client.close()).await;
 }

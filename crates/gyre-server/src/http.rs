@@ -51,6 +51,11 @@ pub struct App {
     pub sessions: Arc<Sessions>,
     /// SockJS sessions of this node.
     pub sockjs: crate::sockjs::Registry,
+    /// Where long-lived connection tasks run. The binary keeps HTTP request
+    /// handling (the server API above all) on a separate runtime thread, so
+    /// a publish request is never queued behind thousands of connection
+    /// tasks woken by the previous fan-out. `None`: the current runtime.
+    conn_rt: Option<tokio::runtime::Handle>,
 }
 
 impl App {
@@ -58,15 +63,22 @@ impl App {
     pub(crate) fn spawn_conn(self: &Arc<Self>, f: impl Future<Output = ()> + Send + 'static) {
         let app = self.clone();
         app.conns.fetch_add(1, Ordering::Relaxed);
-        self.tracker.spawn(async move {
+        let task = async move {
             f.await;
             app.conns.fetch_sub(1, Ordering::Relaxed);
-        });
+        };
+        match &self.conn_rt {
+            Some(h) => drop(self.tracker.spawn_on(task, h)),
+            None => drop(self.tracker.spawn(task)),
+        }
     }
 
     /// Spawns a tracked background task (not a connection).
     pub(crate) fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
-        self.tracker.spawn(f);
+        match &self.conn_rt {
+            Some(h) => drop(self.tracker.spawn_on(f, h)),
+            None => drop(self.tracker.spawn(f)),
+        }
     }
 
     /// Cancelled when the server shuts down.
@@ -121,8 +133,14 @@ fn bind_addr(address: &str, port: u16) -> String {
     }
 }
 
-/// Binds the listeners and starts serving.
+/// Binds the listeners and starts serving, all on the current runtime.
 pub async fn start(node: Arc<Node>) -> anyhow::Result<Running> {
+    start_with(node, None).await
+}
+
+/// Binds the listeners and starts serving; connection tasks go to `conn_rt`
+/// when given, HTTP request handling stays on the current runtime.
+pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>) -> anyhow::Result<Running> {
     let cfg = node.config.clone();
     let ext = TcpListener::bind(bind_addr(&cfg.http_server.address, cfg.http_server.port))
         .await
@@ -137,6 +155,7 @@ pub async fn start(node: Arc<Node>) -> anyhow::Result<Running> {
         split_internal: split,
         sessions: Arc::new(Sessions::default()),
         sockjs: crate::sockjs::Registry::default(),
+        conn_rt,
     });
     let mut internal_addr = addr;
     if split {

@@ -42,7 +42,10 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 /// incoming size limit.
 pub fn ws_config(limit: usize) -> WebSocketConfig {
     let mut c = WebSocketConfig::default();
-    c.read_buffer_size = 4096;
+    // A parked connection holds this buffer for its whole life; client
+    // messages are small (commands, pongs), and tungstenite grows the buffer
+    // to a frame's declared length when a bigger one arrives.
+    c.read_buffer_size = 512;
     c.write_buffer_size = 0;
     c.max_message_size = Some(limit);
     c.max_frame_size = Some(limit);
@@ -218,7 +221,7 @@ impl Transport for WsTransport {
             let msg = tokio::select! {
                 m = self.ws.next() => m,
                 _ = tokio::time::sleep_until(timer.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if timer.is_some() => {
-                    if let Some(i) = self.timers().await {
+                    if let Some(i) = Box::pin(self.timers()).await {
                         return i;
                     }
                     continue;
