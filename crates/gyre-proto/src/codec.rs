@@ -228,6 +228,17 @@ mod tests {
     }
 
     #[test]
+    fn api_schema_field_numbers_match_the_contract() {
+        // server-api.md §7: PublishRequest channel 1, data 2, b64data 3, skip_history 4,
+        // tags 5, idempotency_key 6, delta 7, version 8, version_epoch 9; PublishResult offset 1, epoch 2.
+        use crate::api::{PublishRequest, PublishResult};
+        let r = PublishRequest { channel: "c".into(), version: 3, ..Default::default() };
+        assert_eq!(r.encode_to_vec(), vec![0x0a, 0x01, b'c', 0x40, 0x03]);
+        let r = PublishResult { offset: 5, epoch: "e".into() };
+        assert_eq!(r.encode_to_vec(), vec![0x08, 0x05, 0x12, 0x01, b'e']);
+    }
+
+    #[test]
     fn framing_joins_json_with_newlines_only_between() {
         let a = Bytes::from_static(b"{}");
         let b = Bytes::from_static(b"{\"id\":1}");

@@ -24,6 +24,13 @@ pub mod protocol {
     include!(concat!(env!("OUT_DIR"), "/centrifugal.centrifuge.protocol.rs"));
 }
 
+/// Server API types generated from `proto/api.proto` (the schema of the
+/// HTTP API's JSON bodies and of the gRPC API).
+#[allow(missing_docs, clippy::all)]
+pub mod api {
+    include!(concat!(env!("OUT_DIR"), "/centrifugal.centrifugo.api.rs"));
+}
+
 pub use codec::{DecodeError, decode_commands, encode_reply, frame_messages};
 
 /// The two encodings a connection can speak; chosen once at handshake time.
