@@ -65,7 +65,7 @@ pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
         total += n * mult;
         rest = &rest[unit_end..];
     }
-    Ok(Some(Duration::from_secs_f64(total)))
+    Duration::try_from_secs_f64(total).map(Some).map_err(|_| format!("duration {s:?} is out of range"))
 }
 
 fn format_duration(d: Duration) -> String {
@@ -1228,6 +1228,8 @@ mod tests {
         assert_eq!(parse_duration("-1").unwrap(), None);
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("99999999999999999999999h").is_err(), "overflow is an error, not a panic");
+        assert!(parse_duration("1..5s").is_err());
     }
 
     #[test]
