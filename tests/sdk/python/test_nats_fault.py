@@ -175,3 +175,76 @@ async def test_kill_and_restart_nats_during_a_publish_loop(faulty):
     subs = sum(1 for n, _ in events if n == "subscribed")
     print(f"fault test: {len(oks)} acknowledged, {len(errs)} failed, top {top}, "
           f"staying subscriber subscribed {subs} time(s), back client recovered={bctx.recovered}")
+
+
+def test_nats_without_jetstream_stops_gyre_with_a_message_that_says_so():
+    from harness import GyreServer
+    from nats_cluster import cluster_overrides
+
+    nats = NatsServer(jetstream=False).start()
+    server = GyreServer(cluster_overrides(nats.url, uniq("nojs"), "node1"), start_timeout=10)
+    try:
+        with pytest.raises(RuntimeError) as e:
+            server.start()
+        msg = str(e.value)
+        assert "exit code: 1" in msg, msg
+        assert "has no JetStream" in msg and "-js" in msg, msg
+    finally:
+        server.stop()
+        nats.stop()
+
+
+def test_unreachable_nats_at_startup_is_retried_and_health_is_503_until_connected():
+    import os
+    import signal
+    import subprocess
+    import tempfile
+    import time
+    import urllib.request
+
+    from harness import GYRE_BIN, base_config, free_port, merge
+    from nats_cluster import cluster_overrides
+
+    nats = NatsServer()  # port chosen, not started yet
+    port = free_port()
+    cfg = merge(base_config(port), cluster_overrides(nats.url, uniq("late"), "node1"))
+    d = tempfile.mkdtemp(prefix="gyre-py-late-")
+    path = os.path.join(d, "config.json")
+    with open(path, "w") as f:
+        import json as _json
+        _json.dump(cfg, f)
+    log_path = os.path.join(d, "gyre.log")
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([GYRE_BIN, "--config", path], stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+
+    def health():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return None
+
+    try:
+        deadline = time.monotonic() + 10
+        while health() != 503:
+            assert time.monotonic() < deadline, "health never answered 503 while NATS was unreachable"
+            time.sleep(0.1)
+        time.sleep(1.5)
+        assert health() == 503
+        logs = open(log_path, "rb").read().decode()
+        assert "unreachable" in logs and "retrying" in logs, logs[-2000:]
+        nats.start()
+        deadline = time.monotonic() + 15
+        while health() != 200:
+            assert time.monotonic() < deadline, open(log_path, "rb").read().decode()[-2000:]
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        nats.stop()
