@@ -79,6 +79,9 @@ use tokio::sync::mpsc;
 
 pub use subject::Names;
 
+/// Channels whose last stored message this node remembers (bounded memory).
+const MAX_CACHED_TOPS: usize = 100_000;
+
 /// How long an idempotency key suppresses duplicates (as the memory engine).
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 
@@ -355,7 +358,12 @@ impl Inner {
                 }
                 Ok(Ok(ack)) => {
                     let t = Top { seq: ack.sequence, offset, epoch, size };
-                    self.tops.lock().insert(channel.to_string(), t.clone());
+                    let mut tops = self.tops.lock();
+                    if tops.len() >= MAX_CACHED_TOPS {
+                        tops.clear(); // a cache: a miss costs one read
+                    }
+                    tops.insert(channel.to_string(), t.clone());
+                    drop(tops);
                     return Ok((t, false));
                 }
                 Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence && attempt < 100 => {
@@ -640,6 +648,9 @@ async fn handle_live(inner: &Arc<Inner>, channel: &str, st: &mut ChanState, msg:
     if let Some(seq) = headers.get("Nats-Sequence").and_then(|v| v.as_str().parse::<u64>().ok()) {
         let size = headers.get(history::H_SIZE).and_then(|v| v.as_str().parse().ok()).unwrap_or(0);
         let mut tops = inner.tops.lock();
+        if tops.len() >= MAX_CACHED_TOPS {
+            tops.clear();
+        }
         let newer = tops.get(channel).is_none_or(|t| t.seq < seq);
         if newer {
             tops.insert(channel.to_string(), Top { seq, offset, epoch: epoch.clone(), size });
