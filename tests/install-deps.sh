@@ -2,8 +2,8 @@
 # Installs everything the test suites need, idempotently, on a fresh Debian 12
 # machine as root (or on a machine that already has it all: then it only checks).
 #
-#   - Debian packages: nats-server (for later issues' tests), and, with
-#     GYRE_NEED_CHROMIUM=1, chromium + chromium-driver (browser tests).
+#   - Debian packages: nats-server (for later issues' tests), and chromium +
+#     chromium-driver for the demo-page browser tests (GYRE_NEED_CHROMIUM=0 skips them).
 #     `apt-get update` runs only if something has to be installed.
 #   - tests/sdk/js: `npm ci` from the committed package-lock.json (centrifuge 5.x,
 #     ws, cent.js 6.1.0), skipped when node_modules already matches the lockfile.
@@ -43,8 +43,8 @@ have nats-server || missing+=(nats-server)
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
 have curl || missing+=(curl)
-# Hook for browser tests (later issues): GYRE_NEED_CHROMIUM=1 bash tests/install-deps.sh
-if [ "${GYRE_NEED_CHROMIUM:-0}" = 1 ]; then
+# Browser tests (tests/sdk/js/test/browser.test.mjs) drive Debian's chromium.
+if [ "${GYRE_NEED_CHROMIUM:-1}" = 1 ]; then
     have chromium || missing+=(chromium)
     have chromedriver || missing+=(chromium-driver)
 fi
@@ -79,9 +79,21 @@ fi
 
 # ---------------------------------------------------------------- Python
 mkdir -p "$DEPS"
-req_sum() { { sha256sum "$PY_REQ" | cut -d' ' -f1; "$PYTHON" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1; }
-PY_STAMP="$VENV/.gyre-req-sha256"
-if [ -x "$VENV/bin/python" ] && [ -f "$PY_STAMP" ] && [ "$(cat "$PY_STAMP")" = "$(req_sum)" ]; then
+# Up to date when every pin of requirements.txt is installed at its version (the venv is
+# shared with tests/operator/install.sh, which adds its own pins to it).
+pins_ok() {
+    "$VENV/bin/python" - "$PY_REQ" <<'PY' 2>/dev/null
+import importlib.metadata as m, sys
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    name, ver = line.split("==")
+    if m.version(name) != ver:
+        sys.exit(1)
+PY
+}
+if [ -x "$VENV/bin/python" ] && pins_ok; then
     log "tests/.deps/venv up to date"
 else
     if ! [ -x "$VENV/bin/python" ]; then
@@ -94,7 +106,7 @@ else
     fi
     log "pip install -r tests/sdk/python/requirements.txt"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$PY_REQ"
-    req_sum >"$PY_STAMP"
+    pins_ok || { log "installed versions do not match tests/sdk/python/requirements.txt" >&2; exit 1; }
 fi
 
 log "done"

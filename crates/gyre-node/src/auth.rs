@@ -115,6 +115,7 @@ pub struct TokenVerifier {
     issuer_re: Option<regex::Regex>,
     user_id_claim: String,
     skip_signature: bool,
+    jwks: Option<std::sync::Arc<crate::jwks::Jwks>>,
 }
 
 /// A key the config could not load; names the key for the error message.
@@ -175,15 +176,50 @@ impl TokenVerifier {
             issuer_re: re("issuer_regex", &cfg.issuer_regex)?,
             user_id_claim: if cfg.user_id_claim.is_empty() { "sub".into() } else { cfg.user_id_claim.clone() },
             skip_signature,
+            jwks: if cfg.jwks_public_endpoint.is_empty() {
+                None
+            } else {
+                Some(std::sync::Arc::new(
+                    crate::jwks::Jwks::new(&cfg.jwks_public_endpoint).map_err(|e| err("jwks_public_endpoint", e))?,
+                ))
+            },
         })
     }
 
     /// Whether any key is configured (tokens can be verified at all).
     pub fn has_keys(&self) -> bool {
-        self.hmac.is_some() || self.rsa.is_some() || self.ecdsa.is_some() || self.skip_signature
+        self.hmac.is_some() || self.rsa.is_some() || self.ecdsa.is_some() || self.skip_signature || self.jwks.is_some()
     }
 
-    fn verify_signature(&self, token: &str, now: i64) -> Result<Map<String, Value>, TokenError> {
+    /// With a JWKS endpoint: the key the token's `kid` names (fetched if needed).
+    async fn jwks_key(&self, token: &str) -> Result<Option<DecodingKey>, TokenError> {
+        let Some(jwks) = &self.jwks else { return Ok(None) };
+        if self.skip_signature {
+            return Ok(None);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let kid = header.kid.ok_or_else(|| TokenError::Invalid("token has no kid for the JWKS".into()))?;
+        jwks.key(&kid).await.map(Some).map_err(TokenError::Invalid)
+    }
+
+    /// Verifies a connection token, fetching JWKS keys when configured.
+    pub async fn verify_connect_async(&self, token: &str, now: i64) -> Result<ConnectClaims, TokenError> {
+        let key = self.jwks_key(token).await?;
+        self.verify_connect_with(token, now, key.as_ref())
+    }
+
+    /// Verifies a subscription token, fetching JWKS keys when configured.
+    pub async fn verify_subscribe_async(&self, token: &str, now: i64) -> Result<SubscribeClaims, TokenError> {
+        let key = self.jwks_key(token).await?;
+        self.verify_subscribe_with(token, now, key.as_ref())
+    }
+
+    fn verify_signature(
+        &self,
+        token: &str,
+        now: i64,
+        jwk: Option<&DecodingKey>,
+    ) -> Result<Map<String, Value>, TokenError> {
         let inv = |m: &str| TokenError::Invalid(m.to_string());
         if self.skip_signature {
             return jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token)
@@ -198,6 +234,16 @@ impl TokenVerifier {
         v.required_spec_claims.clear();
         v.leeway = 0;
         let try_key = |key: &DecodingKey| jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map(|d| d.claims);
+        if self.jwks.is_some() {
+            // With a JWKS, static keys are not used (Centrifugo semantics).
+            let key = jwk.ok_or_else(|| inv("no JWKS key for this token"))?;
+            return match header.alg {
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                    Err(inv("HMAC tokens are not accepted with a JWKS"))
+                }
+                _ => try_key(key).map_err(|e| TokenError::Invalid(e.to_string())),
+            };
+        }
         match header.alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
                 let secret = self.hmac.as_ref().ok_or_else(|| inv("HMAC key not configured"))?;
@@ -262,15 +308,24 @@ impl TokenVerifier {
         Ok(())
     }
 
-    fn verify(&self, token: &str, now: i64) -> Result<Map<String, Value>, TokenError> {
-        let claims = self.verify_signature(token, now)?;
+    fn verify(&self, token: &str, now: i64, jwk: Option<&DecodingKey>) -> Result<Map<String, Value>, TokenError> {
+        let claims = self.verify_signature(token, now, jwk)?;
         self.check_claims(&claims, now)?;
         Ok(claims)
     }
 
-    /// Verifies a connection token.
+    /// Verifies a connection token with static keys (no JWKS fetch).
     pub fn verify_connect(&self, token: &str, now: i64) -> Result<ConnectClaims, TokenError> {
-        let c = self.verify(token, now)?;
+        self.verify_connect_with(token, now, None)
+    }
+
+    fn verify_connect_with(
+        &self,
+        token: &str,
+        now: i64,
+        jwk: Option<&DecodingKey>,
+    ) -> Result<ConnectClaims, TokenError> {
+        let c = self.verify(token, now, jwk)?;
         if c.contains_key("channel") {
             return Err(TokenError::Invalid("connection token must not have a channel claim".into()));
         }
@@ -297,9 +352,18 @@ impl TokenVerifier {
         Ok(ConnectClaims { user, expire_at: expiry(&c)?, info: info_claim(&c)?, subs, meta: c.get("meta").cloned() })
     }
 
-    /// Verifies a subscription token.
+    /// Verifies a subscription token with static keys (no JWKS fetch).
     pub fn verify_subscribe(&self, token: &str, now: i64) -> Result<SubscribeClaims, TokenError> {
-        let c = self.verify(token, now)?;
+        self.verify_subscribe_with(token, now, None)
+    }
+
+    fn verify_subscribe_with(
+        &self,
+        token: &str,
+        now: i64,
+        jwk: Option<&DecodingKey>,
+    ) -> Result<SubscribeClaims, TokenError> {
+        let c = self.verify(token, now, jwk)?;
         let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let channel = s("channel");
         if channel.is_empty() {

@@ -27,7 +27,7 @@ use crate::channel::{NamespaceRules, allowed};
 use crate::engine::{HistoryQuery, StreamPosition};
 use crate::errors::{ClientError, CommandError, Disconnect, unsubscribe};
 use crate::node::{ApiPublish, Node, ServerSubscribe, VERSION, unix_now};
-use crate::session::{ClientShared, Control};
+use crate::session::{ClientShared, Control, SubDeliveryOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -48,6 +48,9 @@ struct ChannelCtx {
     join_leave: bool,
     chan_info: Bytes,
     expire_at: Option<i64>,
+    positioned: bool,
+    /// A stream top seen by the last position check that we had not reached.
+    check_top: Option<u64>,
 }
 
 /// Subscription options decided before registering.
@@ -64,12 +67,17 @@ struct SubPlan {
     expire_at: Option<i64>,
     recover: Option<StreamPosition>,
     reject_unrecovered: bool,
+    delta: bool,
+    tags_filter: Option<FilterNode>,
+    cache_mode: bool,
+    auto_cache: bool,
 }
 
 /// A subscription registered but not yet live: goes live with its reply.
 #[derive(Debug)]
 struct Pending {
     channel: String,
+    delta: bool,
     position: Option<(u64, String)>,
     append_to_result: bool,
 }
@@ -88,6 +96,7 @@ pub struct Client {
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
     next_periodic: Option<Instant>,
+    next_position_check: Option<Instant>,
     http_user: Option<String>,
 }
 
@@ -118,6 +127,7 @@ impl Client {
             next_ping: None,
             pong_deadline: None,
             next_periodic: None,
+            next_position_check: None,
             http_user: None,
         }
     }
@@ -220,9 +230,9 @@ impl Client {
             // Centrifugo OSS registers no message handler for async sends.
             Err(Disconnect::NOT_AVAILABLE.into())
         } else if let Some(r) = cmd.refresh {
-            self.cmd_refresh(r).map(|x| Some(Reply { id, refresh: Some(x), ..Default::default() }))
+            self.cmd_refresh(r).await.map(|x| Some(Reply { id, refresh: Some(x), ..Default::default() }))
         } else if let Some(r) = cmd.sub_refresh {
-            self.cmd_sub_refresh(r).map(|x| Some(Reply { id, sub_refresh: Some(x), ..Default::default() }))
+            self.cmd_sub_refresh(r).await.map(|x| Some(Reply { id, sub_refresh: Some(x), ..Default::default() }))
         } else {
             Err(Disconnect::BAD_REQUEST.into())
         };
@@ -297,12 +307,26 @@ impl Client {
                 Ok(())
             }
             Err(CommandError::Disconnect(d)) => Err(d),
-            Err(CommandError::Reply(e)) => Err(match e.code {
-                109 | 110 => Disconnect::EXPIRED,
-                111 => Disconnect::TOO_MANY_REQUESTS,
-                103 => Disconnect::PERMISSION_DENIED,
-                _ => Disconnect::SERVER_ERROR,
-            }),
+            Err(CommandError::Reply(e)) => Err(
+                match self
+                    .node
+                    .config
+                    .client
+                    .connect_code_to_unidirectional_disconnect
+                    .transforms
+                    .iter()
+                    .find(|t| t.code == e.code)
+                    .filter(|_| self.node.config.client.connect_code_to_unidirectional_disconnect.enabled)
+                {
+                    Some(t) => Disconnect::custom(t.to.code, t.to.reason.clone()),
+                    None => match e.code {
+                        109 | 110 => Disconnect::EXPIRED,
+                        111 => Disconnect::TOO_MANY_REQUESTS,
+                        103 => Disconnect::PERMISSION_DENIED,
+                        _ => Disconnect::SERVER_ERROR,
+                    },
+                },
+            ),
         }
     }
 
@@ -313,7 +337,7 @@ impl Client {
         let mut token_subs: Vec<(String, crate::auth::SubOptions)> = Vec::new();
         let mut credentials = false;
         if !req.token.is_empty() {
-            let claims = node.conn_verifier.verify_connect(&req.token, now).map_err(|e| match e {
+            let claims = node.conn_verifier.verify_connect_async(&req.token, now).await.map_err(|e| match e {
                 TokenError::Expired => CommandError::Reply(ClientError::TOKEN_EXPIRED),
                 TokenError::Invalid(m) => {
                     tracing::info!(error = %m, "invalid connection token");
@@ -438,6 +462,7 @@ impl Client {
             self.next_ping = Some(now + half + Duration::from_millis(jitter));
         }
         self.next_periodic = Some(now + cfg.presence_update_interval.0.max(Duration::from_secs(1)));
+        self.next_position_check = Some(now + cfg.channel_position_check_delay.0.max(Duration::from_secs(1)));
         self.set_expiry(self.expire_at);
         let joins: Vec<(String, Bytes)> = self
             .channels
@@ -523,6 +548,10 @@ impl Client {
                 .filter(|r| r.recover && recoverable)
                 .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch.clone() }),
             reject_unrecovered: false,
+            delta: false,
+            tags_filter: None,
+            cache_mode: o.force_recovery_mode == "cache",
+            auto_cache: o.auto_cache_recover && o.force_recovery_mode == "cache",
         }
     }
 
@@ -540,7 +569,9 @@ impl Client {
         if self.channels.contains_key(&ch) {
             return Err(ClientError::ALREADY_SUBSCRIBED.into());
         }
-        if req.tf.is_some() && !ns.options.allow_tags_filter {
+        if let Some(tf) = &req.tf
+            && (!ns.options.allow_tags_filter || crate::filter::validate(tf).is_err())
+        {
             return Err(ClientError::BAD_REQUEST.into());
         }
         let o = &ns.options;
@@ -553,13 +584,14 @@ impl Client {
             return Err(ClientError::PERMISSION_DENIED.into());
         }
         if !req.token.is_empty() {
-            let c = node.sub_verifier.verify_subscribe(&req.token, self.now_unix()).map_err(|e| match e {
-                TokenError::Expired => CommandError::Reply(ClientError::TOKEN_EXPIRED),
-                TokenError::Invalid(m) => {
-                    tracing::info!(error = %m, "invalid subscription token");
-                    CommandError::Reply(ClientError::PERMISSION_DENIED)
-                }
-            })?;
+            let c =
+                node.sub_verifier.verify_subscribe_async(&req.token, self.now_unix()).await.map_err(|e| match e {
+                    TokenError::Expired => CommandError::Reply(ClientError::TOKEN_EXPIRED),
+                    TokenError::Invalid(m) => {
+                        tracing::info!(error = %m, "invalid subscription token");
+                        CommandError::Reply(ClientError::PERMISSION_DENIED)
+                    }
+                })?;
             if c.channel != ch || c.user != self.user || (!c.client.is_empty() && *c.client != *self.shared.id) {
                 return Err(Disconnect::INVALID_TOKEN.into());
             }
@@ -609,6 +641,10 @@ impl Client {
             recover: (req.recover && recoverable)
                 .then(|| StreamPosition { offset: req.offset, epoch: req.epoch.clone() }),
             reject_unrecovered: req.flag & 2 != 0,
+            delta: req.delta == "fossil" && o.allowed_delta_types.iter().any(|t| t == "fossil"),
+            tags_filter: req.tf.clone(),
+            cache_mode: o.force_recovery_mode == "cache",
+            auto_cache: o.auto_cache_recover && o.force_recovery_mode == "cache" && recoverable,
         };
         let join = plan.join_leave;
         let info = plan.chan_info.clone();
@@ -626,7 +662,15 @@ impl Client {
     async fn register(&mut self, ch: &str, plan: SubPlan) -> Result<(SubscribeResult, Pending), CommandError> {
         let node = self.node.clone();
         let stateful = plan.positioned || plan.recoverable;
-        self.shared.begin_sub(ch, stateful, plan.push_join_leave);
+        self.shared.begin_sub(
+            ch,
+            SubDeliveryOptions {
+                buffer: stateful,
+                join_leave: plan.push_join_leave,
+                delta: plan.delta,
+                tags_filter: plan.tags_filter.clone(),
+            },
+        );
         if node.hub.add_sub(ch, &self.shared)
             && let Err(e) = node.broker.subscribe(ch).await
         {
@@ -634,18 +678,21 @@ impl Client {
             self.rollback(ch).await;
             return Err(ClientError::INTERNAL.into());
         }
-        let mut result = SubscribeResult { data: plan.data.clone(), ..Default::default() };
-        let mut pending = Pending { channel: ch.to_string(), position: None, append_to_result: false };
+        let mut result = SubscribeResult { data: plan.data.clone(), delta: plan.delta, ..Default::default() };
+        let mut pending =
+            Pending { channel: ch.to_string(), delta: plan.delta, position: None, append_to_result: false };
         if stateful {
             let limit = node.config.client.recovery_max_publication_limit;
-            let read = match &plan.recover {
-                Some(since) => {
-                    let q = HistoryQuery { since: Some(since.offset), limit: Some(limit + 1), ..Default::default() };
-                    node.history(ch, q).await
-                }
-                None => node.history(ch, HistoryQuery { limit: Some(0), ..Default::default() }).await,
+            let cache = plan.cache_mode && (plan.recover.is_some() || plan.auto_cache);
+            let q = if cache {
+                // Cache mode needs only the latest publication.
+                HistoryQuery { limit: Some(1), reverse: true, ..Default::default() }
+            } else if let Some(since) = &plan.recover {
+                HistoryQuery { since: Some(since.offset), limit: Some(limit + 1), ..Default::default() }
+            } else {
+                HistoryQuery { limit: Some(0), ..Default::default() }
             };
-            let (pubs, top) = match read {
+            let (pubs, top) = match node.history(ch, q).await {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(channel = ch, error = %e, "history read for subscribe failed");
@@ -653,19 +700,40 @@ impl Client {
                     return Err(e.into());
                 }
             };
-            let mut last = top.offset;
             result.positioned = true;
             result.recoverable = plan.recoverable;
             result.epoch = top.epoch.clone();
             result.offset = top.offset;
-            if let Some(since) = &plan.recover {
+            if cache {
+                let latest = pubs.into_iter().next();
+                if let Some(since) = &plan.recover {
+                    result.was_recovering = true;
+                    let at_top = (since.epoch.is_empty() || since.epoch == top.epoch) && since.offset == top.offset;
+                    result.recovered = match &latest {
+                        Some(l) => l.offset == top.offset,
+                        None => at_top,
+                    };
+                    if !at_top {
+                        result.publications.extend(latest);
+                    }
+                } else {
+                    result.publications.extend(latest);
+                }
+                pending.append_to_result = true;
+            } else if let Some(since) = &plan.recover {
                 result.was_recovering = true;
                 let epoch_ok = since.epoch.is_empty() || since.epoch == top.epoch;
+                // Loss is never silent: `recovered` only when every offset from
+                // since+1 to the top is present.
                 let complete = epoch_ok
                     && since.offset <= top.offset
                     && pubs.len() <= limit
                     && match (pubs.first(), pubs.last()) {
-                        (Some(f), Some(l)) => f.offset == since.offset + 1 && l.offset == top.offset,
+                        (Some(f), Some(l)) => {
+                            f.offset == since.offset + 1
+                                && l.offset == top.offset
+                                && pubs.windows(2).all(|w| w[0].offset + 1 == w[1].offset)
+                        }
                         _ => since.offset == top.offset,
                     };
                 if complete {
@@ -678,7 +746,10 @@ impl Client {
                     return Err(ClientError::UNRECOVERABLE_POSITION.into());
                 }
             }
-            last = last.max(result.publications.last().map(|p| p.offset).unwrap_or(0));
+            if let Some(tf) = &plan.tags_filter {
+                result.publications.retain(|p| crate::filter::matches(tf, &p.tags));
+            }
+            let last = top.offset.max(result.publications.last().map(|p| p.offset).unwrap_or(0));
             pending.position = Some((last, top.epoch));
         }
         if let Some(at) = plan.expire_at {
@@ -699,87 +770,77 @@ impl Client {
                 join_leave: plan.join_leave,
                 chan_info: plan.chan_info,
                 expire_at: plan.expire_at,
+                positioned: stateful,
+                check_top: None,
             },
         );
         Ok((result, pending))
     }
 
-    /// Queues `reply` and turns the pending subscriptions live, atomically with
-    /// respect to deliveries: nothing of those channels can be queued before
-    /// the reply, nothing published after the registration is lost, and
-    /// publications that raced with the history read are merged in order.
+    /// Queues `reply` and turns the pending subscriptions live, in one critical
+    /// section with respect to deliveries: nothing of those channels can be
+    /// queued before the reply, nothing published after the registration is
+    /// lost, and publications that raced with the history read are merged in
+    /// offset order without duplicates. A gap in that merge ends the
+    /// subscription with insufficient state (never a silent hole).
     fn go_live(&mut self, reply: &Reply, pendings: Vec<Pending>) {
-        let mut reply = reply.clone();
-        let mut broken = Vec::new();
-        let mut after: Vec<(String, Arc<Publication>)> = Vec::new();
-        // Take what was buffered while registering.
-        for p in &pendings {
-            let buffered = self.shared.with_sub(&p.channel, |s| s.buffer.take()).flatten().unwrap_or_default();
-            let Some((mut last, epoch)) = p.position.clone() else {
-                continue;
-            };
-            let mut extra = Vec::new();
-            for publication in buffered {
-                if publication.offset <= last {
-                    continue; // already part of the history read
-                }
-                if publication.offset != last + 1 {
-                    broken.push(p.channel.clone());
-                    break;
-                }
-                last = publication.offset;
-                extra.push(publication);
-            }
-            let _ = epoch;
-            if p.append_to_result {
-                if let Some(sub) = reply.subscribe.as_mut() {
-                    sub.publications.extend(extra.into_iter().map(|x| (*x).clone()));
-                } else if let Some(sub) = reply.connect.as_mut().and_then(|c| c.subs.get_mut(&p.channel)) {
-                    sub.publications.extend(extra.into_iter().map(|x| (*x).clone()));
-                } else {
-                    after.extend(extra.into_iter().map(|x| (p.channel.clone(), x)));
-                }
-            } else {
-                after.extend(extra.into_iter().map(|x| (p.channel.clone(), x)));
-            }
-        }
-        self.shared.enqueue_reply(&reply);
-        for (ch, publication) in after {
-            let push = Push { channel: ch, r#pub: Some((*publication).clone()), ..Default::default() };
-            self.shared.enqueue_push(&push);
-        }
-        for p in pendings {
-            let mut buffered_late = Vec::new();
-            self.shared.with_sub(&p.channel, |s| {
-                if let Some(b) = s.buffer.take() {
-                    buffered_late = b;
+        let shared = self.shared.clone();
+        let mut broken: Vec<String> = Vec::new();
+        shared.with_subs(|subs| {
+            let mut reply = reply.clone();
+            let mut after: Vec<(String, bool, Arc<Publication>)> = Vec::new();
+            for p in &pendings {
+                let Some(s) = subs.get_mut(p.channel.as_str()) else { continue };
+                let buffered = s.buffer.take().unwrap_or_default();
+                let mut delivered = reply_publications(&mut reply, &p.channel).and_then(|v| v.last().map(|x| x.offset));
+                if let Some((last0, epoch)) = p.position.clone() {
+                    let mut last = last0.max(delivered.unwrap_or(0));
+                    let mut extra = Vec::new();
+                    for publication in buffered {
+                        if publication.offset <= last {
+                            continue; // already part of the history read
+                        }
+                        if publication.offset != last + 1 {
+                            broken.push(p.channel.clone());
+                            s.broken = true;
+                            break;
+                        }
+                        last = publication.offset;
+                        if s.tags_filter.as_ref().is_none_or(|tf| crate::filter::matches(tf, &publication.tags)) {
+                            delivered = Some(publication.offset);
+                            extra.push(publication);
+                        }
+                    }
+                    match reply_publications(&mut reply, &p.channel).filter(|_| p.append_to_result) {
+                        Some(list) => list.extend(extra.into_iter().map(|x| (*x).clone())),
+                        None => after.extend(extra.into_iter().map(|x| (p.channel.clone(), p.delta, x))),
+                    }
+                    s.position = Some((last, epoch));
                 }
                 s.live = true;
-                s.position = p.position.clone().map(|(_, e)| {
-                    let last = self.last_offset_in(&reply, &p.channel).unwrap_or(0);
-                    (last, e)
-                });
-                if let Some((pos, _)) = &mut s.position
-                    && let Some((last, _)) = &p.position
-                {
-                    *pos = (*pos).max(*last);
-                }
-            });
-            // Anything that slipped in between the two locks is delivered now, in order.
-            for publication in buffered_late {
-                let push =
-                    Push { channel: p.channel.clone(), r#pub: Some((*publication).clone()), ..Default::default() };
-                self.shared.enqueue_push(&push);
+                s.delta_base = if s.delta { delivered } else { None };
             }
-        }
+            let delta_reply = pendings.iter().any(|p| p.delta);
+            let bytes = match reply.subscribe.as_mut() {
+                Some(sub) if delta_reply => {
+                    delta_chain(&mut sub.publications);
+                    shared.encode_reply_delta(&reply)
+                }
+                _ => shared.encode_reply(&reply),
+            };
+            shared.enqueue(bytes);
+            for (ch, delta, publication) in after {
+                let push = Push { channel: ch, r#pub: Some((*publication).clone()), ..Default::default() };
+                if delta {
+                    shared.enqueue_push_delta(&push);
+                } else {
+                    shared.enqueue_push(&push);
+                }
+            }
+        });
         for ch in broken {
             self.shared.push_control(Control::InsufficientState { channel: ch });
         }
-    }
-
-    fn last_offset_in(&self, reply: &Reply, ch: &str) -> Option<u64> {
-        let sub = reply.subscribe.as_ref().or_else(|| reply.connect.as_ref().and_then(|c| c.subs.get(ch)))?;
-        Some(sub.publications.last().map(|p| p.offset).unwrap_or(sub.offset))
     }
 
     async fn rollback(&mut self, ch: &str) {
@@ -935,12 +996,12 @@ impl Client {
         Err(ClientError::NOT_AVAILABLE.into())
     }
 
-    fn cmd_refresh(&mut self, req: RefreshRequest) -> Result<RefreshResult, CommandError> {
+    async fn cmd_refresh(&mut self, req: RefreshRequest) -> Result<RefreshResult, CommandError> {
         if req.token.is_empty() {
             return Err(Disconnect::BAD_REQUEST.into());
         }
         let now = self.now_unix();
-        let c = self.node.conn_verifier.verify_connect(&req.token, now).map_err(|e| match e {
+        let c = self.node.conn_verifier.verify_connect_async(&req.token, now).await.map_err(|e| match e {
             TokenError::Expired => CommandError::Disconnect(Disconnect::EXPIRED),
             TokenError::Invalid(_) => CommandError::Disconnect(Disconnect::INVALID_TOKEN),
         })?;
@@ -960,7 +1021,7 @@ impl Client {
         })
     }
 
-    fn cmd_sub_refresh(&mut self, req: SubRefreshRequest) -> Result<SubRefreshResult, CommandError> {
+    async fn cmd_sub_refresh(&mut self, req: SubRefreshRequest) -> Result<SubRefreshResult, CommandError> {
         if req.channel.is_empty() {
             return Err(Disconnect::BAD_REQUEST.into());
         }
@@ -971,7 +1032,7 @@ impl Client {
             return Err(ClientError::BAD_REQUEST.into());
         }
         let now = self.now_unix();
-        let c = self.node.sub_verifier.verify_subscribe(&req.token, now).map_err(|e| match e {
+        let c = self.node.sub_verifier.verify_subscribe_async(&req.token, now).await.map_err(|e| match e {
             TokenError::Expired => CommandError::Reply(ClientError::TOKEN_EXPIRED),
             TokenError::Invalid(_) => CommandError::Disconnect(Disconnect::INVALID_TOKEN),
         })?;
@@ -1097,7 +1158,7 @@ impl Client {
         if self.state != State::Connected {
             return self.stale_deadline;
         }
-        [self.next_ping, self.pong_deadline, self.expire_deadline, self.next_periodic]
+        [self.next_ping, self.pong_deadline, self.expire_deadline, self.next_periodic, self.next_position_check]
             .into_iter()
             .flatten()
             .min()
@@ -1128,12 +1189,47 @@ impl Client {
             let interval = self.node.config.client.ping_interval.0.unwrap_or(Duration::from_secs(25));
             self.next_ping = Some(at.max(now) + interval);
         }
+        if self.next_position_check.is_some_and(|d| now >= d) {
+            self.check_positions().await;
+            self.next_position_check =
+                Some(now + self.node.config.client.channel_position_check_delay.0.max(Duration::from_secs(1)));
+        }
         if self.next_periodic.is_some_and(|d| now >= d) {
             self.periodic().await?;
             self.next_periodic =
                 Some(now + self.node.config.client.presence_update_interval.0.max(Duration::from_secs(1)));
         }
         Ok(())
+    }
+
+    /// Compares each positioned subscription with its stream top. A client
+    /// still behind a top seen one check earlier, or on another epoch, missed
+    /// publications (e.g. the broker dropped them): it is told so
+    /// (unsubscribe 2500 / disconnect 3010) rather than left silently behind.
+    async fn check_positions(&mut self) {
+        let node = self.node.clone();
+        let chans: Vec<String> = self.channels.iter().filter(|(_, c)| c.positioned).map(|(k, _)| k.clone()).collect();
+        for ch in chans {
+            let Some((offset, epoch)) = self.shared.position(&ch) else { continue };
+            let Ok((_, top)) = node.history(&ch, HistoryQuery { limit: Some(0), ..Default::default() }).await else {
+                continue; // engine unavailable: checked again next time
+            };
+            let Some(ctx) = self.channels.get_mut(&ch) else { continue };
+            let lost = if top.epoch != epoch {
+                true
+            } else if offset >= top.offset {
+                ctx.check_top = None;
+                false
+            } else if ctx.check_top.is_some_and(|t| offset < t) {
+                true
+            } else {
+                ctx.check_top = Some(top.offset);
+                false
+            };
+            if lost {
+                self.shared.push_control(Control::InsufficientState { channel: ch });
+            }
+        }
     }
 
     async fn periodic(&mut self) -> Result<(), Disconnect> {
@@ -1175,6 +1271,27 @@ impl Client {
         }
         if was_connected {
             self.node.hub.remove_client(&self.shared);
+        }
+    }
+}
+
+/// The publication list of `channel` inside a reply (subscribe result, or a
+/// server-side subscription of a connect result), if the reply has one.
+fn reply_publications<'a>(reply: &'a mut Reply, channel: &str) -> Option<&'a mut Vec<Publication>> {
+    if let Some(sub) = reply.subscribe.as_mut() {
+        return Some(&mut sub.publications);
+    }
+    reply.connect.as_mut().and_then(|c| c.subs.get_mut(channel)).map(|s| &mut s.publications)
+}
+
+/// Rewrites a recovered list for a delta subscription: the first publication
+/// full, each later one a fossil patch against its predecessor when smaller.
+fn delta_chain(pubs: &mut [Publication]) {
+    let originals: Vec<Bytes> = pubs.iter().map(|p| p.data.clone()).collect();
+    for i in 1..pubs.len() {
+        if let Some(patch) = crate::delta::patch(&originals[i - 1], &originals[i], true) {
+            pubs[i].data = patch;
+            pubs[i].delta = true;
         }
     }
 }

@@ -336,6 +336,37 @@ pub struct PersonalChannel {
     pub single_connection: bool,
 }
 
+/// `client.connect_code_to_unidirectional_disconnect`: which disconnect a
+/// unidirectional client gets for a connect error code.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct CodeTransforms {
+    /// Apply the transforms.
+    pub enabled: bool,
+    /// Code → disconnect.
+    pub transforms: Vec<CodeTransform>,
+}
+
+/// One transform.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct CodeTransform {
+    /// Connect error code.
+    pub code: u32,
+    /// Resulting disconnect.
+    pub to: DisconnectTo,
+}
+
+/// A disconnect code and reason.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct DisconnectTo {
+    /// Code.
+    pub code: u32,
+    /// Reason.
+    pub reason: String,
+}
+
 /// `client.*`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -404,7 +435,7 @@ pub struct Client {
     /// Personal channel auto-subscription.
     pub subscribe_to_user_personal_channel: PersonalChannel,
     /// Connect error code transforms for unidirectional transports.
-    pub connect_code_to_unidirectional_disconnect: serde_json::Value,
+    pub connect_code_to_unidirectional_disconnect: CodeTransforms,
     /// Connect/refresh proxies (not implemented yet; must stay disabled).
     pub proxy: serde_json::Value,
 }
@@ -438,7 +469,7 @@ impl Default for Client {
             user_id_http_header: String::new(),
             insecure: false,
             subscribe_to_user_personal_channel: PersonalChannel::default(),
-            connect_code_to_unidirectional_disconnect: serde_json::Value::Null,
+            connect_code_to_unidirectional_disconnect: CodeTransforms::default(),
             proxy: serde_json::Value::Null,
         }
     }
@@ -920,11 +951,37 @@ pub struct SockJs {
     /// Path.
     #[serde(default = "d_sockjs_prefix")]
     pub handler_prefix: String,
+    /// Script URL the iframe transports' page loads.
+    pub sockjs_url: String,
+    /// Interval of `h` heartbeat frames.
+    pub heartbeat_delay: Dur,
+    /// A session without a receiving request expires after this.
+    pub disconnect_delay: Dur,
+    /// Streaming responses end after this many bytes; the client reconnects to the session.
+    pub response_limit: usize,
+    /// Sticky sessions for load balancers: set a `JSESSIONID` cookie and
+    /// announce `cookie_needed` in `/info`.
+    pub cookie_needed: bool,
+    /// Expose SockJS's protocol test services (`/echo`, `/close`,
+    /// `/disabled_websocket_echo`, `/cookie_needed_echo`) under `test_services_prefix`.
+    pub test_services: bool,
+    /// Prefix of the test services.
+    pub test_services_prefix: String,
 }
 
 impl Default for SockJs {
     fn default() -> Self {
-        SockJs { enabled: false, handler_prefix: d_sockjs_prefix() }
+        SockJs {
+            enabled: false,
+            handler_prefix: d_sockjs_prefix(),
+            sockjs_url: "https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js".into(),
+            heartbeat_delay: Dur(Duration::from_secs(25)),
+            disconnect_delay: Dur(Duration::from_secs(5)),
+            response_limit: 128 * 1024,
+            cookie_needed: false,
+            test_services: false,
+            test_services_prefix: "/sockjs_test".into(),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use gyre_proto::protocol::{ClientInfo, Join, Leave, Publication, Push, Reply};
 use parking_lot::RwLock;
 
-use crate::session::{ClientShared, Encoding};
+use crate::session::{ClientShared, Encoding, PubForm};
 
 const SHARDS: usize = 64;
 
@@ -58,43 +58,86 @@ impl Default for Hub {
     }
 }
 
-/// Lazily encoded forms of one push, shared by all subscribers.
+/// Lazily encoded forms of one push, shared by all subscribers: one per
+/// wire encoding and publication form, computed on first use only.
 pub(crate) struct LazyPush<'a> {
     push: &'a Push,
-    json: Option<Bytes>,
-    json_uni: Option<Bytes>,
-    protobuf: Option<Bytes>,
+    prev: Option<&'a Arc<Publication>>,
+    cache: [Option<Bytes>; 9],
+    patch: Option<Option<Push>>,
 }
 
 impl<'a> LazyPush<'a> {
     pub(crate) fn new(push: &'a Push) -> Self {
-        LazyPush { push, json: None, json_uni: None, protobuf: None }
+        LazyPush { push, prev: None, cache: Default::default(), patch: None }
     }
 
-    pub(crate) fn get(&mut self, enc: Encoding) -> Bytes {
-        let push = self.push;
-        match enc {
-            Encoding::Json => self.json.get_or_insert_with(|| encode_push(enc, push)).clone(),
-            Encoding::JsonUni => self.json_uni.get_or_insert_with(|| encode_push(enc, push)).clone(),
-            Encoding::Protobuf => self.protobuf.get_or_insert_with(|| encode_push(enc, push)).clone(),
+    pub(crate) fn with_prev(push: &'a Push, prev: Option<&'a Arc<Publication>>) -> Self {
+        LazyPush { push, prev, cache: Default::default(), patch: None }
+    }
+
+    /// The patched push, if a patch is smaller than the data (computed once).
+    fn patched(&mut self) -> Option<&Push> {
+        if self.patch.is_none() {
+            let p = (|| {
+                let prev = self.prev?;
+                let publication = self.push.r#pub.as_ref()?;
+                // JSON needs a UTF-8 patch; a patch valid for JSON is valid for protobuf too.
+                let patch = crate::delta::patch(&prev.data, &publication.data, true)?;
+                let mut push = self.push.clone();
+                let p = push.r#pub.as_mut().expect("checked above");
+                p.data = patch;
+                p.delta = true;
+                Some(push)
+            })();
+            self.patch = Some(p);
         }
+        self.patch.as_ref().and_then(|p| p.as_ref())
+    }
+
+    pub(crate) fn get(&mut self, enc: Encoding, form: PubForm) -> Bytes {
+        let e = match enc {
+            Encoding::Json => 0,
+            Encoding::JsonUni => 1,
+            Encoding::Protobuf => 2,
+        };
+        let f = match form {
+            PubForm::Plain => 0,
+            PubForm::DeltaFull => 1,
+            PubForm::DeltaPatch => 2,
+        };
+        let idx = e * 3 + f;
+        if let Some(b) = &self.cache[idx] {
+            return b.clone();
+        }
+        let as_string = form != PubForm::Plain;
+        let bytes = match form {
+            PubForm::DeltaPatch => match self.patched().cloned() {
+                Some(p) => encode_push(enc, &p, as_string),
+                None => return self.get(enc, PubForm::DeltaFull),
+            },
+            _ => encode_push(enc, self.push, as_string),
+        };
+        self.cache[idx] = Some(bytes.clone());
+        bytes
     }
 }
 
 /// Encodes a push in one encoding (a `Reply{push}` for bidirectional, a bare
-/// `Push` for unidirectional JSON).
-pub fn encode_push(enc: Encoding, push: &Push) -> Bytes {
+/// `Push` for unidirectional JSON). `data_as_string` writes publication data
+/// as a JSON string (delta-negotiated subscriptions).
+pub fn encode_push(enc: Encoding, push: &Push, data_as_string: bool) -> Bytes {
     match enc {
         Encoding::Json => {
             let mut b = Vec::with_capacity(64);
             b.extend_from_slice(b"{\"push\":");
-            gyre_proto::json::write_push(&mut b, push, false);
+            gyre_proto::json::write_push(&mut b, push, data_as_string);
             b.push(b'}');
             Bytes::from(b)
         }
         Encoding::JsonUni => {
             let mut b = Vec::with_capacity(64);
-            gyre_proto::json::write_push(&mut b, push, false);
+            gyre_proto::json::write_push(&mut b, push, data_as_string);
             Bytes::from(b)
         }
         Encoding::Protobuf => {
@@ -180,20 +223,19 @@ impl Hub {
         }
     }
 
-    /// Fans a publication out to this node's subscribers of `channel`.
+    /// Fans a publication out to this node's subscribers of `channel`;
+    /// returns how many subscribers it was offered to.
     pub fn broadcast_publication(
         &self,
         channel: &str,
         publication: &Arc<Publication>,
         epoch: &str,
         prev: Option<&Arc<Publication>>,
-    ) {
+    ) -> usize {
         let shard = self.subs[shard_of(channel)].read();
-        let Some(subs) = shard.get(channel) else {
-            return;
-        };
+        let Some(subs) = shard.get(channel) else { return 0 };
         let push = Push { channel: channel.to_string(), r#pub: Some((**publication).clone()), ..Default::default() };
-        let mut lazy = LazyPush::new(&push);
+        let mut lazy = LazyPush::with_prev(&push, prev);
         let mut json_ok: Option<bool> = None;
         for c in subs.values() {
             if c.encoding.is_json()
@@ -205,29 +247,26 @@ impl Hub {
             }
             c.deliver_publication(channel, publication, epoch, prev, &mut lazy);
         }
+        subs.len()
     }
 
     /// Fans a join out to subscribers that receive join/leave.
-    pub fn broadcast_join(&self, channel: &str, info: ClientInfo) {
+    pub fn broadcast_join(&self, channel: &str, info: ClientInfo) -> usize {
         let push = Push { channel: channel.to_string(), join: Some(Join { info: Some(info) }), ..Default::default() };
-        self.broadcast_join_leave(channel, &push);
+        self.broadcast_join_leave(channel, &push)
     }
 
     /// Fans a leave out to subscribers that receive join/leave.
-    pub fn broadcast_leave(&self, channel: &str, info: ClientInfo) {
+    pub fn broadcast_leave(&self, channel: &str, info: ClientInfo) -> usize {
         let push = Push { channel: channel.to_string(), leave: Some(Leave { info: Some(info) }), ..Default::default() };
-        self.broadcast_join_leave(channel, &push);
+        self.broadcast_join_leave(channel, &push)
     }
 
-    fn broadcast_join_leave(&self, channel: &str, push: &Push) {
+    fn broadcast_join_leave(&self, channel: &str, push: &Push) -> usize {
         let shard = self.subs[shard_of(channel)].read();
-        let Some(subs) = shard.get(channel) else {
-            return;
-        };
+        let Some(subs) = shard.get(channel) else { return 0 };
         let mut lazy = LazyPush::new(push);
-        for c in subs.values() {
-            c.deliver_join_leave(channel, &mut lazy);
-        }
+        subs.values().filter(|c| c.deliver_join_leave(channel, &mut lazy)).count()
     }
 
     /// Channels with at least one subscriber on this node, with counts.

@@ -14,10 +14,14 @@ pub mod config;
 #[doc(hidden)]
 pub mod conformance;
 pub mod control;
+pub mod delta;
 pub mod engine;
 pub mod errors;
+pub mod filter;
 pub mod hub;
+pub mod jwks;
 pub mod memory;
+pub mod metrics;
 pub mod node;
 pub mod session;
 

@@ -118,6 +118,7 @@ struct Events {
     hub: Arc<Hub>,
     node: Weak<Node>,
     uid: String,
+    counters: Arc<crate::metrics::Counters>,
 }
 
 impl BrokerEventHandler for Events {
@@ -128,13 +129,17 @@ impl BrokerEventHandler for Events {
         epoch: &str,
         prev: Option<Arc<Publication>>,
     ) {
-        self.hub.broadcast_publication(channel, &publication, epoch, prev.as_ref());
+        let n = self.hub.broadcast_publication(channel, &publication, epoch, prev.as_ref());
+        crate::metrics::Counters::add(&self.counters.publications_received, 1);
+        crate::metrics::Counters::add(&self.counters.publications_sent, n as u64);
     }
     fn handle_join(&self, channel: &str, info: ClientInfo) {
-        self.hub.broadcast_join(channel, info);
+        let n = self.hub.broadcast_join(channel, info);
+        crate::metrics::Counters::add(&self.counters.join_leave_sent, n as u64);
     }
     fn handle_leave(&self, channel: &str, info: ClientInfo) {
-        self.hub.broadcast_leave(channel, info);
+        let n = self.hub.broadcast_leave(channel, info);
+        crate::metrics::Counters::add(&self.counters.join_leave_sent, n as u64);
     }
     fn handle_control(&self, data: Bytes) {
         let env: Envelope = match serde_json::from_slice(&data) {
@@ -186,6 +191,8 @@ pub struct Node {
     surveys: parking_lot::Mutex<HashMap<u64, SurveyReplies>>,
     survey_seq: AtomicU64,
     node_handler: parking_lot::RwLock<Option<NodeMessageHandler>>,
+    /// Metrics counters.
+    pub counters: Arc<crate::metrics::Counters>,
 }
 
 impl std::fmt::Debug for Node {
@@ -221,8 +228,14 @@ impl Node {
         };
         let hub = Arc::new(Hub::default());
         let uid = uuid::Uuid::new_v4().to_string();
+        let counters = Arc::new(crate::metrics::Counters::default());
         Ok(Arc::new_cyclic(|weak| {
-            broker.register_handler(Arc::new(Events { hub: hub.clone(), node: weak.clone(), uid: uid.clone() }));
+            broker.register_handler(Arc::new(Events {
+                hub: hub.clone(),
+                node: weak.clone(),
+                uid: uid.clone(),
+                counters: counters.clone(),
+            }));
             Node {
                 rules: ChannelRules::new(&config),
                 config: Arc::new(config),
@@ -240,6 +253,7 @@ impl Node {
                 surveys: parking_lot::Mutex::new(HashMap::new()),
                 survey_seq: AtomicU64::new(1),
                 node_handler: parking_lot::RwLock::new(None),
+                counters,
             }
         }))
     }
@@ -392,6 +406,11 @@ impl Node {
     /// Counts a server-initiated disconnect by code (metrics, tests).
     pub fn record_disconnect(&self, code: u32) {
         *self.disconnects.lock().entry(code).or_default() += 1;
+    }
+
+    /// All disconnect counts by code.
+    pub fn disconnect_counts(&self) -> Vec<(u32, u64)> {
+        self.disconnects.lock().iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     /// How many connections were closed with `code`.

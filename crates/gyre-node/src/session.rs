@@ -94,6 +94,37 @@ pub struct SubDelivery {
     pub join_leave: bool,
     /// A gap was detected; further publications are dropped until resubscribe.
     pub broken: bool,
+    /// Delta compression negotiated (JSON data travels as strings).
+    pub delta: bool,
+    /// The client holds the previous publication's data (next may be a patch).
+    pub delta_base: Option<u64>,
+    /// Only publications whose tags match are delivered.
+    pub tags_filter: Option<gyre_proto::protocol::FilterNode>,
+}
+
+/// How a subscriber wants one publication: plain, or for delta subscriptions
+/// full (data as a JSON string) or as a fossil patch against the previous one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubForm {
+    /// Raw data, no delta negotiated.
+    Plain,
+    /// Full data on a delta subscription.
+    DeltaFull,
+    /// A patch against the previous publication.
+    DeltaPatch,
+}
+
+/// Options of a subscription's delivery state.
+#[derive(Debug, Clone, Default)]
+pub struct SubDeliveryOptions {
+    /// Buffer publications while subscribing (recovery/positioning).
+    pub buffer: bool,
+    /// Receive join/leave pushes.
+    pub join_leave: bool,
+    /// Delta negotiated.
+    pub delta: bool,
+    /// Tags filter.
+    pub tags_filter: Option<gyre_proto::protocol::FilterNode>,
 }
 
 /// The shared half of a connection.
@@ -208,7 +239,7 @@ impl ClientShared {
             Encoding::JsonUni => {
                 // Unidirectional clients only ever get pushes (a ping is an empty push).
                 let push = reply.push.clone().unwrap_or_default();
-                encode_push(Encoding::JsonUni, &push)
+                encode_push(Encoding::JsonUni, &push, false)
             }
             enc => gyre_proto::encode_reply(enc.protocol(), reply),
         }
@@ -216,7 +247,24 @@ impl ClientShared {
 
     /// Queues a push.
     pub fn enqueue_push(&self, push: &Push) -> bool {
-        self.enqueue(encode_push(self.encoding, push))
+        self.enqueue(encode_push(self.encoding, push, false))
+    }
+
+    /// Queues a publication push of a delta subscription (data as a JSON string).
+    pub fn enqueue_push_delta(&self, push: &Push) -> bool {
+        self.enqueue(encode_push(self.encoding, push, true))
+    }
+
+    /// Encodes a reply whose publications belong to a delta subscription.
+    pub fn encode_reply_delta(&self, reply: &Reply) -> Bytes {
+        match self.encoding {
+            Encoding::Json => {
+                let mut b = Vec::with_capacity(128);
+                gyre_proto::json::write_reply_with(&mut b, reply, true);
+                Bytes::from(b)
+            }
+            _ => self.encode_reply(reply),
+        }
     }
 
     /// Asks the owner to close with `d` after flushing what is queued
@@ -270,17 +318,25 @@ impl ClientShared {
     // -- delivery state ---------------------------------------------------
 
     /// Starts a subscription in buffering (or dropping) mode.
-    pub(crate) fn begin_sub(&self, channel: &str, buffer: bool, join_leave: bool) {
+    pub(crate) fn begin_sub(&self, channel: &str, o: SubDeliveryOptions) {
         self.subs.lock().insert(
             Arc::from(channel),
-            SubDelivery { live: false, buffer: buffer.then(Vec::new), position: None, join_leave, broken: false },
+            SubDelivery {
+                live: false,
+                buffer: o.buffer.then(Vec::new),
+                position: None,
+                join_leave: o.join_leave,
+                broken: false,
+                delta: o.delta,
+                delta_base: None,
+                tags_filter: o.tags_filter,
+            },
         );
     }
 
-    /// Atomically with respect to deliveries: runs `f` on the channel's
-    /// delivery state (to queue the subscribe reply and go live in one step).
-    pub(crate) fn with_sub<R>(&self, channel: &str, f: impl FnOnce(&mut SubDelivery) -> R) -> Option<R> {
-        self.subs.lock().get_mut(channel).map(f)
+    /// Runs `f` on all delivery states at once (going live atomically).
+    pub(crate) fn with_subs<R>(&self, f: impl FnOnce(&mut HashMap<Arc<str>, SubDelivery>) -> R) -> R {
+        f(&mut self.subs.lock())
     }
 
     pub(crate) fn end_sub(&self, channel: &str) {
@@ -292,13 +348,11 @@ impl ClientShared {
         channel: &str,
         publication: &Arc<Publication>,
         epoch: &str,
-        _prev: Option<&Arc<Publication>>,
+        prev: Option<&Arc<Publication>>,
         lazy: &mut LazyPush<'_>,
     ) {
         let mut subs = self.subs.lock();
-        let Some(s) = subs.get_mut(channel) else {
-            return;
-        };
+        let Some(s) = subs.get_mut(channel) else { return };
         if s.broken {
             return;
         }
@@ -322,15 +376,33 @@ impl ClientShared {
             }
             *offset = publication.offset;
         }
+        if let Some(tf) = &s.tags_filter
+            && !crate::filter::matches(tf, &publication.tags)
+        {
+            return;
+        }
+        let form = if !s.delta {
+            PubForm::Plain
+        } else {
+            let patchable = prev.is_some_and(|p| s.delta_base == Some(p.offset) && p.offset + 1 == publication.offset);
+            s.delta_base = Some(publication.offset);
+            if patchable { PubForm::DeltaPatch } else { PubForm::DeltaFull }
+        };
         drop(subs);
-        self.enqueue(lazy.get(self.encoding));
+        self.enqueue(lazy.get(self.encoding, form));
     }
 
-    pub(crate) fn deliver_join_leave(&self, channel: &str, lazy: &mut LazyPush<'_>) {
+    /// The tracked stream position of a positioned subscription.
+    pub fn position(&self, channel: &str) -> Option<(u64, String)> {
+        self.subs.lock().get(channel).and_then(|s| s.position.clone())
+    }
+
+    pub(crate) fn deliver_join_leave(&self, channel: &str, lazy: &mut LazyPush<'_>) -> bool {
         let ok = self.subs.lock().get(channel).is_some_and(|s| s.live && s.join_leave);
         if ok {
-            self.enqueue(lazy.get(self.encoding));
+            self.enqueue(lazy.get(self.encoding, PubForm::Plain));
         }
+        ok
     }
 }
 

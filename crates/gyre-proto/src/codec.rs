@@ -73,8 +73,44 @@ pub fn encode_reply(protocol: ProtocolType, reply: &Reply) -> Bytes {
             json::write_reply(&mut buf, reply);
             Bytes::from(buf)
         }
-        ProtocolType::Protobuf => Bytes::from(reply.encode_length_delimited_to_vec()),
+        ProtocolType::Protobuf => match reply.connect.as_ref().filter(|c| !c.subs.is_empty()) {
+            Some(connect) => Bytes::from(encode_connect_reply_with_subs(reply, connect)),
+            None => Bytes::from(reply.encode_length_delimited_to_vec()),
+        },
     }
+}
+
+/// prost leaves a map entry's value out when it equals the default, so a
+/// server-side subscription with an empty `SubscribeResult` would arrive
+/// without a value and protobufjs decodes it as `null` (centrifuge-js then
+/// fails reading `null.offset`). Go's protobuf, which SDKs are tested
+/// against, always writes the value. This writes `connect.subs` entries by
+/// hand with the value always present; everything else goes through prost.
+fn encode_connect_reply_with_subs(reply: &Reply, connect: &crate::protocol::ConnectResult) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint, message, string};
+    let mut without_subs = connect.clone();
+    without_subs.subs.clear();
+    let mut result = without_subs.encode_to_vec();
+    let mut keys: Vec<&String> = connect.subs.keys().collect();
+    keys.sort();
+    for k in keys {
+        let v = &connect.subs[k];
+        let entry_len = string::encoded_len(1, k) + message::encoded_len(2, v);
+        encode_key(6, WireType::LengthDelimited, &mut result);
+        encode_varint(entry_len as u64, &mut result);
+        string::encode(1, k, &mut result);
+        message::encode(2, v, &mut result);
+    }
+    let mut rest = reply.clone();
+    rest.connect = None;
+    let mut body = rest.encode_to_vec();
+    encode_key(5, WireType::LengthDelimited, &mut body);
+    encode_varint(result.len() as u64, &mut body);
+    body.extend_from_slice(&result);
+    let mut out = Vec::with_capacity(body.len() + 5);
+    encode_varint(body.len() as u64, &mut out);
+    out.extend_from_slice(&body);
+    out
 }
 
 /// Joins encoded messages into one transport message: `\n`-separated for JSON
@@ -170,6 +206,25 @@ mod tests {
         assert_eq!(&ping[..], &[0u8]);
         let pong = decode_commands(ProtocolType::Protobuf, &[0]).unwrap();
         assert_eq!(pong, vec![Command::default()]);
+    }
+
+    #[test]
+    fn empty_server_side_subscription_results_keep_their_value() {
+        use crate::protocol::{ConnectResult, SubscribeResult};
+        let mut subs = std::collections::HashMap::new();
+        subs.insert("a".to_string(), SubscribeResult::default());
+        subs.insert("b".to_string(), SubscribeResult { offset: 3, ..Default::default() });
+        let reply = Reply {
+            id: 1,
+            connect: Some(ConnectResult { client: "c".into(), subs, ..Default::default() }),
+            ..Default::default()
+        };
+        let bytes = encode_reply(ProtocolType::Protobuf, &reply);
+        // Same message as prost decodes it...
+        assert_eq!(decode_replies(ProtocolType::Protobuf, &bytes).unwrap(), vec![reply]);
+        // ...and the empty value is on the wire: entry "a" = key(1) "a" + value(2) len 0.
+        let needle = [0x0a, 0x01, b'a', 0x12, 0x00];
+        assert!(bytes.windows(needle.len()).any(|w| w == needle), "{bytes:?}");
     }
 
     #[test]

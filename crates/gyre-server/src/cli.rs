@@ -219,6 +219,9 @@ fn quickstart_tree() -> Value {
         "http_api": {"key": random_secret()},
         "health": {"enabled": true},
         "demo": {"enabled": true},
+        "http_stream": {"enabled": true},
+        "sse": {"enabled": true},
+        "sockjs": {"enabled": true},
         "channel": {"without_namespace": {
             "allow_subscribe_for_client": true, "allow_subscribe_for_anonymous": true,
             "allow_publish_for_subscriber": true, "allow_publish_for_anonymous": true,
@@ -364,11 +367,19 @@ fn check_token(flags: &ServerFlags, token: &str, sub: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // JWKS keys are fetched over the network, so verification runs on a runtime.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let res = if sub {
-        v.verify_subscribe(token, now())
+        rt.block_on(v.verify_subscribe_async(token, now()))
             .map(|c| format!("valid subscription token for user \"{}\" and channel \"{}\"", c.user, c.channel))
     } else {
-        v.verify_connect(token, now())
+        rt.block_on(v.verify_connect_async(token, now()))
             .map(|c| format!("valid connection token for user \"{}\" (expires: {:?})", c.user, c.expire_at))
     };
     match res {

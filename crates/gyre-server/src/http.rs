@@ -6,15 +6,17 @@
 //! flight finish, then wait for the tracker until `shutdown.timeout`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gyre_node::config::Config;
 use gyre_node::{Encoding, Node};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
@@ -23,8 +25,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api;
+use crate::emulation::Sessions;
+use crate::stream::ChannelBody;
 
-type Body = Full<Bytes>;
+/// Every response body: fixed bytes or a stream fed by a connection task.
+pub type Body = ChannelBody;
+
+fn full(b: Bytes) -> Body {
+    ChannelBody::fixed(b)
+}
 
 /// Max HTTP API body.
 const API_BODY_LIMIT: usize = 16 * 1024 * 1024;
@@ -38,6 +47,49 @@ pub struct App {
     conns: AtomicUsize,
     /// Listener serves the internal endpoints (API, health, metrics).
     split_internal: bool,
+    /// Emulation sessions of this node.
+    pub sessions: Arc<Sessions>,
+    /// SockJS sessions of this node.
+    pub sockjs: crate::sockjs::Registry,
+}
+
+impl App {
+    /// Runs a connection as a tracked task, counted against `client.connection_limit`.
+    pub(crate) fn spawn_conn(self: &Arc<Self>, f: impl Future<Output = ()> + Send + 'static) {
+        let app = self.clone();
+        app.conns.fetch_add(1, Ordering::Relaxed);
+        self.tracker.spawn(async move {
+            f.await;
+            app.conns.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Spawns a tracked background task (not a connection).
+    pub(crate) fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(f);
+    }
+
+    /// Cancelled when the server shuts down.
+    pub(crate) fn cancelled(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Checks a new real-time connection: not shutting down, origin allowed,
+    /// under the connection limit.
+    #[allow(clippy::result_large_err)] // once per request; a Box buys nothing
+    pub(crate) fn admit(&self, headers: &HeaderMap) -> Result<(), Response<Body>> {
+        if self.node.is_shutting_down() {
+            return Err(text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
+        }
+        if !origin_allowed(&self.node.config.client.allowed_origins, headers) {
+            return Err(text(StatusCode::FORBIDDEN, "Forbidden\n"));
+        }
+        let limit = self.node.config.client.connection_limit;
+        if limit > 0 && self.conns.load(Ordering::Relaxed) >= limit {
+            return Err(text(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached\n"));
+        }
+        Ok(())
+    }
 }
 
 /// A running server.
@@ -49,6 +101,14 @@ pub struct Running {
     /// The node.
     pub node: Arc<Node>,
     app: Arc<App>,
+}
+
+impl Running {
+    /// The emulation session registry (the NATS control plane installs its
+    /// forwarder here and delivers forwarded commands through it).
+    pub fn sessions(&self) -> Arc<Sessions> {
+        self.app.sessions.clone()
+    }
 }
 
 fn bind_addr(address: &str, port: u16) -> String {
@@ -75,6 +135,8 @@ pub async fn start(node: Arc<Node>) -> anyhow::Result<Running> {
         cancel: CancellationToken::new(),
         conns: AtomicUsize::new(0),
         split_internal: split,
+        sessions: Arc::new(Sessions::default()),
+        sockjs: crate::sockjs::Registry::default(),
     });
     let mut internal_addr = addr;
     if split {
@@ -148,22 +210,22 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, kind: Listener) {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
-fn json_response(status: StatusCode, v: Bytes) -> Response<Body> {
-    let mut r = Response::new(Full::new(v));
+pub(crate) fn json_response(status: StatusCode, v: Bytes) -> Response<Body> {
+    let mut r = Response::new(full(v));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
-fn empty(status: StatusCode) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+pub(crate) fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = status;
     r
 }
@@ -179,6 +241,29 @@ async fn route(app: Arc<App>, kind: Listener, req: Request<Incoming>) -> Respons
     if external && !cfg.websocket.disabled && path == cfg.websocket.handler_prefix {
         return websocket(app, req).await;
     }
+    if external {
+        if cfg.http_stream.enabled && path == cfg.http_stream.handler_prefix {
+            return crate::emulation::connection(app, req, false).await;
+        }
+        if cfg.sse.enabled && path == cfg.sse.handler_prefix {
+            return crate::emulation::connection(app, req, true).await;
+        }
+        if (cfg.sse.enabled || cfg.http_stream.enabled) && path == cfg.emulation.handler_prefix {
+            return crate::emulation::emulation(app, req).await;
+        }
+        if cfg.uni_websocket.enabled && path == cfg.uni_websocket.handler_prefix {
+            return uni_websocket(app, req).await;
+        }
+        if cfg.uni_sse.enabled && path == cfg.uni_sse.handler_prefix {
+            return crate::uni::http(app, req, true).await;
+        }
+        if cfg.uni_http_stream.enabled && path == cfg.uni_http_stream.handler_prefix {
+            return crate::uni::http(app, req, false).await;
+        }
+        if let Some((service, rest)) = crate::sockjs::service_for(&cfg, &path) {
+            return crate::sockjs::handle(app, service, rest, req).await;
+        }
+    }
     if api_here && (path == prefix || path.starts_with(&format!("{prefix}/"))) {
         return http_api(app, req, &prefix).await;
     }
@@ -191,10 +276,96 @@ async fn route(app: Arc<App>, kind: Listener, req: Request<Incoming>) -> Respons
             }
         };
     }
+    if internal && cfg.prometheus.enabled && path == cfg.prometheus.handler_prefix {
+        let mut r = text(StatusCode::OK, "");
+        *r.body_mut() = ChannelBody::fixed(Bytes::from(gyre_node::metrics::render(&app.node)));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        return r;
+    }
     if external && cfg.init.enabled && path == cfg.init.handler_prefix && req.method() == Method::GET {
         return json_response(StatusCode::OK, Bytes::from_static(b"{}"));
     }
+    if external
+        && cfg.demo.enabled
+        && let Some(r) = crate::demo::route(&app, &path, &req)
+    {
+        return r;
+    }
     text(StatusCode::NOT_FOUND, "404 page not found\n")
+}
+
+/// CORS headers for connection endpoints when the origin passes `allowed_origins`.
+pub(crate) fn cors(cfg: &Config, req: &HeaderMap, resp: &mut Response<Body>) {
+    let Some(origin) = req.get(header::ORIGIN).cloned() else {
+        return;
+    };
+    if !origin_allowed(&cfg.client.allowed_origins, req) {
+        return;
+    }
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    if let Some(rh) = req.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned() {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, rh);
+    }
+}
+
+/// `OPTIONS` → 204 with CORS headers.
+pub(crate) fn preflight(cfg: &Config, req: &HeaderMap, methods: &'static str) -> Response<Body> {
+    let mut r = empty(StatusCode::NO_CONTENT);
+    r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(methods));
+    r.headers_mut().insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("300"));
+    cors(cfg, req, &mut r);
+    r
+}
+
+/// `Content-Type: application/octet-stream` (selects Protobuf on emulation).
+pub(crate) fn is_octet_stream(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/octet-stream"))
+}
+
+/// Reads a request body of at most `limit` bytes; more is 413, a broken body 400.
+pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    use hyper::body::Body as _;
+    if body.size_hint().lower() > limit as u64 {
+        return Err(text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large\n"));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large\n"))
+        }
+        Err(_) => Err(text(StatusCode::BAD_REQUEST, "Bad Request\n")),
+    }
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space); `None`
+/// for broken escapes or non-UTF-8 results.
+pub(crate) fn form_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+                out.push(v);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A decoded query parameter.
+pub(crate) fn query_decoded(query: &str, key: &str) -> Option<String> {
+    query_param(query, key).and_then(form_decode)
 }
 
 /// Origin check: no Origin header passes; otherwise it must match a pattern.
@@ -206,31 +377,16 @@ pub fn origin_allowed(patterns: &[String], headers: &HeaderMap) -> bool {
     patterns.iter().any(|p| p == "*" || glob_match::glob_match(&p.to_ascii_lowercase(), &origin))
 }
 
-fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
 }
 
 async fn websocket(app: Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     let node = app.node.clone();
-    if node.is_shutting_down() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
-    }
-    if !origin_allowed(&node.config.client.allowed_origins, req.headers()) {
-        return text(StatusCode::FORBIDDEN, "Forbidden\n");
-    }
-    let limit = node.config.client.connection_limit;
-    if limit > 0 && app.conns.load(Ordering::Relaxed) >= limit {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached\n");
+    if let Err(r) = app.admit(req.headers()) {
+        return r;
     }
     let h = req.headers();
-    let is_upgrade =
-        h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return text(StatusCode::BAD_REQUEST, "Bad Request\n");
-    };
-    if !is_upgrade || req.method() != Method::GET {
-        return text(StatusCode::BAD_REQUEST, "Bad Request\n");
-    }
     let query = req.uri().query().unwrap_or("").to_string();
     if query_param(&query, "cf_protocol_version") == Some("v1") {
         return text(StatusCode::BAD_REQUEST, "protocol v1 is not supported\n");
@@ -254,21 +410,46 @@ async fn websocket(app: Arc<App>, mut req: Request<Incoming>) -> Response<Body> 
     {
         encoding = Encoding::Protobuf;
     }
-    let http_user = if node.config.client.user_id_http_header.is_empty() {
-        None
-    } else {
-        h.get(node.config.client.user_id_http_header.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string)
-    };
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    let http_user = http_user(&node.config, h);
+    upgrade(&app, &mut req, chosen, move |upgraded| crate::ws::serve(node, upgraded, encoding, http_user))
+}
+
+async fn uni_websocket(app: Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
+    if let Err(r) = app.admit(req.headers()) {
+        return r;
+    }
+    let query = req.uri().query().unwrap_or("").to_string();
+    let user = http_user(&app.node.config, req.headers());
     let app2 = app.clone();
-    app.tracker.spawn(async move {
+    upgrade(&app, &mut req, None, move |up| crate::uni::websocket(app2, up, query, user))
+}
+
+/// Answers a WebSocket upgrade and runs `serve` on the upgraded connection
+/// as a tracked, counted connection task.
+pub(crate) fn upgrade<F, Fut>(
+    app: &Arc<App>,
+    req: &mut Request<Incoming>,
+    protocol: Option<&'static str>,
+    serve: F,
+) -> Response<Body>
+where
+    F: FnOnce(hyper::upgrade::Upgraded) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let h = req.headers();
+    let is_upgrade =
+        h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return text(StatusCode::BAD_REQUEST, "Bad Request\n");
+    };
+    if !is_upgrade || req.method() != Method::GET {
+        return text(StatusCode::BAD_REQUEST, "Bad Request\n");
+    }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(req);
+    app.spawn_conn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                app2.conns.fetch_add(1, Ordering::Relaxed);
-                crate::ws::serve(app2.node.clone(), upgraded, encoding, http_user).await;
-                app2.conns.fetch_sub(1, Ordering::Relaxed);
-            }
+            Ok(upgraded) => serve(upgraded).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
@@ -277,10 +458,18 @@ async fn websocket(app: Arc<App>, mut req: Request<Incoming>) -> Response<Body> 
     rh.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     rh.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     rh.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
-    if let Some(p) = chosen {
+    if let Some(p) = protocol {
         rh.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     resp
+}
+
+/// The user id from the trusted `client.user_id_http_header`, if configured.
+pub(crate) fn http_user(cfg: &Config, h: &HeaderMap) -> Option<String> {
+    if cfg.client.user_id_http_header.is_empty() {
+        return None;
+    }
+    h.get(cfg.client.user_id_http_header.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 fn api_key_ok(cfg: &gyre_node::config::Config, req: &Request<Incoming>) -> bool {

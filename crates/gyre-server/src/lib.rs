@@ -7,7 +7,13 @@
 pub mod api;
 pub mod cli;
 pub mod config_load;
+pub mod demo;
+pub mod driver;
+pub mod emulation;
 pub mod http;
+pub mod sockjs;
+pub mod stream;
+pub mod uni;
 pub mod ws;
 
 use std::sync::Arc;

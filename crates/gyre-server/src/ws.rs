@@ -1,17 +1,22 @@
-//! Bidirectional WebSocket transport at `/connection/websocket`.
+//! WebSocket framing for three transports that share one socket loop:
+//! bidirectional `/connection/websocket`, `/connection/uni_websocket` and the
+//! SockJS `websocket` transport.
 //!
-//! One task owns the socket and the [`Client`]: it selects over incoming
-//! frames, wake-ups of the write queue (replies, publications, control
-//! operations) and the client's next timer. The transport only frames and
-//! writes: up to 16 queued messages are joined into one WebSocket message, as
-//! Centrifugo's writer does, which is what keeps fan-out cheap per delivery.
+//! They differ only in framing, which is why they are one type with a
+//! [`WsMode`] rather than three copies: bidirectional joins up to 16 messages
+//! into one WebSocket message and closes with the disconnect code in the
+//! Close frame; uni sends each push as its own message (or joined with
+//! `join_push_messages`), a disconnect push before the Close frame, and native
+//! ping frames with a pong deadline; SockJS wraps messages in `a[...]` frames,
+//! heartbeats with `h` and closes with `c[code,"reason"]`.
 //!
-//! Failure modes handled here: a peer that stops reading (writes time out
-//! after `websocket.write_timeout` → 3009, and its queue overflowing is 3008
-//! without waiting for the socket), an oversize message (close 1009, which
-//! centrifuge-js treats as terminal), and a peer that vanishes (read error →
+//! Failure modes handled here: a peer that stops reading (the driver's write
+//! timeout → 3009, and a queue overflow → 3008 without waiting for the socket),
+//! an oversize message (close 1009, which centrifuge-js treats as terminal), a
+//! missing pong frame on uni (3012), and a peer that vanishes (read error →
 //! cleanup, no close frame).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,17 +25,22 @@ use futures_util::{SinkExt, StreamExt};
 use gyre_node::{Client, ClientShared, Disconnect, Encoding, Node, TransportInfo};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-/// Messages joined into one frame at most.
-pub const MAX_MESSAGES_IN_FRAME: usize = 16;
+use crate::driver::{self, Inbound, PeerGone, Start, Transport};
+use crate::sockjs::frames;
 
-/// WebSocket settings derived from the config: small buffers (a connection
-/// mostly idles) and the incoming size limit.
-pub fn ws_config(node: &Node) -> WebSocketConfig {
-    let limit = node.config.websocket.message_size_limit;
+pub use crate::driver::MAX_MESSAGES_IN_FRAME;
+
+/// An upgraded server-side WebSocket.
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// WebSocket settings: small buffers (a connection mostly idles) and the
+/// incoming size limit.
+pub fn ws_config(limit: usize) -> WebSocketConfig {
     let mut c = WebSocketConfig::default();
     c.read_buffer_size = 4096;
     c.write_buffer_size = 0;
@@ -39,159 +49,260 @@ pub fn ws_config(node: &Node) -> WebSocketConfig {
     c
 }
 
-fn close_message(d: &Disconnect) -> Message {
-    Message::Close(Some(CloseFrame { code: CloseCode::from(d.code as u16), reason: d.reason.to_string().into() }))
+/// Wraps an upgraded connection.
+pub async fn socket(upgraded: Upgraded, limit: usize) -> Socket {
+    WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        Some(ws_config(limit)),
+    )
+    .await
 }
 
-type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, Message>;
+fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() }))
+}
 
-/// Writes and flushes one frame. While the socket is stuck, the queue keeps
-/// absorbing pushes; if it overflows meanwhile the write is abandoned at once
-/// with 3008 instead of waiting out the write timeout. `Err(None)` means the
-/// peer is gone.
-async fn write_frame(
-    sink: &mut Sink,
-    msg: Message,
-    shared: &ClientShared,
-    timeout: Duration,
-) -> Result<(), Option<Disconnect>> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let write = sink.send(msg);
-    tokio::pin!(write);
-    tokio::select! {
-        r = &mut write => r.map_err(|_| None),
-        _ = tokio::time::sleep_until(deadline) => {
-            Err(Some(shared.pending_disconnect().unwrap_or(Disconnect::WRITE_ERROR)))
+/// Framing of one WebSocket transport.
+#[derive(Debug, Clone)]
+pub enum WsMode {
+    /// Centrifugo bidirectional: `\n`-joined JSON (text) or varint-delimited Protobuf (binary).
+    Bidi {
+        /// Protobuf (binary messages).
+        binary: bool,
+    },
+    /// Unidirectional: bare JSON pushes.
+    Uni {
+        /// Join the pushes of one write with `\n` into one message.
+        join: bool,
+        /// Write a disconnect push before the Close frame.
+        disconnect_push: bool,
+        /// Native ping frame interval.
+        ping: Duration,
+        /// Deadline for the pong frame.
+        pong: Duration,
+    },
+    /// SockJS `websocket` transport: `o`, `a[...]`, `h`, `c[...]`.
+    SockJs {
+        /// `h` frame interval.
+        heartbeat: Duration,
+    },
+    /// SockJS raw websocket (`<prefix>/websocket`): messages pass unframed.
+    Raw,
+}
+
+/// One WebSocket connection as a [`Transport`].
+pub struct WsTransport {
+    ws: Socket,
+    mode: WsMode,
+    write_timeout: Duration,
+    /// Uni: when to send the next ping frame / by when a pong must arrive.
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    /// SockJS: messages of one client frame not yet handed to the driver.
+    pending: VecDeque<Bytes>,
+    encoding: Encoding,
+}
+
+impl WsTransport {
+    /// A transport over an upgraded socket.
+    pub fn new(ws: Socket, mode: WsMode, write_timeout: Duration, encoding: Encoding) -> Self {
+        let next_ping = match &mode {
+            WsMode::Uni { ping, .. } => Some(Instant::now() + *ping),
+            WsMode::SockJs { heartbeat } => Some(Instant::now() + *heartbeat),
+            _ => None,
+        };
+        WsTransport { ws, mode, write_timeout, next_ping, pong_deadline: None, pending: VecDeque::new(), encoding }
+    }
+
+    /// Sends and flushes one message.
+    pub async fn send(&mut self, m: Message) -> Result<(), PeerGone> {
+        self.ws.send(m).await.map_err(|_| PeerGone)
+    }
+
+    /// Reads the first text/binary message (uni: the connect request), bounded by `deadline`.
+    pub async fn first_message(&mut self, deadline: Instant) -> Option<Bytes> {
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            match m {
+                Ok(Message::Text(t)) => return Some(Bytes::copy_from_slice(t.as_bytes())),
+                Ok(Message::Binary(b)) => return Some(b),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {
+                    let _ = tokio::time::timeout(self.write_timeout, self.ws.flush()).await;
+                }
+            }
         }
-        _ = shared.overflowed() => Err(Some(Disconnect::SLOW)),
+    }
+
+    /// Closes with a code and reason and waits briefly for the peer's Close.
+    pub async fn close_with(&mut self, code: u16, reason: &str) {
+        let _ = tokio::time::timeout(self.write_timeout, self.ws.send(close_message(code, reason))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(m)) = self.ws.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    fn text(data: Vec<u8>) -> Message {
+        Message::Text(String::from_utf8(data).unwrap_or_default().into())
+    }
+
+    /// Due timer work (uni ping frames, SockJS heartbeats); a missed pong ends the connection.
+    async fn timers(&mut self) -> Option<Inbound> {
+        let now = Instant::now();
+        if self.pong_deadline.is_some_and(|d| now >= d) {
+            return Some(Inbound::Close(Disconnect::NO_PONG));
+        }
+        if self.next_ping.is_some_and(|d| now >= d) {
+            let (msg, interval, pong) = match &self.mode {
+                WsMode::Uni { ping, pong, .. } => (Message::Ping(Bytes::new()), *ping, Some(*pong)),
+                WsMode::SockJs { heartbeat } => (Self::text(b"h".to_vec()), *heartbeat, None),
+                _ => return None,
+            };
+            self.next_ping = Some(now + interval);
+            if let Some(p) = pong
+                && self.pong_deadline.is_none()
+            {
+                self.pong_deadline = Some(now + p);
+            }
+            if tokio::time::timeout(self.write_timeout, self.ws.send(msg)).await.map(|r| r.is_err()).unwrap_or(true) {
+                return Some(Inbound::Gone);
+            }
+        }
+        None
     }
 }
 
-/// Serves one upgraded connection until it ends.
-pub async fn serve(node: Arc<Node>, upgraded: Upgraded, encoding: Encoding, http_user: Option<String>) {
-    let io = TokioIo::new(upgraded);
-    let ws = WebSocketStream::from_raw_socket(
-        io,
-        tokio_tungstenite::tungstenite::protocol::Role::Server,
-        Some(ws_config(&node)),
-    )
-    .await;
-    let info = TransportInfo { name: "websocket", unidirectional: false, emulation: false, disconnect_push: false };
-    let shared = ClientShared::new(encoding, info, node.config.client.queue_max_size);
-    let mut client = Client::new(node.clone(), shared.clone());
-    client.set_http_user(http_user);
-    run(node, ws, client, shared).await;
-}
+impl Transport for WsTransport {
+    fn write_timeout(&self) -> Duration {
+        self.write_timeout
+    }
 
-async fn run(node: Arc<Node>, ws: WebSocketStream<TokioIo<Upgraded>>, mut client: Client, shared: Arc<ClientShared>) {
-    let (mut sink, mut stream) = ws.split();
-    let write_timeout = node.config.websocket.write_timeout.0.max(Duration::from_millis(100));
-    let binary = shared.encoding == Encoding::Protobuf;
-    let frame = |msgs: &[Bytes]| -> Message {
-        let data = gyre_proto::frame_messages(shared.encoding.protocol(), msgs);
-        if binary {
-            Message::Binary(data.into())
-        } else {
-            Message::Text(String::from_utf8(data).unwrap_or_default().into())
-        }
-    };
-    // Why the loop ended: Some(d) = close with d; None = peer gone, nothing to send.
-    let end: Option<Disconnect> = loop {
-        let deadline = client.next_deadline();
-        tokio::select! {
-            biased;
-            _ = shared.notified() => {
-                if let Err(d) = client.handle_controls().await {
-                    break Some(d);
+    async fn write(&mut self, messages: &[Bytes]) -> Result<(), PeerGone> {
+        match &self.mode {
+            WsMode::Bidi { binary } => {
+                let data = gyre_proto::frame_messages(self.encoding.protocol(), messages);
+                let m = if *binary { Message::Binary(data.into()) } else { Self::text(data) };
+                // One message, written and flushed: a stuck socket blocks here
+                // while the bounded queue, not a buffer, absorbs what arrives.
+                self.send(m).await
+            }
+            WsMode::Uni { join: true, .. } | WsMode::Raw => {
+                let data = gyre_proto::frame_messages(gyre_proto::ProtocolType::Json, messages);
+                self.send(Self::text(data)).await
+            }
+            WsMode::Uni { join: false, .. } => {
+                for m in messages {
+                    self.ws.feed(Self::text(m.to_vec())).await.map_err(|_| PeerGone)?;
                 }
-                let mut disconnect = None;
-                loop {
-                    let batch = shared.take_batch(MAX_MESSAGES_IN_FRAME);
-                    if !batch.messages.is_empty() {
-                        // One frame, written and flushed: a stuck socket blocks here
-                        // (bounded by the write timeout) while the queue, not an
-                        // unbounded buffer, absorbs what arrives meanwhile.
-                        match write_frame(&mut sink, frame(&batch.messages), &shared, write_timeout).await {
-                            Ok(()) => {}
-                            Err(d) => { disconnect = Some(d); break; }
+                self.ws.flush().await.map_err(|_| PeerGone)
+            }
+            WsMode::SockJs { .. } => {
+                let data = gyre_proto::frame_messages(gyre_proto::ProtocolType::Json, messages);
+                self.send(Self::text(frames::messages(&[&data]))).await
+            }
+        }
+    }
+
+    async fn read(&mut self) -> Inbound {
+        if let Some(m) = self.pending.pop_front() {
+            return Inbound::Data(m);
+        }
+        loop {
+            let timer = self.pong_deadline.into_iter().chain(self.next_ping).min();
+            let msg = tokio::select! {
+                m = self.ws.next() => m,
+                _ = tokio::time::sleep_until(timer.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if timer.is_some() => {
+                    if let Some(i) = self.timers().await {
+                        return i;
+                    }
+                    continue;
+                }
+            };
+            match msg {
+                Some(Ok(Message::Text(t))) => match &self.mode {
+                    WsMode::Uni { .. } => {}
+                    WsMode::SockJs { .. } => {
+                        let t = t.as_str();
+                        if t.is_empty() {
+                            continue;
+                        }
+                        // A JSON array of strings, or (sockjs-go accepts it) one string.
+                        let parsed: Result<Vec<String>, _> = serde_json::from_str::<Vec<String>>(t)
+                            .or_else(|_| serde_json::from_str::<String>(t).map(|s| vec![s]));
+                        match parsed {
+                            Ok(msgs) => {
+                                self.pending.extend(msgs.into_iter().map(Bytes::from));
+                                if let Some(m) = self.pending.pop_front() {
+                                    return Inbound::Data(m);
+                                }
+                            }
+                            // sockjs-go drops the connection on a broken frame.
+                            Err(_) => return Inbound::Close(Disconnect::BAD_REQUEST),
                         }
                     }
-                    if let Some(d) = batch.disconnect {
-                        disconnect = Some(Some(d));
-                        break;
-                    }
-                    if batch.messages.is_empty() {
-                        break;
-                    }
-                }
-                if let Some(d) = disconnect {
-                    break d;
-                }
-            }
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Text(t))) => {
-                    if let Err(d) = client.handle_data(t.as_bytes()).await { break Some(d); }
-                }
+                    _ => return Inbound::Data(Bytes::copy_from_slice(t.as_bytes())),
+                },
                 Some(Ok(Message::Binary(b))) => {
-                    if let Err(d) = client.handle_data(&b).await { break Some(d); }
+                    if let WsMode::Bidi { .. } = &self.mode {
+                        return Inbound::Data(b);
+                    }
                 }
                 Some(Ok(Message::Ping(_))) => {
                     // tungstenite queued the pong; push it out.
-                    let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
+                    let _ = tokio::time::timeout(self.write_timeout, self.ws.flush()).await;
                 }
-                Some(Ok(Message::Pong(_))) | Some(Ok(Message::Frame(_))) => {}
+                Some(Ok(Message::Pong(_))) => self.pong_deadline = None,
+                Some(Ok(Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) => {
                     // tungstenite queued the close reply; complete the handshake.
-                    let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
-                    break None;
+                    let _ = tokio::time::timeout(self.write_timeout, self.ws.flush()).await;
+                    return Inbound::Gone;
                 }
-                None => break None,
+                None => return Inbound::Gone,
                 Some(Err(WsError::Capacity(_))) => {
-                    break Some(Disconnect::custom(1009, "message size limit exceeded"));
+                    return Inbound::Close(Disconnect::custom(1009, "message size limit exceeded"));
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(client = %shared.id, error = %e, "websocket read error");
-                    break None;
-                }
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                if let Err(d) = client.tick().await { break Some(d); }
-            }
-        }
-    };
-    if let Some(d) = end {
-        node.record_disconnect(d.code);
-        // Flush what is queued (never for 3008: its queue is gone by design).
-        if d != Disconnect::SLOW {
-            loop {
-                let batch = shared.take_batch(MAX_MESSAGES_IN_FRAME);
-                if batch.messages.is_empty() {
-                    break;
-                }
-                if tokio::time::timeout(write_timeout, sink.feed(frame(&batch.messages)))
-                    .await
-                    .map(|r| r.is_err())
-                    .unwrap_or(true)
-                {
-                    break;
+                    tracing::debug!(error = %e, "websocket read error");
+                    return Inbound::Gone;
                 }
             }
         }
-        if d != Disconnect::WRITE_ERROR {
-            let _ = tokio::time::timeout(write_timeout, sink.send(close_message(&d))).await;
-            // Give the peer a moment to answer the close handshake.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while let Some(Ok(m)) = stream.next().await {
-                    if matches!(m, Message::Close(_)) {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
-        tracing::debug!(client = %shared.id, code = d.code, reason = %d.reason, "disconnected");
     }
-    // Stop further queueing from the hub, then clean up state.
-    shared.close_with(Disconnect::CONNECTION_CLOSED);
-    client.close().await;
+
+    async fn close(&mut self, d: &Disconnect) {
+        match self.mode.clone() {
+            WsMode::Bidi { .. } | WsMode::Raw => self.close_with(d.code as u16, &d.reason).await,
+            WsMode::Uni { disconnect_push, .. } => {
+                if disconnect_push {
+                    let push = driver::disconnect_push(Encoding::JsonUni, d);
+                    let _ = tokio::time::timeout(self.write_timeout, self.send(Self::text(push.to_vec()))).await;
+                }
+                self.close_with(d.code as u16, &d.reason).await
+            }
+            WsMode::SockJs { .. } => {
+                let frame = frames::close(d.code, &d.reason);
+                let _ = tokio::time::timeout(self.write_timeout, self.send(Self::text(frame))).await;
+                self.close_with(1000, "").await
+            }
+        }
+    }
+}
+
+/// Serves one bidirectional `/connection/websocket` connection until it ends.
+pub async fn serve(node: Arc<Node>, upgraded: Upgraded, encoding: Encoding, http_user: Option<String>) {
+    let ws = socket(upgraded, node.config.websocket.message_size_limit).await;
+    let info = TransportInfo { name: "websocket", unidirectional: false, emulation: false, disconnect_push: false };
+    let shared = ClientShared::new(encoding, info, node.config.client.queue_max_size);
+    let mut client = Client::new(node.clone(), shared);
+    client.set_http_user(http_user);
+    let write_timeout = node.config.websocket.write_timeout.0.max(Duration::from_millis(100));
+    let mut t = WsTransport::new(ws, WsMode::Bidi { binary: encoding == Encoding::Protobuf }, write_timeout, encoding);
+    driver::drive(node, client, &mut t, Start::Idle).await;
 }

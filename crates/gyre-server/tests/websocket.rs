@@ -373,3 +373,30 @@ async fn other_clients_unaffected_by_a_misbehaving_one() {
     let msgs = good.json_until(|m| m.get("push").is_some()).await;
     assert_eq!(msgs.last().unwrap()["push"]["pub"]["data"], 1);
 }
+
+#[tokio::test]
+async fn prometheus_metrics_count_clients_and_disconnects() {
+    let s = TestServer::start(json!({"prometheus": {"enabled": true}})).await;
+    let mut c = WsClient::connect(&s.ws_url()).await;
+    c.handshake(&user_token("m")).await;
+    c.send_text(r#"{"id":2,"subscribe":{"channel":"m"}}"#).await;
+    c.json_until(|m| m["id"] == 2).await;
+    s.api("publish", json!({"channel":"m","data":{}})).await;
+    c.json_until(|m| m.get("push").is_some()).await;
+    let mut bad = WsClient::connect(&s.ws_url()).await;
+    bad.send_text("junk").await;
+    assert_eq!(bad.close_code().await.0, 3501);
+    let get = |addr| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut st = tokio::net::TcpStream::connect(addr).await.unwrap();
+        st.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        st.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let text = get(s.addr).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\ncentrifugo_node_num_clients 1\n"), "{text}");
+    assert!(text.contains("centrifugo_node_messages_sent_count{type=\"publication\"} 1\n"), "{text}");
+    assert!(text.contains("centrifugo_client_num_server_disconnects{code=\"3501\"} 1\n"), "{text}");
+}

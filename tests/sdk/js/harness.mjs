@@ -185,6 +185,14 @@ async function startOnce(port, overrides, startTimeoutMs) {
     throw err;
   }
 
+  // The server's output is kept in tests/artifacts/ (gitignored) for failed CI runs.
+  const saveLog = () => {
+    try {
+      const dirA = path.join(repoRoot, 'tests', 'artifacts');
+      fs.mkdirSync(dirA, { recursive: true });
+      fs.writeFileSync(path.join(dirA, `gyre-js-${port}.log`), output);
+    } catch { /* best effort */ }
+  };
   const server = {
     port,
     config,
@@ -215,6 +223,7 @@ async function startOnce(port, overrides, startTimeoutMs) {
       return b.result;
     },
     async stop() {
+      saveLog();
       if (exited) return exited;
       child.kill('SIGTERM');
       const res = await Promise.race([exitPromise, sleep(5000).then(() => null)]);
@@ -223,6 +232,7 @@ async function startOnce(port, overrides, startTimeoutMs) {
         await exitPromise;
       }
       fs.rmSync(dir, { recursive: true, force: true });
+      saveLog();
       return exited;
     },
   };

@@ -10,7 +10,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import GyreServer  # noqa: E402
 
 SERVER_OVERRIDES = {
-    "client": {"expired_close_delay": "1s"},
+    "client": {
+        "expired_close_delay": "1s",
+        "expired_sub_close_delay": "1s",
+        "presence_update_interval": "1s",
+    },
     "channel": {
         "namespaces": [
             {"name": "ro", "allow_subscribe_for_client": True},

@@ -177,6 +177,14 @@ class GyreServer:
                 proc.kill()
                 proc.wait()
         _live.discard(proc)
+        # Keep the server output in tests/artifacts/ (gitignored) for failed CI runs.
+        try:
+            artifacts = REPO_ROOT / "tests" / "artifacts"
+            artifacts.mkdir(parents=True, exist_ok=True)
+            if os.path.exists(self._log_path):
+                shutil.copyfile(self._log_path, artifacts / f"gyre-py-{self.port}.log")
+        except OSError:
+            pass
         shutil.rmtree(self._dir, ignore_errors=True)
         return proc.returncode
 

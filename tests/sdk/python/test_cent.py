@@ -3,6 +3,7 @@ binary: every server API method of issue 2, batch, and a wrong key. A
 centrifuge-python client observes the effect of each call."""
 
 import asyncio
+import base64
 import time
 
 import pytest
@@ -104,6 +105,42 @@ async def test_publish(cent, obs):
     assert await pubs(srec, 1) == [{"text": "hi"}]
 
 
+async def test_publish_tags_and_idempotency(cent, obs):
+    c, _r, _ = await obs.connect(uniq("u"))
+    channel = uniq("tags")
+    _sub, srec = await obs.subscribe(c, channel)
+    req = PublishRequest(channel=channel, data={"v": 1}, tags={"kind": "test"}, idempotency_key="k1")
+    await asyncio.wait_for(cent.publish(req), TIMEOUT)
+    await asyncio.wait_for(cent.publish(req), TIMEOUT)  # duplicate: not delivered again
+    await cent.publish(PublishRequest(channel=channel, data={"v": 2}))
+    await pubs(srec, 2)
+    await asyncio.sleep(0.3)
+    got = srec.of("publication")
+    assert [p.pub.data for p in got] == [{"v": 1}, {"v": 2}]
+    assert got[0].pub.tags == {"kind": "test"}
+
+
+async def test_publish_b64data_to_protobuf_client(cent, gyre):
+    rec = Recorder()
+    c = RtClient(gyre.ws_url, events=client_handler(rec), token=conn_token(uniq("u")),
+                 use_protobuf=True, timeout=TIMEOUT, proxy=None)
+    try:
+        await asyncio.wait_for(c.connect(), TIMEOUT)
+        channel = uniq("bin")
+        srec = Recorder()
+        sub = c.new_subscription(channel, events=subscription_handler(srec))
+        await sub.subscribe()
+        await srec.wait("subscribed")
+        raw = bytes([0, 1, 2, 0xFE, 0xFF, 10, 13])
+        await asyncio.wait_for(
+            cent.publish(PublishRequest(channel=channel, data=None, b64data=base64.b64encode(raw).decode())),
+            TIMEOUT)
+        ctx = await srec.wait("publication")
+        assert ctx.pub.data == raw
+    finally:
+        await c.disconnect()
+
+
 async def test_publish_unknown_namespace_102(cent):
     with pytest.raises(CentApiResponseError) as ei:
         await asyncio.wait_for(cent.publish(PublishRequest(channel="nope:x", data={})), TIMEOUT)
@@ -138,10 +175,12 @@ async def test_subscribe_and_unsubscribe_server_side(cent, obs):
     user = uniq("u")
     c, rec, _ = await obs.connect(user)
     channel = f"srv:{uniq('c')}"
-    res = await asyncio.wait_for(cent.subscribe(SubscribeRequest(user=user, channel=channel)), TIMEOUT)
+    res = await asyncio.wait_for(
+        cent.subscribe(SubscribeRequest(user=user, channel=channel, data={"welcome": 1})), TIMEOUT)
     assert res is not None
     ctx = await rec.wait("subscribed", pred=lambda x: x.channel == channel)
     assert ctx.channel == channel
+    assert ctx.data == {"welcome": 1}, "subscribe push carries the API data"
     await cent.publish(PublishRequest(channel=channel, data={"to": "server-sub"}))
     pctx = await rec.wait("publication", pred=lambda x: x.channel == channel)
     assert pctx.pub.data == {"to": "server-sub"}

@@ -333,3 +333,70 @@ async def test_server_side_subscription_from_token(h):
     await h.gyre.api_ok_async("publish", {"channel": channel, "data": {"server": "side"}})
     pctx = await rec.wait("publication", pred=lambda x: x.channel == channel)
     assert h.proto.dec(pctx.pub.data) == {"server": "side"}
+
+
+async def test_subscription_token_refresh_via_get_token(h):
+    user = uniq("u")
+    c, _rec, _ = await h.connected(user)
+    channel = f"${uniq('priv')}"
+    calls = []
+
+    async def get_token(ch):
+        calls.append(ch)
+        return sub_token(user, ch, ttl=3600)
+
+    srec = Recorder()
+    sub = c.new_subscription(channel, events=subscription_handler(srec),
+                             token=sub_token(user, channel, ttl=3), get_token=get_token)
+    await sub.subscribe()
+    await srec.wait("subscribed")
+    n = len(srec.events)
+    deadline = time.monotonic() + 8
+    while not calls and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert calls == [channel], "get_token of the subscription was called (sub_refresh)"
+    await asyncio.sleep(3.5)
+    assert [e for e in srec.events[n:] if e[0] in ("subscribing", "unsubscribed", "error")] == []
+    assert sub.state == SubscriptionState.SUBSCRIBED
+    await h.gyre.api_ok_async("publish", {"channel": channel, "data": {"still": "subscribed"}})
+    pctx = await srec.wait("publication")
+    assert h.proto.dec(pctx.pub.data) == {"still": "subscribed"}
+
+
+async def test_control_unrefreshed_subscription_2501(h):
+    user = uniq("u")
+    c, _rec, _ = await h.connected(user)
+    channel = f"${uniq('priv')}"
+
+    async def never(_ch):
+        await asyncio.sleep(3600)
+        return ""
+
+    srec = Recorder()
+    sub = c.new_subscription(channel, events=subscription_handler(srec),
+                             token=sub_token(user, channel, ttl=2), get_token=never)
+    await sub.subscribe()
+    await srec.wait("subscribed")
+    ctx = await srec.wait("subscribing", timeout=10, pred=lambda x: x.code != 0)
+    assert ctx.code == 2501, ctx
+    assert c.state == ClientState.CONNECTED
+
+
+async def test_unsubscribe_and_subscribe_again(h):
+    c, _rec, _ = await h.connected(uniq("u"))
+    channel = uniq("again")
+    sub, srec = await h.subscribed(c, channel)
+    await sub.unsubscribe()
+    uctx = await srec.wait("unsubscribed")
+    assert uctx.code == 0
+    await asyncio.wait_for(c.rpc("ping", h.proto.enc({})), TIMEOUT)  # round trip
+    await h.gyre.api_ok_async("publish", {"channel": channel, "data": {"n": 1}})
+    await asyncio.sleep(0.3)
+    assert srec.of("publication") == []
+    n = len(srec.events)
+    await sub.subscribe()
+    await srec.wait("subscribed", after=n)
+    await h.gyre.api_ok_async("publish", {"channel": channel, "data": {"n": 2}})
+    pctx = await srec.wait("publication")
+    assert h.proto.dec(pctx.pub.data) == {"n": 2}
+    assert len(srec.of("publication")) == 1

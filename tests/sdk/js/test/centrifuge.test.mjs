@@ -54,7 +54,7 @@ for (const build of builds) {
 
     before(async () => {
       server = await startGyre({
-        client: { expired_close_delay: '1s' },
+        client: { expired_close_delay: '1s', expired_sub_close_delay: '1s', presence_update_interval: '1s' },
         channel: {
           namespaces: [
             { name: 'ro', allow_subscribe_for_client: true },
@@ -260,6 +260,65 @@ for (const build of builds) {
       const ctx = await p;
       assert.equal(ctx.code, 102, JSON.stringify(ctx));
       assert.equal(c.state, 'connected');
+    });
+
+    it('subscription token refresh through getToken keeps the subscription', async () => {
+      const user = uniq('u');
+      const { c } = await connected(user);
+      const channel = `$${uniq('priv')}`;
+      let calls = 0;
+      const sub = await subscribed(c, channel, {
+        token: subToken(user, channel, { ttl: 3 }),
+        getToken: async () => { calls += 1; return subToken(user, channel, { ttl: 3600 }); },
+      });
+      const log = recordEvents(sub, ['subscribing', 'unsubscribed', 'error']);
+      const start = Date.now();
+      while (calls === 0 && Date.now() - start < 8000) await sleep(100);
+      assert.ok(calls >= 1, 'getToken of the subscription was called (sub_refresh)');
+      // Past exp + expired_sub_close_delay (1s), with the periodic check every 1s.
+      await sleep(3500);
+      assert.deepEqual(log.map((e) => `${e.event}:${JSON.stringify(e.ctx.error || e.ctx.code)}`), []);
+      assert.equal(sub.state, 'subscribed');
+      const pubP = waitEvent(sub, 'publication', T);
+      await server.apiOk('publish', { channel, data: { still: 'subscribed' } });
+      assert.deepEqual(dec((await pubP).data), { still: 'subscribed' });
+    });
+
+    it('control: a subscription whose token is not refreshed gets unsubscribe 2501', async () => {
+      const user = uniq('u');
+      const { c } = await connected(user);
+      const channel = `$${uniq('priv')}`;
+      const sub = await subscribed(c, channel, {
+        token: subToken(user, channel, { ttl: 2 }),
+        getToken: () => new Promise(() => {}),
+      });
+      const ctx = await waitEvent(sub, 'subscribing', 10000);
+      assert.equal(ctx.code, 2501, JSON.stringify(ctx));
+      assert.equal(c.state, 'connected');
+    });
+
+    it('unsubscribe and subscribe again on the same connection', async () => {
+      const { c } = await connected(uniq('u'));
+      const channel = uniq('again');
+      const sub = await subscribed(c, channel);
+      const uP = waitEvent(sub, 'unsubscribed', T);
+      sub.unsubscribe();
+      assert.equal((await uP).code, 0);
+      let received = 0;
+      sub.on('publication', () => { received += 1; });
+      // Publications are no longer delivered once the unsubscribe was processed:
+      // a round trip (rpc) makes sure the server handled it.
+      await withTimeout(c.rpc('ping', enc({})), T, 'rpc');
+      await server.apiOk('publish', { channel, data: { n: 1 } });
+      await sleep(300);
+      assert.equal(received, 0);
+      const sP = waitEvent(sub, 'subscribed', T);
+      sub.subscribe();
+      await sP;
+      const pubP = waitEvent(sub, 'publication', T);
+      await server.apiOk('publish', { channel, data: { n: 2 } });
+      assert.deepEqual(dec((await pubP).data), { n: 2 });
+      assert.equal(received, 1);
     });
 
     it('API unsubscribe unsubscribes the subscription with code 2000', async () => {

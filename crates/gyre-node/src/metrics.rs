@@ -1,0 +1,104 @@
+//! Prometheus metrics in the text exposition format, under Centrifugo's
+//! `centrifugo_` namespace so dashboards built for Centrifugo keep working
+//! for the gauges they share (clients, users, channels, subscriptions).
+//!
+//! Counters are plain atomics bumped once per event (a broadcast adds its
+//! delivery count in one step, not one increment per subscriber), and the
+//! exposition is rendered on scrape; there is no background task.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::node::Node;
+
+/// Process-wide counters of one node.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Publications queued to subscribers (one per delivery).
+    pub publications_sent: AtomicU64,
+    /// Publications accepted for broadcast on this node.
+    pub publications_received: AtomicU64,
+    /// Join/leave pushes queued.
+    pub join_leave_sent: AtomicU64,
+    /// Server API calls.
+    pub api_calls: AtomicU64,
+    /// Server API calls answered with an error.
+    pub api_errors: AtomicU64,
+    /// Connections accepted (bidirectional and emulated).
+    pub connections_accepted: AtomicU64,
+}
+
+impl Counters {
+    /// Adds `n` to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+}
+
+/// Renders the node's metrics.
+pub fn render(node: &Node) -> String {
+    let mut out = String::with_capacity(2048);
+    let info = node.info();
+    gauge(&mut out, "centrifugo_node_num_clients", "Number of clients connected.", info.num_clients);
+    gauge(&mut out, "centrifugo_node_num_users", "Number of unique users connected.", info.num_users);
+    gauge(
+        &mut out,
+        "centrifugo_node_num_channels",
+        "Number of channels with one or more subscribers.",
+        info.num_channels,
+    );
+    gauge(&mut out, "centrifugo_node_num_subscriptions", "Number of subscriptions.", info.num_subs);
+    gauge(&mut out, "centrifugo_node_uptime_seconds", "Seconds since the node started.", info.uptime);
+    let c = &node.counters;
+    let _ = writeln!(
+        out,
+        "# HELP centrifugo_node_messages_sent_count Number of messages queued to clients.\n# TYPE centrifugo_node_messages_sent_count counter"
+    );
+    let _ = writeln!(
+        out,
+        "centrifugo_node_messages_sent_count{{type=\"publication\"}} {}",
+        c.publications_sent.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "centrifugo_node_messages_sent_count{{type=\"join_leave\"}} {}",
+        c.join_leave_sent.load(Ordering::Relaxed)
+    );
+    counter(
+        &mut out,
+        "centrifugo_node_messages_received_count",
+        "Publications received for broadcast.",
+        c.publications_received.load(Ordering::Relaxed),
+    );
+    counter(&mut out, "centrifugo_api_command_count", "Server API commands.", c.api_calls.load(Ordering::Relaxed));
+    counter(
+        &mut out,
+        "centrifugo_api_command_errors_count",
+        "Server API commands that failed.",
+        c.api_errors.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "centrifugo_client_connections_accepted",
+        "Connections accepted.",
+        c.connections_accepted.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP centrifugo_client_num_server_disconnects Server-initiated disconnects by code.\n# TYPE centrifugo_client_num_server_disconnects counter"
+    );
+    let mut codes = node.disconnect_counts();
+    codes.sort();
+    for (code, n) in codes {
+        let _ = writeln!(out, "centrifugo_client_num_server_disconnects{{code=\"{code}\"}} {n}");
+    }
+    out
+}

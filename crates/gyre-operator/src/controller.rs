@@ -1,0 +1,489 @@
+//! The reconcile loop: turn one `Centrifugo` into its children and report back.
+//!
+//! Everything is written with server-side apply under one field manager, so a pass is
+//! idempotent and has almost no branches: the builders say what should exist and the apiserver
+//! merges. The exceptions are deliberate: the generated Secret is created with a plain POST and
+//! otherwise left alone (applying fresh random values on every pass would rotate credentials
+//! constantly), and optional children are deleted when switched off. Bad input is reported on
+//! the resource (conditions and Events) and waits for a spec change instead of hot-looping;
+//! apiserver failures return errors so the controller retries with backoff.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+        networking::v1::{Ingress, NetworkPolicy},
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        watcher,
+    },
+};
+use parking_lot::Mutex;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::{
+    builders::{self, Inputs, MANAGED_BY_LABEL, MANAGER, ROTATION_ANNOTATION},
+    config::{ConfigError, build_config},
+    crd::{Centrifugo, GROUP, VERSION},
+    metrics::Metrics,
+    status::{Observed, compute_status},
+};
+
+/// Periodic resync of a healthy instance; watches deliver changes sooner.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Retry interval while a user-provided Secret is missing or incomplete (it is not watched).
+pub const SECRET_RETRY: Duration = Duration::from_secs(30);
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{verb} {kind} {name}: {source}")]
+    Kube {
+        verb: &'static str,
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("Centrifugo {0} has no namespace")]
+    NoNamespace(String),
+}
+
+impl Error {
+    /// Condition/Event reason for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube { verb: "apply", .. } => "ApplyFailed",
+            Self::Kube { verb: "delete", .. } => "DeleteFailed",
+            Self::Kube { verb: "create", .. } => "CreateFailed",
+            Self::Kube { verb: "status", .. } => "StatusUpdateFailed",
+            Self::Kube { .. } => "ReadFailed",
+            Self::NoNamespace(_) => "NoNamespace",
+        }
+    }
+}
+
+fn kube_err(verb: &'static str, kind: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
+    let name = name.to_string();
+    move |source| Error::Kube { verb, kind, name, source: Box::new(source) }
+}
+
+/// Operator-wide settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Server image used when a resource does not name one.
+    pub default_image: String,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter { controller: MANAGER.into(), instance: None };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn key(cr: &Centrifugo) -> String {
+    format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any())
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Entry point for the controller runtime.
+pub async fn reconcile(cr: Arc<Centrifugo>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    if cr.is_paused() {
+        info!(instance = %key(&cr), "paused; not reconciling");
+        ctx.metrics.paused_skips.inc();
+        return Ok(Action::await_change());
+    }
+    match reconcile_inner(&cr, &ctx).await {
+        Ok(action) => {
+            ctx.failures.lock().remove(&key(&cr));
+            Ok(action)
+        }
+        Err(err) => {
+            ctx.metrics.failures.inc();
+            warn!(instance = %key(&cr), error = %err, "reconcile failed");
+            report_failure(&cr, &ctx, &err).await;
+            Err(err)
+        }
+    }
+}
+
+/// Exponential backoff per instance: 5 s, 10 s, 20 s … capped at 5 min; reset on success.
+pub fn error_policy(cr: Arc<Centrifugo>, _err: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx.failures.lock();
+    let n = failures.entry(key(&cr)).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(16))).min(BACKOFF_MAX);
+    Action::requeue(delay)
+}
+
+async fn publish(ctx: &Context, cr: &Centrifugo, type_: EventType, reason: &str, note: String) {
+    let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&ev, &cr.object_ref(&())).await {
+        warn!(instance = %key(cr), error = %e, "could not publish event");
+    }
+}
+
+async fn write_status(ctx: &Context, cr: &Centrifugo, obs: &Observed<'_>) -> Result<(), Error> {
+    let ns = cr.namespace().ok_or_else(|| Error::NoNamespace(cr.name_any()))?;
+    let status = compute_status(cr, obs, &now());
+    let api: Api<Centrifugo> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": "Centrifugo",
+        "status": status,
+    });
+    api.patch_status(&cr.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube_err("status", "Centrifugo", &cr.name_any()))?;
+    Ok(())
+}
+
+async fn report_failure(cr: &Centrifugo, ctx: &Context, err: &Error) {
+    publish(ctx, cr, EventType::Warning, "ReconcileFailed", err.to_string()).await;
+    let obs = Observed { error: Some((err.reason().to_string(), err.to_string())), ..Default::default() };
+    if let Err(e) = write_status(ctx, cr, &obs).await {
+        warn!(instance = %key(cr), error = %e, "could not record the failure in status");
+    }
+}
+
+async fn apply<K>(api: &Api<K>, obj: &K, kind: &'static str) -> Result<K, Error>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+        .await
+        .map_err(kube_err("apply", kind, &name))
+}
+
+/// Deletes an optional child that is switched off; absent is fine.
+async fn remove<K>(api: &Api<K>, name: &str, kind: &'static str) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(kube_err("delete", kind, name)(e)),
+    }
+}
+
+async fn apply_or_remove<K>(api: &Api<K>, name: &str, desired: Option<K>, kind: &'static str) -> Result<(), Error>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    match desired {
+        Some(obj) => apply(api, &obj, kind).await.map(|_| ()),
+        None => remove(api, name, kind).await,
+    }
+}
+
+enum SecretOutcome {
+    Ready { hash: String, check: &'static str },
+    NotReady { reason: &'static str, message: String },
+}
+
+async fn ensure_secret(cr: &Centrifugo, ctx: &Context, ns: &str) -> Result<SecretOutcome, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(name) = cr.spec.existing_secret() {
+        let Some(secret) = api.get_opt(name).await.map_err(kube_err("get", "Secret", name))? else {
+            return Ok(SecretOutcome::NotReady {
+                reason: "SecretNotFound",
+                message: format!("Secret {name} (spec.secrets.existingSecret) does not exist"),
+            });
+        };
+        let data = secret.data.unwrap_or_default();
+        let missing = builders::missing_secret_keys(cr, &data);
+        if !missing.is_empty() {
+            return Ok(SecretOutcome::NotReady {
+                reason: "SecretKeyMissing",
+                message: format!("Secret {name} lacks keys: {}", missing.join(", ")),
+            });
+        }
+        return Ok(SecretOutcome::Ready { hash: builders::credentials_hash(&data), check: "ExistingSecret" });
+    }
+
+    let name = builders::generated_secret_name(cr);
+    let wanted_rotation = cr.spec.rotation_generation().to_string();
+    let current = api.get_opt(&name).await.map_err(kube_err("get", "Secret", &name))?;
+    let Some(current) = current else {
+        let values = builders::generate_secret_values();
+        let secret = builders::build_generated_secret(cr, &values);
+        let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+        let created = match api.create(&pp, &secret).await {
+            Ok(s) => {
+                publish(
+                    ctx,
+                    cr,
+                    EventType::Normal,
+                    "SecretGenerated",
+                    format!("generated credentials in Secret {name}"),
+                )
+                .await;
+                s
+            }
+            // Someone (an earlier pass whose reply was lost) created it first: use theirs.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                api.get(&name).await.map_err(kube_err("get", "Secret", &name))?
+            }
+            Err(e) => return Err(kube_err("create", "Secret", &name)(e)),
+        };
+        return Ok(SecretOutcome::Ready {
+            hash: builders::credentials_hash(&created.data.unwrap_or_default()),
+            check: "Generated",
+        });
+    };
+
+    let recorded = current.annotations().get(ROTATION_ANNOTATION).cloned().unwrap_or_else(|| "0".into());
+    let mut data = current.data.clone().unwrap_or_default();
+    let (values, reason, note) = if recorded != wanted_rotation {
+        (
+            builders::generate_secret_values(),
+            "SecretRotated",
+            format!("regenerated credentials in Secret {name} (rotationGeneration {wanted_rotation})"),
+        )
+    } else {
+        let missing = builders::missing_secret_keys(cr, &data);
+        let all_missing: Vec<_> = builders::SECRET_ENV.iter().filter(|(k, _, _)| !data.contains_key(*k)).collect();
+        if missing.is_empty() && all_missing.is_empty() {
+            return Ok(SecretOutcome::Ready { hash: builders::credentials_hash(&data), check: "Generated" });
+        }
+        // Keys were removed by hand: fill only those, keep every existing value.
+        let fresh = builders::generate_secret_values();
+        let mut values: std::collections::BTreeMap<String, String> =
+            data.iter().filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?))).collect();
+        for (k, v) in fresh {
+            values.entry(k).or_insert(v);
+        }
+        (values, "SecretRepaired", format!("added missing keys to Secret {name}"))
+    };
+    let secret = builders::build_generated_secret(cr, &values);
+    let applied = apply(&api, &secret, "Secret").await?;
+    publish(ctx, cr, EventType::Normal, reason, note).await;
+    data = applied.data.unwrap_or_else(|| secret.data.clone().unwrap_or_default());
+    Ok(SecretOutcome::Ready { hash: builders::credentials_hash(&data), check: "Generated" })
+}
+
+async fn service_monitor_served(client: &Client) -> Result<bool, Error> {
+    match client.list_api_group_resources("monitoring.coreos.com/v1").await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == "servicemonitors")),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(kube_err("discover", "ServiceMonitor", "monitoring.coreos.com/v1")(e)),
+    }
+}
+
+async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error> {
+    let ns = cr.namespace().ok_or_else(|| Error::NoNamespace(cr.name_any()))?;
+    let name = cr.name_any();
+    let client = ctx.client.clone();
+    let prev = cr.status.clone().unwrap_or_default();
+
+    let config = match build_config(&cr.spec) {
+        Ok(c) => c,
+        Err(e) => {
+            return invalid(cr, ctx, &e).await;
+        }
+    };
+
+    let (secret_hash, secret_check) = match ensure_secret(cr, ctx, &ns).await? {
+        SecretOutcome::Ready { hash, check } => (hash, check),
+        SecretOutcome::NotReady { reason, message } => {
+            publish(ctx, cr, EventType::Warning, reason, message.clone()).await;
+            let obs = Observed {
+                config: Some(Ok("Valid")),
+                secrets: Some(Err((reason.to_string(), message))),
+                ..Default::default()
+            };
+            write_status(ctx, cr, &obs).await?;
+            return Ok(Action::requeue(SECRET_RETRY));
+        }
+    };
+
+    let inputs = Inputs {
+        image: cr.spec.image.clone().unwrap_or_else(|| ctx.settings.default_image.clone()),
+        config,
+        secret_name: builders::secret_name(cr),
+        secret_hash,
+    };
+
+    apply(&Api::namespaced(client.clone(), &ns), &builders::build_service_account(cr), "ServiceAccount").await?;
+    apply(&Api::namespaced(client.clone(), &ns), &builders::build_config_map(cr, &inputs), "ConfigMap").await?;
+    let deployment: Deployment =
+        apply(&Api::namespaced(client.clone(), &ns), &builders::build_deployment(cr, &inputs), "Deployment").await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    apply(&services, &builders::build_client_service(cr), "Service").await?;
+    apply(&services, &builders::build_internal_service(cr), "Service").await?;
+    apply_or_remove::<Ingress>(&Api::namespaced(client.clone(), &ns), &name, builders::build_ingress(cr), "Ingress")
+        .await?;
+    apply_or_remove::<HorizontalPodAutoscaler>(
+        &Api::namespaced(client.clone(), &ns),
+        &name,
+        builders::build_hpa(cr),
+        "HorizontalPodAutoscaler",
+    )
+    .await?;
+    apply_or_remove::<PodDisruptionBudget>(
+        &Api::namespaced(client.clone(), &ns),
+        &name,
+        builders::build_pdb(cr),
+        "PodDisruptionBudget",
+    )
+    .await?;
+    apply_or_remove::<NetworkPolicy>(
+        &Api::namespaced(client.clone(), &ns),
+        &name,
+        builders::build_network_policy(cr),
+        "NetworkPolicy",
+    )
+    .await?;
+
+    let sm_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &builders::service_monitor_resource());
+    match builders::build_service_monitor(cr) {
+        Some(sm) => {
+            if service_monitor_served(&client).await? {
+                apply(&sm_api, &sm, "ServiceMonitor").await?;
+            } else {
+                publish(
+                    ctx,
+                    cr,
+                    EventType::Warning,
+                    "ServiceMonitorUnavailable",
+                    "metrics.serviceMonitor is enabled but monitoring.coreos.com/v1 ServiceMonitor is not served; skipped".into(),
+                )
+                .await;
+            }
+        }
+        // Switched off, or never on: DELETE answers 404 both when the object is absent and when
+        // the ServiceMonitor CRD is not installed, so no discovery round trip is needed.
+        None => remove(&sm_api, &name, "ServiceMonitor").await?,
+    }
+
+    let pod_hash = inputs.pod_hash();
+    match &prev.config_hash {
+        None => {
+            publish(
+                ctx,
+                cr,
+                EventType::Normal,
+                "Deployed",
+                format!("created Deployment {name} with image {}", inputs.image),
+            )
+            .await;
+        }
+        Some(h) if *h != pod_hash => {
+            publish(
+                ctx,
+                cr,
+                EventType::Normal,
+                "RollingUpdate",
+                "configuration or credentials changed; rolling the pods".into(),
+            )
+            .await;
+        }
+        Some(_) => {}
+    }
+
+    let obs = Observed {
+        config: Some(Ok("Valid")),
+        secrets: Some(Ok(secret_check)),
+        deployment: Some(&deployment),
+        config_hash: Some(pod_hash),
+        image: Some(inputs.image.clone()),
+        error: None,
+    };
+    write_status(ctx, cr, &obs).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn invalid(cr: &Centrifugo, ctx: &Context, e: &ConfigError) -> Result<Action, Error> {
+    publish(ctx, cr, EventType::Warning, e.reason(), e.to_string()).await;
+    let obs = Observed { config: Some(Err((e.reason().to_string(), e.to_string()))), ..Default::default() };
+    write_status(ctx, cr, &obs).await?;
+    // Nothing to retry: only a spec change can fix this, and that triggers a new pass.
+    Ok(Action::await_change())
+}
+
+/// Runs the controller until SIGTERM/SIGINT.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let crs: Api<Centrifugo> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    if let Err(e) = crs.list(&ListParams::default().limit(1)).await {
+        anyhow::bail!(
+            "cannot list centrifugos.{GROUP}: {e}. Is the CRD installed (kubectl apply --server-side -f manifests/crd.yaml) and does the operator's RBAC allow it?"
+        );
+    }
+    metrics.set_ready(true);
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+    macro_rules! api {
+        ($t:ty) => {
+            match &namespace {
+                Some(ns) => Api::<$t>::namespaced(client.clone(), ns),
+                None => Api::<$t>::all(client.clone()),
+            }
+        };
+    }
+    let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
+    Controller::new(crs, watcher::Config::default().any_semantic())
+        .owns(api!(Deployment), owned.clone())
+        .owns(api!(ConfigMap), owned.clone())
+        .owns(api!(Secret), owned.clone())
+        .owns(api!(Service), owned.clone())
+        .owns(api!(ServiceAccount), owned.clone())
+        .owns(api!(Ingress), owned.clone())
+        .owns(api!(HorizontalPodAutoscaler), owned.clone())
+        .owns(api!(PodDisruptionBudget), owned.clone())
+        .owns(api!(NetworkPolicy), owned)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => info!(instance = %obj, "reconciled"),
+                Err(e) => warn!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+    Ok(())
+}

@@ -1,0 +1,624 @@
+//! The `Centrifugo` custom resource.
+//!
+//! The schema is the user-facing contract, so it carries as much validation as the apiserver can
+//! enforce on its own (bounds, patterns, enums, CEL rules): a bad object is refused at `kubectl
+//! apply` time instead of surfacing later as a crash-looping pod. Defaults are declared through
+//! serde so they appear in the schema too and `kubectl get -o yaml` shows what the operator uses.
+//! Rules that need more than one object (for example "the referenced Secret has the keys") live in
+//! the reconciler and surface as status conditions.
+
+// The derive's repeated `printcolumn(type_ = ...)` arguments trip this lint; they are distinct
+// columns, not duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            Affinity, LocalObjectReference, ResourceRequirements, SecretKeySelector, Toleration,
+            TopologySpreadConstraint,
+        },
+        networking::v1::{IngressTLS, NetworkPolicyPeer},
+    },
+    apimachinery::pkg::{apis::meta::v1::Condition, util::intstr::IntOrString},
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::{Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// API group of the custom resource; also the prefix of every annotation the operator reads or
+/// writes.
+pub const GROUP: &str = "centrifugo.gyre.dev";
+/// Only served and stored version.
+pub const VERSION: &str = "v1alpha1";
+/// Annotation that freezes reconciliation of one instance when set to `"true"`.
+pub const PAUSED_ANNOTATION: &str = "centrifugo.gyre.dev/paused";
+
+/// Desired state of one Centrifugo-compatible (Gyre) server deployment.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "centrifugo.gyre.dev",
+    version = "v1alpha1",
+    kind = "Centrifugo",
+    plural = "centrifugos",
+    singular = "centrifugo",
+    shortname = "cfgo",
+    category = "centrifugo",
+    namespaced,
+    cel,
+    status = "CentrifugoStatus",
+    derive = "PartialEq",
+    doc = "A Centrifugo-compatible real-time messaging server managed by the Gyre operator",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Image", type_ = "string", json_path = ".status.image", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    validation = Rule::new("self.replicas <= 1 || has(self.nats)")
+        .message("spec.nats is required when replicas > 1: without a broker the pods cannot fan out publications to each other")
+        .reason(Reason::FieldValueRequired),
+    validation = Rule::new("!has(self.autoscaling) || !self.autoscaling.enabled || has(self.nats)")
+        .message("spec.nats is required when autoscaling is enabled: without a broker the pods cannot fan out publications to each other")
+        .reason(Reason::FieldValueRequired)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CentrifugoSpec {
+    /// Number of server pods. Ignored while autoscaling is enabled. More than one needs `nats`.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// Server image. Defaults to the image the operator was built for (its `--default-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// Pull policy of the server container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
+    /// Secrets used to pull the server image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Centrifugo v6 configuration (snake_case keys, as in `config.json`). Passed through as-is
+    /// except for the keys the operator owns (ports, health, prometheus, broker, log level) and
+    /// secret keys, which are refused here: they come from the Secret as environment variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub config: Option<Value>,
+
+    /// Channel namespaces, merged into `channel.namespaces` of the generated configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub namespaces: Vec<ChannelNamespace>,
+
+    /// NATS broker connection; required for more than one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsSpec>,
+
+    /// Where the token HMAC key, API key and admin credentials come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretsSpec>,
+
+    /// Admin web UI (served on the internal port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminSpec>,
+
+    /// Services in front of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
+
+    /// Ingress for client connections (external port only, never the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+
+    /// Container resources. Defaults: requests cpu 100m / memory 128Mi, limit memory 256Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// HorizontalPodAutoscaler; when enabled the Deployment's replica count is left to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+
+    /// PodDisruptionBudget. Without this section a budget of maxUnavailable 1 is created when
+    /// more than one pod runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_disruption_budget: Option<PodDisruptionBudgetSpec>,
+
+    /// Pod scheduling and lifecycle settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodOptions>,
+
+    /// Prometheus integration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSpec>,
+
+    /// NetworkPolicy restricting who may reach the internal (API) port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+
+    /// Server log level (`log.level`).
+    #[serde(default)]
+    pub log_level: LogLevel,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+
+fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// Image pull policy of the server container.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Server log level.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    None,
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// A channel namespace. The common options are typed; anything else goes in `options` with the
+/// upstream snake_case key names.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelNamespace {
+    /// Namespace name (the part of a channel before `:`).
+    #[schemars(regex(pattern = r"^[-a-zA-Z0-9_.]{2,}$"))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_leave: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_push_join_leave: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub history_size: Option<i32>,
+    /// Duration string such as `300s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub history_ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_recovery: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_subscribe_for_client: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_subscribe_for_anonymous: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_publish_for_subscriber: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_publish_for_client: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_presence_for_subscriber: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_history_for_subscriber: Option<bool>,
+    /// Further channel options, upstream snake_case names, copied verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub options: Option<Value>,
+}
+
+/// NATS broker settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.urlFrom)")
+        .message("set exactly one of nats.url and nats.urlFrom")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsSpec {
+    /// NATS URL, e.g. `nats://nats.messaging.svc:4222`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(nats|tls|ws|wss)://.+"))]
+    pub url: Option<String>,
+    /// Read the NATS URL from a Secret key (for URLs carrying credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_from: Option<SecretKeySelector>,
+    /// Subject prefix, so several instances can share one NATS.
+    #[serde(default = "default_nats_prefix")]
+    #[schemars(length(min = 1))]
+    pub prefix: String,
+}
+
+fn default_nats_prefix() -> String {
+    "centrifugo".into()
+}
+
+/// Where credentials come from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretsSpec {
+    /// Use this Secret (keys `tokenHmacSecretKey`, `apiKey`, and `adminPassword`/`adminSecret`
+    /// when the admin UI is on) instead of generating `<name>-secrets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub existing_secret: Option<String>,
+    /// Bump to regenerate the operator-generated Secret. Existing tokens stop validating.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub rotation_generation: i64,
+}
+
+/// Admin web UI.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminSpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+/// Service type of the client Service.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Services in front of the pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Type of the client Service (the internal Service is always ClusterIP).
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Port of the client Service (WebSocket and other client transports).
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Port of the internal Service (`/api`, `/metrics`, `/health`, admin).
+    #[serde(default = "default_internal_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub internal_port: i32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::ClusterIP,
+            port: default_port(),
+            internal_port: default_internal_port(),
+            annotations: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_port() -> i32 {
+    8000
+}
+fn default_internal_port() -> i32 {
+    9000
+}
+
+/// Ingress for client connections.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Host names; empty means any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Path prefix routed to the client port.
+    #[serde(default = "default_ingress_path")]
+    #[schemars(regex(pattern = r"^/"))]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<IngressTLS>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn default_ingress_path() -> String {
+    "/connection".into()
+}
+
+/// HorizontalPodAutoscaler settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas")
+        .message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    #[serde(default = "default_cpu_target", rename = "targetCPUUtilizationPercentage")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "targetMemoryUtilizationPercentage")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_memory_utilization_percentage: Option<i32>,
+}
+
+fn default_min_replicas() -> i32 {
+    2
+}
+fn default_max_replicas() -> i32 {
+    10
+}
+fn default_cpu_target() -> i32 {
+    70
+}
+
+/// PodDisruptionBudget settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!(has(self.minAvailable) && has(self.maxUnavailable))")
+        .message("set at most one of podDisruptionBudget.minAvailable and podDisruptionBudget.maxUnavailable")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDisruptionBudgetSpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+/// Pod scheduling and lifecycle settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOptions {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Spread constraints; a missing labelSelector is filled with the instance's selector.
+    /// Default: spread over `kubernetes.io/hostname`, maxSkew 1, ScheduleAnyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Time a pod gets to drain its connections after SIGTERM.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub termination_grace_period_seconds: i64,
+    /// Sleep before SIGTERM so endpoint removal reaches the load balancers first; 0 disables.
+    #[serde(default = "default_prestop")]
+    #[schemars(range(min = 0, max = 300))]
+    pub pre_stop_sleep_seconds: i64,
+}
+
+impl Default for PodOptions {
+    fn default() -> Self {
+        Self {
+            annotations: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            topology_spread_constraints: None,
+            priority_class_name: None,
+            termination_grace_period_seconds: default_grace(),
+            pre_stop_sleep_seconds: default_prestop(),
+        }
+    }
+}
+
+fn default_grace() -> i64 {
+    30
+}
+fn default_prestop() -> i64 {
+    5
+}
+
+/// Prometheus integration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsSpec {
+    /// Create a prometheus-operator ServiceMonitor (only when that CRD is served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_monitor: Option<ServiceMonitorSpec>,
+}
+
+/// ServiceMonitor settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMonitorSpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub interval: String,
+    /// Extra labels, typically what the Prometheus instance selects on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_interval() -> String {
+    "30s".into()
+}
+
+/// NetworkPolicy settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Who may reach the internal port (API, metrics, admin). Empty: pods of the same namespace.
+    /// The client port stays open to everyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_clients: Vec<NetworkPolicyPeer>,
+}
+
+/// Observed state, written by the operator only.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CentrifugoStatus {
+    /// `metadata.generation` of the spec the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing, ConfigValid, SecretsReady, ReconcileError.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    #[serde(default)]
+    pub updated_replicas: i32,
+    #[serde(default)]
+    pub available_replicas: i32,
+    /// Label selector of the pods (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Hash of the generated configuration and credentials the pods run with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Name of the Secret holding the credentials (never the values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Endpoints>,
+}
+
+/// Where to reach the server.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// In-cluster server API base URL for backends (`POST <api>/publish`).
+    pub api: String,
+    /// In-cluster WebSocket URL for clients.
+    pub client: String,
+    /// Public WebSocket URL, when an Ingress with a host is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_client: Option<String>,
+}
+
+impl CentrifugoSpec {
+    pub fn autoscaling_enabled(&self) -> bool {
+        self.autoscaling.as_ref().is_some_and(|a| a.enabled)
+    }
+    pub fn admin_enabled(&self) -> bool {
+        self.admin.as_ref().is_some_and(|a| a.enabled)
+    }
+    pub fn service(&self) -> ServiceSpec {
+        self.service.clone().unwrap_or_default()
+    }
+    pub fn pod(&self) -> PodOptions {
+        self.pod.clone().unwrap_or_default()
+    }
+    pub fn rotation_generation(&self) -> i64 {
+        self.secrets.as_ref().map_or(0, |s| s.rotation_generation)
+    }
+    pub fn existing_secret(&self) -> Option<&str> {
+        self.secrets.as_ref().and_then(|s| s.existing_secret.as_deref())
+    }
+}
+
+impl Default for CentrifugoSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            image: None,
+            image_pull_policy: None,
+            image_pull_secrets: Vec::new(),
+            config: None,
+            namespaces: Vec::new(),
+            nats: None,
+            secrets: None,
+            admin: None,
+            service: None,
+            ingress: None,
+            resources: None,
+            autoscaling: None,
+            pod_disruption_budget: None,
+            pod: None,
+            metrics: None,
+            network_policy: None,
+            log_level: LogLevel::Info,
+        }
+    }
+}
+
+impl Centrifugo {
+    pub fn is_paused(&self) -> bool {
+        self.metadata.annotations.as_ref().and_then(|a| a.get(PAUSED_ANNOTATION)).is_some_and(|v| v == "true")
+    }
+}

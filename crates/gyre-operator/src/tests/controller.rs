@@ -1,0 +1,579 @@
+//! Reconcile scenarios against an in-memory apiserver behind kube's real client.
+//!
+//! The fake speaks the HTTP API over a `tower-test` mock transport: it stores objects by path,
+//! answers GET/POST/PATCH/DELETE with the status codes the real apiserver uses (404, 409, 201),
+//! keeps `status` across applies like a status subresource does, and can inject failures. Every
+//! request is recorded so scenarios can assert on what was written, in which order.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use http::{Method, Request, Response};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{Client, client::Body, runtime::controller::Action};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use super::fixtures::{self, full_spec};
+use crate::{
+    builders::{self, CONFIG_HASH_ANNOTATION},
+    controller::{Context, RESYNC, SECRET_RETRY, Settings, error_policy, reconcile},
+    crd::{Centrifugo, CentrifugoSpec, PAUSED_ANNOTATION, SecretsSpec},
+    metrics::Metrics,
+};
+
+const CR_PATH: &str = "/apis/centrifugo.gyre.dev/v1alpha1/namespaces/prod/centrifugos/chat";
+const SECRETS: &str = "/api/v1/namespaces/prod/secrets";
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/prod/deployments/chat";
+const CONFIGMAP: &str = "/api/v1/namespaces/prod/configmaps/chat-config";
+
+#[derive(Debug, Clone)]
+struct Call {
+    method: Method,
+    path: String,
+    query: String,
+    body: Option<Value>,
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Value>,
+    calls: Vec<Call>,
+    /// (method, path substring, remaining failures)
+    faults: Vec<(Method, String, u32)>,
+    served_groups: Vec<String>,
+    next_rv: u64,
+}
+
+#[derive(Clone, Default)]
+struct FakeApiServer(Arc<Mutex<State>>);
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+impl FakeApiServer {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn client(&self) -> Client {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let (parts, body) = req.into_parts();
+                let bytes = body.collect_bytes().await.expect("request body");
+                let (code, value) = me.handle(&parts.method, &parts.uri, &bytes);
+                let resp = Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&value).unwrap()))
+                    .unwrap();
+                send.send_response(resp);
+            }
+        });
+        Client::new(svc, "default")
+    }
+
+    fn handle(&self, method: &Method, uri: &http::Uri, body: &[u8]) -> (u16, Value) {
+        let mut st = self.0.lock();
+        let path = uri.path().to_string();
+        let body: Option<Value> = (!body.is_empty()).then(|| serde_json::from_slice(body).expect("JSON body"));
+        st.calls.push(Call {
+            method: method.clone(),
+            path: path.clone(),
+            query: uri.query().unwrap_or_default().to_string(),
+            body: body.clone(),
+        });
+        if let Some(f) = st.faults.iter_mut().find(|(m, p, n)| m == method && path.contains(p.as_str()) && *n > 0) {
+            f.2 -= 1;
+            return (500, status_body(500, "InternalError", "injected failure"));
+        }
+        st.next_rv += 1;
+        let rv = st.next_rv.to_string();
+        match *method {
+            Method::GET => {
+                if let Some(group) = path.strip_prefix("/apis/").filter(|p| p.matches('/').count() == 1) {
+                    return if st.served_groups.iter().any(|g| g == group) {
+                        (
+                            200,
+                            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group,
+                                     "resources": [{"name": "servicemonitors", "singularName": "servicemonitor",
+                                                    "namespaced": true, "kind": "ServiceMonitor", "verbs": ["get", "patch"]}]}),
+                        )
+                    } else {
+                        (404, status_body(404, "NotFound", "the server could not find the requested resource"))
+                    };
+                }
+                match st.objects.get(&path) {
+                    Some(o) => (200, o.clone()),
+                    None => (404, status_body(404, "NotFound", "not found")),
+                }
+            }
+            Method::POST => {
+                let mut obj = body.expect("POST body");
+                let name = obj["metadata"]["name"].as_str().expect("name").to_string();
+                let key = format!("{path}/{name}");
+                if st.objects.contains_key(&key) {
+                    return (409, status_body(409, "AlreadyExists", "already exists"));
+                }
+                obj["metadata"]["uid"] = json!(format!("uid-{rv}"));
+                obj["metadata"]["resourceVersion"] = json!(rv);
+                st.objects.insert(key, obj.clone());
+                (201, obj)
+            }
+            Method::PATCH => {
+                let patch = body.expect("PATCH body");
+                if let Some(base) = path.strip_suffix("/status") {
+                    let Some(obj) = st.objects.get_mut(base) else {
+                        return (404, status_body(404, "NotFound", "not found"));
+                    };
+                    obj["status"] = patch["status"].clone();
+                    obj["metadata"]["resourceVersion"] = json!(rv);
+                    return (200, obj.clone());
+                }
+                let previous = st.objects.get(&path).cloned();
+                let mut obj = patch;
+                if let Some(prev) = &previous {
+                    if let Some(s) = prev.get("status") {
+                        obj["status"] = s.clone();
+                    }
+                    obj["metadata"]["uid"] = prev["metadata"]["uid"].clone();
+                    let generation = prev["metadata"]["generation"].as_i64().unwrap_or(1);
+                    let changed = prev.get("spec") != obj.get("spec");
+                    obj["metadata"]["generation"] = json!(if changed { generation + 1 } else { generation });
+                } else {
+                    obj["metadata"]["uid"] = json!(format!("uid-{rv}"));
+                    obj["metadata"]["generation"] = json!(1);
+                }
+                obj["metadata"]["resourceVersion"] = json!(rv);
+                st.objects.insert(path, obj.clone());
+                (200, obj)
+            }
+            Method::DELETE => match st.objects.remove(&path) {
+                Some(o) => (200, o),
+                None => (404, status_body(404, "NotFound", "not found")),
+            },
+            _ => (405, status_body(405, "MethodNotAllowed", "unsupported")),
+        }
+    }
+
+    fn put(&self, path: &str, v: Value) {
+        self.0.lock().objects.insert(path.to_string(), v);
+    }
+    fn get(&self, path: &str) -> Option<Value> {
+        self.0.lock().objects.get(path).cloned()
+    }
+    fn calls(&self) -> Vec<Call> {
+        self.0.lock().calls.clone()
+    }
+    fn clear_calls(&self) {
+        self.0.lock().calls.clear();
+    }
+    fn fail(&self, method: Method, path: &str, times: u32) {
+        self.0.lock().faults.push((method, path.to_string(), times));
+    }
+    fn serve_group(&self, gv: &str) {
+        self.0.lock().served_groups.push(gv.to_string());
+    }
+
+    /// Stores the resource and returns it as a watch would deliver it.
+    fn store_cr(&self, cr: &Centrifugo) -> Arc<Centrifugo> {
+        self.put(CR_PATH, serde_json::to_value(cr).unwrap());
+        self.cr()
+    }
+    fn cr(&self) -> Arc<Centrifugo> {
+        Arc::new(serde_json::from_value(self.get(CR_PATH).expect("CR stored")).unwrap())
+    }
+    fn events(&self) -> Vec<(String, String)> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == Method::POST && c.path.ends_with("/events"))
+            .map(|c| {
+                let b = c.body.unwrap();
+                (b["type"].as_str().unwrap().to_string(), b["reason"].as_str().unwrap().to_string())
+            })
+            .collect()
+    }
+    fn writes(&self) -> Vec<(Method, String)> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method != Method::GET && !c.path.ends_with("/events"))
+            .map(|c| (c.method, c.path))
+            .collect()
+    }
+}
+
+fn context(fake: &FakeApiServer) -> Arc<Context> {
+    Arc::new(Context::new(fake.client(), Settings { default_image: "gyre:test".into() }, Arc::new(Metrics::default())))
+}
+
+fn condition(fake: &FakeApiServer, ty: &str) -> (String, String) {
+    let cr = fake.get(CR_PATH).unwrap();
+    let c = cr["status"]["conditions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no conditions in {cr}"))
+        .iter()
+        .find(|c| c["type"] == ty)
+        .unwrap_or_else(|| panic!("no {ty} condition"))
+        .clone();
+    (c["status"].as_str().unwrap().into(), c["reason"].as_str().unwrap().into())
+}
+
+fn pod_hash(fake: &FakeApiServer) -> String {
+    fake.get(DEPLOYMENT).unwrap()["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn secret_values(fake: &FakeApiServer) -> Value {
+    fake.get(&format!("{SECRETS}/chat-secrets")).unwrap()["data"].clone()
+}
+
+async fn run(cr: Arc<Centrifugo>, ctx: &Arc<Context>) -> Result<Action, crate::controller::Error> {
+    tokio::time::timeout(Duration::from_secs(5), reconcile(cr, ctx.clone())).await.expect("reconcile finished")
+}
+
+#[tokio::test]
+async fn create_from_scratch() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let cr = fake.store_cr(&fixtures::cr(CentrifugoSpec::default()));
+
+    let action = run(cr, &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(RESYNC));
+
+    let writes = fake.writes();
+    let expect = [
+        (Method::POST, SECRETS.to_string()),
+        (Method::PATCH, "/api/v1/namespaces/prod/serviceaccounts/chat".into()),
+        (Method::PATCH, CONFIGMAP.into()),
+        (Method::PATCH, DEPLOYMENT.into()),
+        (Method::PATCH, "/api/v1/namespaces/prod/services/chat".into()),
+        (Method::PATCH, "/api/v1/namespaces/prod/services/chat-internal".into()),
+        (Method::DELETE, "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/chat".into()),
+        (Method::DELETE, "/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/chat".into()),
+        (Method::DELETE, "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/chat".into()),
+        (Method::DELETE, "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/chat".into()),
+        (Method::DELETE, "/apis/monitoring.coreos.com/v1/namespaces/prod/servicemonitors/chat".into()),
+        (Method::PATCH, format!("{CR_PATH}/status")),
+    ];
+    assert_eq!(writes, expect);
+
+    // Applies are server-side applies under our field manager, forced.
+    for c in fake.calls().iter().filter(|c| c.method == Method::PATCH) {
+        assert!(c.query.contains("fieldManager=gyre-operator"), "{c:?}");
+        assert!(c.query.contains("force=true"), "{c:?}");
+    }
+
+    let secret = secret_values(&fake);
+    assert_eq!(secret.as_object().unwrap().len(), 4);
+    let cm = fake.get(CONFIGMAP).unwrap();
+    let cfg: Value = serde_json::from_str(cm["data"]["config.json"].as_str().unwrap()).unwrap();
+    assert_eq!(cfg["http_server"]["internal_port"], 9000);
+    let dep: Deployment = serde_json::from_value(fake.get(DEPLOYMENT).unwrap()).unwrap();
+    let ctr = &dep.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(ctr.image.as_deref(), Some("gyre:test"), "operator default image");
+
+    let st = &fake.get(CR_PATH).unwrap()["status"];
+    assert_eq!(st["observedGeneration"], 1);
+    assert_eq!(st["secretName"], "chat-secrets");
+    assert_eq!(st["configHash"].as_str().unwrap(), pod_hash(&fake));
+    assert_eq!(st["endpoints"]["api"], "http://chat-internal.prod.svc:9000/api");
+    assert_eq!(condition(&fake, "ConfigValid"), ("True".into(), "Valid".into()));
+    assert_eq!(condition(&fake, "SecretsReady"), ("True".into(), "Generated".into()));
+    assert_eq!(condition(&fake, "Ready"), ("False".into(), "ReplicasNotReady".into()));
+    assert_eq!(condition(&fake, "Progressing"), ("True".into(), "RollingOut".into()));
+    assert_eq!(condition(&fake, "ReconcileError"), ("False".into(), "ReconcileSucceeded".into()));
+
+    let events = fake.events();
+    assert!(events.contains(&("Normal".into(), "SecretGenerated".into())), "{events:?}");
+    assert!(events.contains(&("Normal".into(), "Deployed".into())), "{events:?}");
+}
+
+#[tokio::test]
+async fn second_pass_keeps_secret_and_hash() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    run(fake.store_cr(&fixtures::cr(CentrifugoSpec::default())), &ctx).await.unwrap();
+    let secret = secret_values(&fake);
+    let hash = pod_hash(&fake);
+    fake.clear_calls();
+
+    run(fake.cr(), &ctx).await.unwrap();
+    assert_eq!(secret_values(&fake), secret, "never re-randomised");
+    assert_eq!(pod_hash(&fake), hash, "nothing changed, no roll");
+    assert!(
+        !fake.writes().iter().any(|(_, p)| p.contains("/secrets")),
+        "no writes to the Secret on a routine pass: {:?}",
+        fake.writes()
+    );
+    assert!(fake.events().is_empty(), "quiet when nothing happens: {:?}", fake.events());
+}
+
+#[tokio::test]
+async fn spec_change_rolls_the_deployment() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    run(fake.store_cr(&fixtures::cr(CentrifugoSpec::default())), &ctx).await.unwrap();
+    let hash1 = pod_hash(&fake);
+    let gen1 = fake.get(DEPLOYMENT).unwrap()["metadata"]["generation"].clone();
+    let secret = secret_values(&fake);
+
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.config = Some(json!({"client": {"allowed_origins": ["https://app.example"]}}));
+    cr.metadata.generation = Some(2);
+    fake.clear_calls();
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+
+    let hash2 = pod_hash(&fake);
+    assert_ne!(hash1, hash2);
+    assert_ne!(fake.get(DEPLOYMENT).unwrap()["metadata"]["generation"], gen1, "pod template changed");
+    let cm = fake.get(CONFIGMAP).unwrap();
+    assert!(cm["data"]["config.json"].as_str().unwrap().contains("https://app.example"));
+    assert_eq!(secret_values(&fake), secret);
+    let st = &fake.get(CR_PATH).unwrap()["status"];
+    assert_eq!(st["configHash"], json!(hash2));
+    assert_eq!(st["observedGeneration"], 2);
+    assert!(fake.events().contains(&("Normal".into(), "RollingUpdate".into())));
+}
+
+#[tokio::test]
+async fn existing_generated_secret_is_kept() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let cr = fixtures::cr(CentrifugoSpec::default());
+    let pre = builders::build_generated_secret(&cr, &fixtures::secret_values());
+    fake.put(&format!("{SECRETS}/chat-secrets"), serde_json::to_value(&pre).unwrap());
+    let before = secret_values(&fake);
+
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    assert_eq!(secret_values(&fake), before);
+    assert!(!fake.writes().iter().any(|(_, p)| p.contains("/secrets")));
+    let expected = crate::builders::Inputs {
+        image: "gyre:test".into(),
+        config: crate::config::build_config(&cr.spec).unwrap(),
+        secret_name: "chat-secrets".into(),
+        secret_hash: builders::credentials_hash(&fixtures::secret_data(&fixtures::secret_values())),
+    };
+    assert_eq!(pod_hash(&fake), expected.pod_hash(), "pods consume the stored credentials");
+}
+
+#[tokio::test]
+async fn rotation_regenerates_and_rolls() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    run(fake.store_cr(&fixtures::cr(CentrifugoSpec::default())), &ctx).await.unwrap();
+    let before = secret_values(&fake);
+    let hash1 = pod_hash(&fake);
+
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.secrets = Some(SecretsSpec { existing_secret: None, rotation_generation: 1 });
+    cr.metadata.generation = Some(2);
+    fake.clear_calls();
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    let after = secret_values(&fake);
+    for k in ["apiKey", "tokenHmacSecretKey", "adminPassword", "adminSecret"] {
+        assert_ne!(before[k], after[k], "{k} rotated");
+    }
+    assert_ne!(pod_hash(&fake), hash1);
+    let rotation = &fake.get(&format!("{SECRETS}/chat-secrets")).unwrap()["metadata"]["annotations"]
+        [builders::ROTATION_ANNOTATION];
+    assert_eq!(rotation, "1");
+    assert!(fake.events().contains(&("Normal".into(), "SecretRotated".into())));
+
+    // And a further pass does not rotate again.
+    let after_hash = pod_hash(&fake);
+    run(fake.cr(), &ctx).await.unwrap();
+    assert_eq!(secret_values(&fake), after);
+    assert_eq!(pod_hash(&fake), after_hash);
+}
+
+#[tokio::test]
+async fn user_secret_missing_or_incomplete_is_reported() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let cr = fixtures::cr(CentrifugoSpec {
+        secrets: Some(SecretsSpec { existing_secret: Some("my-creds".into()), rotation_generation: 0 }),
+        ..Default::default()
+    });
+    let action = run(fake.store_cr(&cr), &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(SECRET_RETRY));
+    assert_eq!(condition(&fake, "SecretsReady"), ("False".into(), "SecretNotFound".into()));
+    assert_eq!(condition(&fake, "Ready"), ("False".into(), "SecretsNotReady".into()));
+    assert!(fake.get(DEPLOYMENT).is_none(), "no pods that would fail on a missing Secret");
+    assert!(fake.events().contains(&("Warning".into(), "SecretNotFound".into())));
+
+    fake.put(
+        &format!("{SECRETS}/my-creds"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "my-creds", "namespace": "prod"},
+               "data": {"apiKey": "YQ=="}}),
+    );
+    run(fake.cr(), &ctx).await.unwrap();
+    assert_eq!(condition(&fake, "SecretsReady"), ("False".into(), "SecretKeyMissing".into()));
+    let msg = fake.get(CR_PATH).unwrap()["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "SecretsReady")
+        .unwrap()["message"]
+        .clone();
+    assert!(msg.as_str().unwrap().contains("tokenHmacSecretKey"));
+
+    fake.put(
+        &format!("{SECRETS}/my-creds"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "my-creds", "namespace": "prod"},
+               "data": {"apiKey": "YQ==", "tokenHmacSecretKey": "Yg=="}}),
+    );
+    fake.clear_calls();
+    assert_eq!(run(fake.cr(), &ctx).await.unwrap(), Action::requeue(RESYNC));
+    assert_eq!(condition(&fake, "SecretsReady"), ("True".into(), "ExistingSecret".into()));
+    assert!(!fake.writes().iter().any(|(_, p)| p.contains("/secrets")), "user Secret is never written");
+    let dep = fake.get(DEPLOYMENT).unwrap();
+    assert!(dep.to_string().contains("my-creds"));
+}
+
+#[tokio::test]
+async fn deployment_progress_drives_ready() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    run(fake.store_cr(&fixtures::cr(CentrifugoSpec::default())), &ctx).await.unwrap();
+    assert_eq!(condition(&fake, "Ready").0, "False");
+
+    // The Deployment controller reports the rollout done.
+    let mut dep = fake.get(DEPLOYMENT).unwrap();
+    let generation = dep["metadata"]["generation"].clone();
+    dep["status"] = json!({"observedGeneration": generation, "replicas": 1, "updatedReplicas": 1,
+                           "readyReplicas": 1, "availableReplicas": 1});
+    fake.put(DEPLOYMENT, dep);
+    run(fake.cr(), &ctx).await.unwrap();
+    assert_eq!(condition(&fake, "Ready"), ("True".into(), "AllReplicasReady".into()));
+    assert_eq!(condition(&fake, "Progressing"), ("False".into(), "RolloutComplete".into()));
+    let st = &fake.get(CR_PATH).unwrap()["status"];
+    assert_eq!((st["readyReplicas"].clone(), st["replicas"].clone()), (json!(1), json!(1)));
+}
+
+#[tokio::test]
+async fn errors_are_reported_and_retried_with_backoff() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let cr = fake.store_cr(&fixtures::cr(CentrifugoSpec::default()));
+    fake.fail(Method::PATCH, "/configmaps/", 2);
+
+    let err = run(cr.clone(), &ctx).await.unwrap_err();
+    assert_eq!(err.reason(), "ApplyFailed");
+    assert!(err.to_string().contains("ConfigMap chat-config"), "{err}");
+    assert_eq!(error_policy(cr.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(5)));
+    assert_eq!(condition(&fake, "ReconcileError"), ("True".into(), "ApplyFailed".into()));
+    assert!(fake.events().contains(&("Warning".into(), "ReconcileFailed".into())));
+    assert!(fake.get(DEPLOYMENT).is_none(), "stopped at the failing step");
+
+    let err = run(fake.cr(), &ctx).await.unwrap_err();
+    assert_eq!(error_policy(fake.cr(), &err, ctx.clone()), Action::requeue(Duration::from_secs(10)));
+    assert_eq!(ctx.metrics.failures.get(), 2);
+
+    // Third attempt: the apiserver recovered.
+    assert_eq!(run(fake.cr(), &ctx).await.unwrap(), Action::requeue(RESYNC));
+    assert!(fake.get(DEPLOYMENT).is_some());
+    assert_eq!(condition(&fake, "ReconcileError"), ("False".into(), "ReconcileSucceeded".into()));
+    // Backoff was reset by the success.
+    assert_eq!(error_policy(fake.cr(), &err, ctx.clone()), Action::requeue(Duration::from_secs(5)));
+    // The Secret generated on the first (failed) pass survived the retries.
+    assert_eq!(fake.calls().iter().filter(|c| c.method == Method::POST && c.path == SECRETS).count(), 1);
+}
+
+#[tokio::test]
+async fn backoff_is_capped() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let cr = fake.store_cr(&fixtures::cr(CentrifugoSpec::default()));
+    let err = crate::controller::Error::NoNamespace("x".into());
+    let mut last = Action::await_change();
+    for _ in 0..20 {
+        last = error_policy(cr.clone(), &err, ctx.clone());
+    }
+    assert_eq!(last, Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn paused_instance_gets_no_writes() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let mut cr = fixtures::cr(CentrifugoSpec::default());
+    cr.metadata.annotations = Some(BTreeMap::from([(PAUSED_ANNOTATION.to_string(), "true".to_string())]));
+    let action = run(fake.store_cr(&cr), &ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(fake.calls().is_empty(), "no requests at all: {:?}", fake.calls());
+    assert_eq!(ctx.metrics.paused_skips.get(), 1);
+
+    // "false" does not pause.
+    cr.metadata.annotations = Some(BTreeMap::from([(PAUSED_ANNOTATION.to_string(), "false".to_string())]));
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    assert!(fake.get(DEPLOYMENT).is_some());
+}
+
+#[tokio::test]
+async fn invalid_config_is_reported_without_touching_children() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let cr =
+        fixtures::cr(CentrifugoSpec { config: Some(json!({"http_api": {"key": "plaintext"}})), ..Default::default() });
+    let action = run(fake.store_cr(&cr), &ctx).await.unwrap();
+    assert_eq!(action, Action::await_change(), "no hot loop on bad input");
+    assert_eq!(fake.writes(), [(Method::PATCH, format!("{CR_PATH}/status"))]);
+    assert_eq!(condition(&fake, "ConfigValid"), ("False".into(), "SecretInConfig".into()));
+    assert_eq!(condition(&fake, "Ready"), ("False".into(), "InvalidConfig".into()));
+    assert!(fake.events().contains(&("Warning".into(), "SecretInConfig".into())));
+    assert_eq!(fake.get(CR_PATH).unwrap()["status"]["observedGeneration"], 1);
+}
+
+#[tokio::test]
+async fn full_spec_applies_optional_children() {
+    let fake = FakeApiServer::new();
+    fake.serve_group("monitoring.coreos.com/v1");
+    let ctx = context(&fake);
+    run(fake.store_cr(&fixtures::cr(full_spec())), &ctx).await.unwrap();
+    for p in [
+        "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/chat",
+        "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/chat",
+        "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/chat",
+        "/apis/monitoring.coreos.com/v1/namespaces/prod/servicemonitors/chat",
+    ] {
+        assert!(fake.get(p).is_some(), "{p} applied");
+    }
+    assert!(fake.get("/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/chat").is_none());
+
+    // Switching the Ingress off deletes it.
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.ingress.as_mut().unwrap().enabled = false;
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    assert!(fake.get("/apis/networking.k8s.io/v1/namespaces/prod/ingresses/chat").is_none());
+}
+
+#[tokio::test]
+async fn service_monitor_skipped_when_crd_missing() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    run(fake.store_cr(&fixtures::cr(full_spec())), &ctx).await.unwrap();
+    assert!(fake.get("/apis/monitoring.coreos.com/v1/namespaces/prod/servicemonitors/chat").is_none());
+    assert!(fake.events().contains(&("Warning".into(), "ServiceMonitorUnavailable".into())));
+    assert_eq!(condition(&fake, "ReconcileError").0, "False", "not an error, only a warning");
+}
+
+#[tokio::test]
+async fn autoscaling_leaves_replicas_out_of_the_apply() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let spec: CentrifugoSpec = serde_json::from_value(json!({
+        "nats": {"url": "nats://nats:4222"}, "autoscaling": {"minReplicas": 2, "maxReplicas": 5}
+    }))
+    .unwrap();
+    run(fake.store_cr(&fixtures::cr(spec)), &ctx).await.unwrap();
+    let apply = fake.calls().into_iter().find(|c| c.method == Method::PATCH && c.path == DEPLOYMENT).unwrap();
+    assert!(apply.body.unwrap()["spec"].get("replicas").is_none());
+    let hpa = fake.get("/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/chat").unwrap();
+    assert_eq!(hpa["spec"]["maxReplicas"], 5);
+    assert!(fake.get("/apis/policy/v1/namespaces/prod/poddisruptionbudgets/chat").is_some());
+}
