@@ -5,7 +5,9 @@
 //   deliveries/s, p50/p99/max latency (publish call start → push received),
 //   server CPU seconds (all gyre processes + nats-server) per 1000 deliveries.
 //
-//   node bench/cross-node.mjs [--subs 200] [--rate 100] [--secs 10] [--pad 64]
+//   node bench/cross-node.mjs [--subs 200] [--rate 100] [--secs 10] [--pad 64] [--history 1]
+// --history 1: the channel keeps history with recovery (every publish is a
+// JetStream CAS store + republish with NATS; positioned subscribers).
 //
 // Run from the repository root with tests/sdk/js/node_modules installed (uses
 // `ws`). GYRE_BIN (default target/release/gyre) and NATS_SERVER_BIN.
@@ -27,6 +29,7 @@ const SUBS = Number(args.subs || 200);
 const RATE = Number(args.rate || 100);
 const SECS = Number(args.secs || 10);
 const PAD = Number(args.pad || 64);
+const HISTORY = args.history === '1';
 const GYRE = process.env.GYRE_BIN || path.resolve('target/release/gyre');
 const NATS = process.env.NATS_SERVER_BIN || (fs.existsSync('/usr/sbin/nats-server') ? '/usr/sbin/nats-server' : 'nats-server');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -62,7 +65,7 @@ async function startGyre(dir, name, extra) {
     node: { name },
     client: { allow_anonymous_connect_without_token: true, allowed_origins: ['*'], queue_max_size: 64 * 1024 * 1024 },
     http_api: { insecure: true },
-    channel: { without_namespace: { allow_subscribe_for_anonymous: true, allow_subscribe_for_client: true } },
+    channel: { without_namespace: { allow_subscribe_for_anonymous: true, allow_subscribe_for_client: true, ...(HISTORY ? { history_size: 100, history_ttl: '60s', force_recovery: true } : {}) } },
     ...extra,
   };
   const file = path.join(dir, `${name}.json`);
@@ -126,7 +129,7 @@ async function scenario(label, pubPort, subPorts, pids) {
   lat.sort((a, b) => a - b);
   const q = (x) => (lat.length ? lat[Math.min(lat.length - 1, Math.floor(x * lat.length))] : null);
   const r = {
-    scenario: label, subs: SUBS, rate: RATE, secs: SECS, publishes: total, failed_publishes: failed,
+    scenario: label + (HISTORY ? '+history' : ''), subs: SUBS, rate: RATE, secs: SECS, publishes: total, failed_publishes: failed,
     deliveries: lat.length, expected: want, deliveries_per_s: Math.round(lat.length / elapsed),
     p50_ms: q(0.5)?.toFixed(2), p99_ms: q(0.99)?.toFixed(2), max_ms: lat.length ? lat[lat.length - 1].toFixed(2) : null,
     server_cpu_s: cpu.toFixed(2), cpu_ms_per_1000_deliveries: lat.length ? ((cpu * 1e6) / lat.length).toFixed(1) : null,

@@ -3,7 +3,7 @@
 # nodes 2 and 3, three gyre nodes over one private nats-server; the
 # single-node memory-engine figure is measured in the same run beside it.
 #
-#   bash bench/cross-node.sh [--subs 200] [--rate 100] [--secs 10] [--pad 64]
+#   bash bench/cross-node.sh [--subs 200] [--rate 100] [--secs 10] [--pad 64] [--history 1]
 #
 # Uses target/release/gyre (built if missing). gyre-loadgen (branch loadgen)
 # takes one --addr for publishing and subscribing, so it cannot put the
