@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use gyre_proto::protocol::{ClientInfo, Publication};
 
 /// A position in a channel's history stream.
@@ -84,6 +85,18 @@ pub struct HistoryQuery {
     pub meta_ttl: Duration,
 }
 
+/// Whether an engine can serve requests (`/health`, start-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineHealth {
+    /// Usable.
+    Ready,
+    /// Not usable now (connecting, reconnecting): the reason. May recover.
+    NotReady(String),
+    /// Can never become usable with this configuration (e.g. NATS without
+    /// JetStream): the process should stop with this message.
+    Fatal(String),
+}
+
 /// Receives what the broker delivers to this node.
 pub trait BrokerEventHandler: Send + Sync {
     /// A publication for `channel`. `prev` is the previous publication in the
@@ -99,6 +112,13 @@ pub trait BrokerEventHandler: Send + Sync {
     fn handle_join(&self, channel: &str, info: ClientInfo);
     /// A leave.
     fn handle_leave(&self, channel: &str, info: ClientInfo);
+    /// A control message from another node (see [`Broker::publish_control`]).
+    fn handle_control(&self, _data: Bytes) {}
+    /// The id of the node this handler belongs to: brokers that route
+    /// directed control messages subscribe to it.
+    fn node_uid(&self) -> String {
+        String::new()
+    }
 }
 
 /// Moves publications between nodes and keeps history.
@@ -129,6 +149,15 @@ pub trait Broker: Send + Sync {
     ) -> Result<(Vec<Publication>, StreamPosition), EngineError>;
     /// Drops stored publications, keeping the position.
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+    /// Sends a control message to every other node (`to_node = None`) or to
+    /// one node. Single-node brokers have nobody to tell.
+    async fn publish_control(&self, _data: Bytes, _to_node: Option<&str>) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// Whether the broker can serve.
+    fn health(&self) -> EngineHealth {
+        EngineHealth::Ready
+    }
 }
 
 /// Presence counts.
@@ -151,4 +180,8 @@ pub trait PresenceManager: Send + Sync {
     async fn add_presence(&self, channel: &str, client_id: &str, info: ClientInfo) -> Result<(), EngineError>;
     /// Removes an entry.
     async fn remove_presence(&self, channel: &str, client_id: &str, user: &str) -> Result<(), EngineError>;
+    /// Whether the presence manager can serve.
+    fn health(&self) -> EngineHealth {
+        EngineHealth::Ready
+    }
 }

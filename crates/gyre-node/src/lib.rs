@@ -11,6 +11,9 @@ pub mod auth;
 pub mod channel;
 pub mod client;
 pub mod config;
+#[doc(hidden)]
+pub mod conformance;
+pub mod control;
 pub mod delta;
 pub mod engine;
 pub mod errors;

@@ -1,18 +1,38 @@
 //! The Node: owns the hub, the engines and the rules, and is what the server
 //! API and every connection talk to.
+//!
+//! # Control plane
+//!
+//! With a distributed broker (NATS) several nodes share channels. The node
+//! then also:
+//! - sends a heartbeat with its counts every [`HEARTBEAT_INTERVAL`]
+//!   ([`Node::start_cluster`]) and keeps the heartbeats of the others, so
+//!   [`Node::nodes`] (API `info`) lists every live node; a node that stops
+//!   sending is forgotten after [`NODE_TTL`], one that shuts down at once;
+//! - applies API `subscribe`, `unsubscribe`, `disconnect` and `refresh` to
+//!   its own connections and broadcasts them, so they reach connections on
+//!   any node. A broadcast the broker refuses (NATS down) fails the API call:
+//!   never a success that reached only part of the cluster silently;
+//! - answers surveys: [`Node::channels`] asks every live node for its
+//!   channels and fails if one does not answer within [`SURVEY_TIMEOUT`];
+//! - routes opaque messages to one node ([`Node::send_to_node`]) for
+//!   transports whose sessions live on a specific node (emulation).
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use gyre_proto::protocol::{ClientInfo, Publication};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::{KeyError, SubOverride, TokenVerifier};
 use crate::channel::{ChannelRules, NamespaceRules};
 use crate::config::{ChannelOptions, Config};
+use crate::control::{ControlMsg, Envelope, b64, unb64};
 use crate::engine::*;
 use crate::errors::{ClientError, Disconnect};
 use crate::hub::Hub;
@@ -21,6 +41,16 @@ use crate::session::Control;
 
 /// Gyre's version as reported to clients and the `info` API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How often a clustered node announces itself.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
+/// A node not heard from for this long is dropped from `info`.
+pub const NODE_TTL: Duration = Duration::from_secs(10);
+/// How long a survey (`channels`) waits for every node.
+pub const SURVEY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Receives [`Node::send_to_node`] payloads: `(sender uid, bytes)`.
+pub type NodeMessageHandler = Arc<dyn Fn(&str, Bytes) + Send + Sync>;
 
 /// A server-side subscription requested through the API.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +70,7 @@ pub struct ServerSubscribe {
 }
 
 /// Which connections an API call targets.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Target {
     /// User ("" = anonymous connections).
     pub user: String,
@@ -64,7 +94,7 @@ pub struct ApiPublish {
 }
 
 /// One node's description for the `info` API.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeInfo {
     /// Unique id.
     pub uid: String,
@@ -86,6 +116,8 @@ pub struct NodeInfo {
 
 struct Events {
     hub: Arc<Hub>,
+    node: Weak<Node>,
+    uid: String,
     counters: Arc<crate::metrics::Counters>,
 }
 
@@ -109,7 +141,27 @@ impl BrokerEventHandler for Events {
         let n = self.hub.broadcast_leave(channel, info);
         crate::metrics::Counters::add(&self.counters.join_leave_sent, n as u64);
     }
+    fn handle_control(&self, data: Bytes) {
+        let env: Envelope = match serde_json::from_slice(&data) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable control message");
+                return;
+            }
+        };
+        if env.from == self.uid {
+            return; // applied locally before it was broadcast
+        }
+        if let Some(node) = self.node.upgrade() {
+            node.apply_control(env);
+        }
+    }
+    fn node_uid(&self) -> String {
+        self.uid.clone()
+    }
 }
+
+type SurveyReplies = mpsc::UnboundedSender<(String, Vec<(String, usize)>)>;
 
 /// The node.
 pub struct Node {
@@ -134,6 +186,11 @@ pub struct Node {
     started: Instant,
     shutting_down: AtomicBool,
     disconnects: parking_lot::Mutex<HashMap<u32, u64>>,
+    /// Other live nodes: info and when it expires.
+    peers: parking_lot::Mutex<HashMap<String, (NodeInfo, Instant)>>,
+    surveys: parking_lot::Mutex<HashMap<u64, SurveyReplies>>,
+    survey_seq: AtomicU64,
+    node_handler: parking_lot::RwLock<Option<NodeMessageHandler>>,
     /// Metrics counters.
     pub counters: Arc<crate::metrics::Counters>,
 }
@@ -170,23 +227,180 @@ impl Node {
             TokenVerifier::new(&config.client.token, "client.token", skip)?
         };
         let hub = Arc::new(Hub::default());
+        let uid = uuid::Uuid::new_v4().to_string();
         let counters = Arc::new(crate::metrics::Counters::default());
-        broker.register_handler(Arc::new(Events { hub: hub.clone(), counters: counters.clone() }));
-        Ok(Arc::new(Node {
-            rules: ChannelRules::new(&config),
-            config: Arc::new(config),
-            hub,
-            broker,
-            presence,
-            conn_verifier,
-            sub_verifier,
-            uid: uuid::Uuid::new_v4().to_string(),
-            name,
-            started: Instant::now(),
-            shutting_down: AtomicBool::new(false),
-            disconnects: parking_lot::Mutex::new(HashMap::new()),
-            counters,
+        Ok(Arc::new_cyclic(|weak| {
+            broker.register_handler(Arc::new(Events {
+                hub: hub.clone(),
+                node: weak.clone(),
+                uid: uid.clone(),
+                counters: counters.clone(),
+            }));
+            Node {
+                rules: ChannelRules::new(&config),
+                config: Arc::new(config),
+                hub,
+                broker,
+                presence,
+                conn_verifier,
+                sub_verifier,
+                uid,
+                name,
+                started: Instant::now(),
+                shutting_down: AtomicBool::new(false),
+                disconnects: parking_lot::Mutex::new(HashMap::new()),
+                peers: parking_lot::Mutex::new(HashMap::new()),
+                surveys: parking_lot::Mutex::new(HashMap::new()),
+                survey_seq: AtomicU64::new(1),
+                node_handler: parking_lot::RwLock::new(None),
+                counters,
+            }
         }))
+    }
+
+    /// Whether the engines can serve (`/health`): the worse of broker and presence.
+    pub fn health(&self) -> EngineHealth {
+        match (self.broker.health(), self.presence.health()) {
+            (EngineHealth::Fatal(m), _) | (_, EngineHealth::Fatal(m)) => EngineHealth::Fatal(m),
+            (EngineHealth::NotReady(m), _) | (_, EngineHealth::NotReady(m)) => EngineHealth::NotReady(m),
+            _ => EngineHealth::Ready,
+        }
+    }
+
+    /// Resolves with the message once an engine reports a fatal error (the
+    /// server then exits: e.g. a NATS server without JetStream).
+    pub async fn fatal_error(&self) -> String {
+        loop {
+            if let EngineHealth::Fatal(m) = self.health() {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Starts the heartbeat loop of a clustered node (call once, inside a
+    /// Tokio runtime). The loop holds a weak reference: it ends with the node.
+    pub fn start_cluster(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                if node.is_shutting_down() {
+                    return;
+                }
+                node.expire_peers();
+                if node.health() == EngineHealth::Ready {
+                    node.send_heartbeat().await;
+                }
+            }
+        });
+    }
+
+    async fn send_heartbeat(&self) {
+        let msg = ControlMsg::Node { info: self.info() };
+        if let Err(e) = self.send_control(msg, None).await {
+            tracing::debug!(error = %e, "heartbeat not sent");
+        }
+    }
+
+    fn expire_peers(&self) {
+        let now = Instant::now();
+        self.peers.lock().retain(|_, (_, exp)| *exp > now);
+    }
+
+    async fn send_control(&self, msg: ControlMsg, to: Option<&str>) -> Result<(), EngineError> {
+        let env = Envelope { from: self.uid.clone(), msg };
+        let data = serde_json::to_vec(&env).map_err(|e| EngineError::Other(e.to_string()))?;
+        self.broker.publish_control(Bytes::from(data), to).await
+    }
+
+    async fn broadcast(&self, msg: ControlMsg) -> Result<(), ClientError> {
+        self.send_control(msg, None).await.map_err(|e| {
+            tracing::warn!(error = %e, "control broadcast failed");
+            ClientError::INTERNAL
+        })
+    }
+
+    /// Applies a control message from another node.
+    fn apply_control(self: Arc<Self>, env: Envelope) {
+        match env.msg {
+            ControlMsg::Node { info } => {
+                let new = self.peers.lock().insert(env.from.clone(), (info, Instant::now() + NODE_TTL)).is_none();
+                if new && !self.is_shutting_down() {
+                    // Introduce ourselves at once instead of at the next tick.
+                    let node = self.clone();
+                    tokio::spawn(async move { node.send_heartbeat().await });
+                }
+            }
+            ControlMsg::Shutdown => {
+                self.peers.lock().remove(&env.from);
+            }
+            ControlMsg::Disconnect { target, whitelist, code, reason } => {
+                self.disconnect_local(&target, &whitelist, Disconnect::custom(code, reason));
+            }
+            ControlMsg::Unsubscribe { target, channel } => self.unsubscribe_local(&target, &channel),
+            ControlMsg::Subscribe { target, sub } => self.subscribe_local(&target, sub.into()),
+            ControlMsg::Refresh { target, expired, expire_at, info } => {
+                self.refresh_local(&target, expired, expire_at, info.map(|i| unb64(&i)));
+            }
+            ControlMsg::SurveyRequest { id, op, pattern } => {
+                let channels = if op == "channels" { self.local_channels(&pattern) } else { Vec::new() };
+                let node = self.clone();
+                tokio::spawn(async move {
+                    let reply = ControlMsg::SurveyReply { id, channels };
+                    if let Err(e) = node.send_control(reply, Some(&env.from)).await {
+                        tracing::warn!(error = %e, "survey reply not sent");
+                    }
+                });
+            }
+            ControlMsg::SurveyReply { id, channels } => {
+                if let Some(tx) = self.surveys.lock().get(&id) {
+                    let _ = tx.send((env.from, channels));
+                }
+            }
+            ControlMsg::User { data } => {
+                let h = self.node_handler.read().clone();
+                match h {
+                    Some(h) => h(&env.from, unb64(&data)),
+                    None => tracing::debug!(from = %env.from, "node message without a handler dropped"),
+                }
+            }
+        }
+    }
+
+    /// Registers the receiver of [`Node::send_to_node`] payloads on this node.
+    pub fn on_node_message(&self, handler: NodeMessageHandler) {
+        *self.node_handler.write() = Some(handler);
+    }
+
+    /// Sends opaque bytes to the handler registered on node `uid` (this node
+    /// included). Fails when the broker cannot carry it; delivery to a live
+    /// node is at-most-once, like every control message.
+    pub async fn send_to_node(&self, uid: &str, data: Bytes) -> Result<(), ClientError> {
+        if uid == self.uid {
+            let h = self.node_handler.read().clone();
+            if let Some(h) = h {
+                h(&self.uid, data);
+            }
+            return Ok(());
+        }
+        self.send_control(ControlMsg::User { data: b64(&data) }, Some(uid)).await.map_err(|e| {
+            tracing::warn!(error = %e, node = uid, "send to node failed");
+            ClientError::INTERNAL
+        })
+    }
+
+    /// Every live node: this one first, then the others by name.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.expire_peers();
+        let mut others: Vec<NodeInfo> = self.peers.lock().values().map(|(i, _)| i.clone()).collect();
+        others.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
+        let mut v = vec![self.info()];
+        v.extend(others);
+        v
     }
 
     /// Counts a server-initiated disconnect by code (metrics, tests).
@@ -210,10 +424,16 @@ impl Node {
     }
 
     /// Starts shutdown: every connection gets 3001 (reconnect advised).
-    pub fn shutdown(&self) {
+    pub fn shutdown(self: &Arc<Self>) {
         self.shutting_down.store(true, Ordering::Relaxed);
         for c in self.hub.all_clients() {
             c.close_with(Disconnect::SHUTDOWN);
+        }
+        if !self.peers.lock().is_empty() && tokio::runtime::Handle::try_current().is_ok() {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let _ = node.send_control(ControlMsg::Shutdown, None).await;
+            });
         }
     }
 
@@ -330,33 +550,53 @@ impl Node {
             .collect()
     }
 
-    /// API `subscribe`.
-    pub fn subscribe_user(&self, t: &Target, sub: ServerSubscribe) -> Result<(), ClientError> {
+    /// API `subscribe`: on every node.
+    pub async fn subscribe_user(&self, t: &Target, sub: ServerSubscribe) -> Result<(), ClientError> {
         if sub.channel.is_empty() {
             return Err(ClientError::BAD_REQUEST);
         }
         self.rules.namespace(&sub.channel)?;
+        let wire = (&sub).into();
+        self.subscribe_local(t, sub);
+        self.broadcast(ControlMsg::Subscribe { target: t.clone(), sub: wire }).await
+    }
+
+    fn subscribe_local(&self, t: &Target, sub: ServerSubscribe) {
         for c in self.targets(t) {
             c.push_control(Control::Subscribe(Box::new(sub.clone())));
         }
-        Ok(())
     }
 
-    /// API `unsubscribe`.
-    pub fn unsubscribe_user(&self, t: &Target, channel: &str) -> Result<(), ClientError> {
+    /// API `unsubscribe`: on every node.
+    pub async fn unsubscribe_user(&self, t: &Target, channel: &str) -> Result<(), ClientError> {
         if channel.is_empty() {
             return Ok(());
         }
         self.rules.namespace(channel)?;
+        self.unsubscribe_local(t, channel);
+        self.broadcast(ControlMsg::Unsubscribe { target: t.clone(), channel: channel.to_string() }).await
+    }
+
+    fn unsubscribe_local(&self, t: &Target, channel: &str) {
         let (code, reason) = crate::errors::unsubscribe::SERVER;
         for c in self.targets(t) {
             c.push_control(Control::Unsubscribe { channel: channel.to_string(), code, reason: reason.into() });
         }
-        Ok(())
     }
 
-    /// API `disconnect`.
-    pub fn disconnect_user(&self, t: &Target, whitelist: &[String], d: Disconnect) {
+    /// API `disconnect`: on every node.
+    pub async fn disconnect_user(&self, t: &Target, whitelist: &[String], d: Disconnect) -> Result<(), ClientError> {
+        self.disconnect_local(t, whitelist, d.clone());
+        self.broadcast(ControlMsg::Disconnect {
+            target: t.clone(),
+            whitelist: whitelist.to_vec(),
+            code: d.code,
+            reason: d.reason.to_string(),
+        })
+        .await
+    }
+
+    fn disconnect_local(&self, t: &Target, whitelist: &[String], d: Disconnect) {
         for c in self.targets(t) {
             if !whitelist.iter().any(|w| **w == *c.id) {
                 c.close_with(d.clone());
@@ -364,20 +604,78 @@ impl Node {
         }
     }
 
-    /// API `refresh`.
-    pub fn refresh_user(&self, t: &Target, expired: bool, expire_at: Option<i64>, info: Option<Bytes>) {
+    /// API `refresh`: on every node.
+    pub async fn refresh_user(
+        &self,
+        t: &Target,
+        expired: bool,
+        expire_at: Option<i64>,
+        info: Option<Bytes>,
+    ) -> Result<(), ClientError> {
+        let wire_info = info.as_ref().map(|i| b64(i));
+        self.refresh_local(t, expired, expire_at, info);
+        self.broadcast(ControlMsg::Refresh { target: t.clone(), expired, expire_at, info: wire_info }).await
+    }
+
+    fn refresh_local(&self, t: &Target, expired: bool, expire_at: Option<i64>, info: Option<Bytes>) {
         for c in self.targets(t) {
             c.push_control(Control::Refresh { expired, expire_at, info: info.clone() });
         }
     }
 
-    /// Active channels matching a glob pattern ("" = all).
-    pub fn channels(&self, pattern: &str) -> Vec<(String, usize)> {
+    /// Channels with subscribers on this node matching a glob pattern ("" = all).
+    pub fn local_channels(&self, pattern: &str) -> Vec<(String, usize)> {
         self.hub
             .channels()
             .into_iter()
             .filter(|(ch, _)| pattern.is_empty() || glob_match::glob_match(pattern, ch))
             .collect()
+    }
+
+    /// Active channels of every node (API `channels`), with subscriber counts
+    /// summed. Fails if a live node does not answer within [`SURVEY_TIMEOUT`]:
+    /// a partial list would be a silent lie.
+    pub async fn channels(&self, pattern: &str) -> Result<Vec<(String, usize)>, ClientError> {
+        let mut all: HashMap<String, usize> = HashMap::new();
+        for (ch, n) in self.local_channels(pattern) {
+            *all.entry(ch).or_default() += n;
+        }
+        self.expire_peers();
+        let mut waiting: std::collections::HashSet<String> = self.peers.lock().keys().cloned().collect();
+        if !waiting.is_empty() {
+            let id = self.survey_seq.fetch_add(1, Ordering::Relaxed);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            self.surveys.lock().insert(id, tx);
+            let sent =
+                self.broadcast(ControlMsg::SurveyRequest { id, op: "channels".into(), pattern: pattern.into() }).await;
+            let deadline = Instant::now() + SURVEY_TIMEOUT;
+            let res = match sent {
+                Err(e) => Err(e),
+                Ok(()) => loop {
+                    if waiting.is_empty() {
+                        break Ok(());
+                    }
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some((from, chans))) => {
+                            if waiting.remove(&from) {
+                                for (ch, n) in chans {
+                                    *all.entry(ch).or_default() += n;
+                                }
+                            }
+                        }
+                        Ok(None) | Err(_) => {
+                            tracing::warn!(missing = ?waiting, "channels survey: nodes did not answer");
+                            break Err(ClientError::INTERNAL);
+                        }
+                    }
+                },
+            };
+            self.surveys.lock().remove(&id);
+            res?;
+        }
+        let mut v: Vec<(String, usize)> = all.into_iter().collect();
+        v.sort();
+        Ok(v)
     }
 
     /// This node's info.

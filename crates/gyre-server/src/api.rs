@@ -214,11 +214,12 @@ pub async fn call(node: &Arc<Node>, method: &str, body: &[u8]) -> Result<ApiResu
         }
         "subscribe" => {
             let r: SubscribeReq = parse(body)?;
-            subscribe(node, r)
+            subscribe(node, r).await
         }
         "unsubscribe" => {
             let r: TargetReq = parse(body)?;
             node.unsubscribe_user(&Target { user: r.user, client: r.client, session: r.session }, &r.channel)
+                .await
                 .map(|_| json!({}))
         }
         "disconnect" => {
@@ -227,16 +228,18 @@ pub async fn call(node: &Arc<Node>, method: &str, body: &[u8]) -> Result<ApiResu
                 Some(d) if d.code != 0 => Disconnect::custom(d.code, d.reason),
                 _ => Disconnect::FORCE_NO_RECONNECT,
             };
-            node.disconnect_user(&Target { user: r.user, client: r.client, session: r.session }, &r.whitelist, d);
-            Ok(json!({}))
+            node.disconnect_user(&Target { user: r.user, client: r.client, session: r.session }, &r.whitelist, d)
+                .await
+                .map(|_| json!({}))
         }
         "refresh" => {
             let r: TargetReq = parse(body)?;
             let info =
                 r.info.as_ref().filter(|i| i.get() != "null").map(|i| Bytes::copy_from_slice(i.get().as_bytes()));
             let at = (r.expire_at > 0).then_some(r.expire_at);
-            node.refresh_user(&Target { user: r.user, client: r.client, session: r.session }, r.expired, at, info);
-            Ok(json!({}))
+            node.refresh_user(&Target { user: r.user, client: r.client, session: r.session }, r.expired, at, info)
+                .await
+                .map(|_| json!({}))
         }
         "presence" => {
             let r: ChannelReq = parse(body)?;
@@ -266,22 +269,30 @@ pub async fn call(node: &Arc<Node>, method: &str, body: &[u8]) -> Result<ApiResu
         }
         "channels" => {
             let r: ChannelReq = parse(body)?;
-            let mut m = Map::new();
-            for (ch, n) in node.channels(&r.pattern) {
-                m.insert(ch, json!({"num_clients": n}));
-            }
-            Ok(json!({"channels": m}))
+            node.channels(&r.pattern).await.map(|chans| {
+                let mut m = Map::new();
+                for (ch, n) in chans {
+                    m.insert(ch, json!({"num_clients": n}));
+                }
+                json!({"channels": m})
+            })
         }
         "info" => {
-            let i = node.info();
-            let mut n = json!({
-                "uid": i.uid, "name": i.name, "version": i.version, "num_clients": i.num_clients,
-                "num_users": i.num_users, "num_channels": i.num_channels, "num_subs": i.num_subs,
-            });
-            if i.uptime > 0 {
-                n["uptime"] = i.uptime.into();
-            }
-            Ok(json!({"nodes": [n]}))
+            let nodes: Vec<Value> = node
+                .nodes()
+                .into_iter()
+                .map(|i| {
+                    let mut n = json!({
+                        "uid": i.uid, "name": i.name, "version": i.version, "num_clients": i.num_clients,
+                        "num_users": i.num_users, "num_channels": i.num_channels, "num_subs": i.num_subs,
+                    });
+                    if i.uptime > 0 {
+                        n["uptime"] = i.uptime.into();
+                    }
+                    n
+                })
+                .collect();
+            Ok(json!({"nodes": nodes}))
         }
         "rpc" => {
             let r: ChannelReq = parse(body)?;
@@ -329,7 +340,7 @@ async fn broadcast(node: &Arc<Node>, r: BroadcastReq) -> ApiResult {
     Ok(json!({"responses": responses}))
 }
 
-fn subscribe(node: &Arc<Node>, r: SubscribeReq) -> ApiResult {
+async fn subscribe(node: &Arc<Node>, r: SubscribeReq) -> ApiResult {
     let sub = ServerSubscribe {
         channel: r.channel,
         expire_at: (r.expire_at > 0).then_some(r.expire_at),
@@ -338,7 +349,7 @@ fn subscribe(node: &Arc<Node>, r: SubscribeReq) -> ApiResult {
         recover_since: r.recover_since.map(|p| StreamPosition { offset: p.offset, epoch: p.epoch }),
         overrides: SubOverride::from_json(r.overrides.as_ref()),
     };
-    node.subscribe_user(&Target { user: r.user, client: r.client, session: r.session }, sub).map(|_| json!({}))
+    node.subscribe_user(&Target { user: r.user, client: r.client, session: r.session }, sub).await.map(|_| json!({}))
 }
 
 async fn presence(node: &Arc<Node>, channel: &str) -> ApiResult {

@@ -515,7 +515,16 @@ fn serve(flags: ServerFlags) -> ExitCode {
             }
         };
         tracing::info!(addr = %running.addr, internal = %running.internal_addr, version = gyre_node::node::VERSION, "gyre serving");
-        let sig = shutdown_signal().await;
+        let node = running.node.clone();
+        let sig = tokio::select! {
+            sig = shutdown_signal() => sig,
+            // An engine that can never work (NATS without JetStream): stop with its message.
+            msg = node.fatal_error() => {
+                tracing::error!("{msg}");
+                let _ = running.shutdown(Duration::from_secs(1)).await;
+                return ExitCode::FAILURE;
+            }
+        };
         tracing::info!(signal = sig, "shutting down: disconnecting clients with 3001 and draining");
         if running.shutdown(timeout.max(Duration::from_secs(1))).await {
             tracing::info!("drained");

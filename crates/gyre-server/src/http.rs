@@ -287,7 +287,13 @@ async fn route(app: Arc<App>, kind: Listener, req: Request<Incoming>) -> Respons
         return http_api(app, req, &prefix).await;
     }
     if internal && cfg.health.enabled && path == cfg.health.handler_prefix {
-        return json_response(StatusCode::OK, Bytes::from_static(b"{}"));
+        // Not ready while an engine is (e.g. NATS connecting or lost): 503 with the reason.
+        return match app.node.health() {
+            gyre_node::engine::EngineHealth::Ready => json_response(StatusCode::OK, Bytes::from_static(b"{}")),
+            gyre_node::engine::EngineHealth::NotReady(m) | gyre_node::engine::EngineHealth::Fatal(m) => {
+                json_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(serde_json::json!({"error": m}).to_string()))
+            }
+        };
     }
     if internal && cfg.prometheus.enabled && path == cfg.prometheus.handler_prefix {
         let mut r = text(StatusCode::OK, "");

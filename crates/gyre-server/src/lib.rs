@@ -17,11 +17,44 @@ pub mod uni;
 pub mod ws;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use gyre_engine_nats::{NatsEngine, NatsOptions};
 use gyre_node::Node;
 use gyre_node::config::Config;
+use gyre_node::engine::{Broker, PresenceManager};
+use gyre_node::memory::{MemoryBroker, MemoryPresence};
 
-/// Builds the node for a validated config (memory engine).
+/// NATS engine options from the config: `broker.nats.*`, and stream limits
+/// large enough for every namespace (the longest `history_size` and
+/// `history_meta_ttl`), presence TTL from `client.presence_update_interval`.
+pub fn nats_options(config: &Config, name: &str) -> NatsOptions {
+    let n = &config.broker.nats;
+    let ch = &config.channel;
+    let all = std::iter::once(&ch.without_namespace).chain(ch.namespaces.iter().map(|ns| &ns.options));
+    let mut max_size = 0usize;
+    let mut max_meta = ch.history_meta_ttl.0;
+    for o in all {
+        max_size = max_size.max(o.history_size);
+        max_meta = max_meta.max(o.history_meta_ttl.0);
+    }
+    let interval = config.client.presence_update_interval.0;
+    NatsOptions {
+        url: n.url.clone(),
+        prefix: n.prefix.clone(),
+        dial_timeout: n.dial_timeout.0.max(Duration::from_millis(100)),
+        write_timeout: n.write_timeout.0.max(Duration::from_secs(1)),
+        history_max_size: max_size.max(1),
+        history_meta_ttl: if max_meta.is_zero() { Duration::from_secs(30 * 24 * 3600) } else { max_meta },
+        presence_ttl: (interval * 2 + Duration::from_secs(5)).max(Duration::from_secs(60)),
+        name: format!("gyre {name}"),
+    }
+}
+
+/// Builds the node for a validated config: the memory engine, or NATS for
+/// `broker.type: nats` / `presence_manager.type: nats` (see docs/nats.md).
+/// With NATS the node connects in the background (`/health` is 503 until
+/// connected) and starts its cluster heartbeats. Call inside a Tokio runtime.
 pub fn build_node(config: Config) -> anyhow::Result<Arc<Node>> {
     let name = if config.node.name.is_empty() {
         let host =
@@ -30,5 +63,18 @@ pub fn build_node(config: Config) -> anyhow::Result<Arc<Node>> {
     } else {
         config.node.name.clone()
     };
-    Ok(Node::new(config, name)?)
+    let nats_broker = config.broker.enabled && config.broker.typ == "nats";
+    let nats_presence = config.presence_manager.enabled && config.presence_manager.typ == "nats";
+    if !nats_broker && !nats_presence {
+        return Ok(Node::new(config, name)?);
+    }
+    let engine = NatsEngine::start(nats_options(&config, &name));
+    let broker: Arc<dyn Broker> = if nats_broker { Arc::new(engine.clone()) } else { Arc::new(MemoryBroker::new()) };
+    let presence: Arc<dyn PresenceManager> =
+        if nats_presence { Arc::new(engine) } else { Arc::new(MemoryPresence::default()) };
+    let node = Node::with_engines(config, name, broker, presence)?;
+    if nats_broker {
+        node.start_cluster();
+    }
+    Ok(node)
 }
