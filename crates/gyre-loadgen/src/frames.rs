@@ -56,18 +56,12 @@ pub const SUBSCRIBE_ID: u32 = 2;
 pub fn setup_frame(protocol: ProtocolType, token: Option<&str>, channel: &str) -> Vec<u8> {
     let connect = Command {
         id: CONNECT_ID,
-        connect: Some(ConnectRequest {
-            token: token.unwrap_or_default().to_owned(),
-            ..Default::default()
-        }),
+        connect: Some(ConnectRequest { token: token.unwrap_or_default().to_owned(), ..Default::default() }),
         ..Default::default()
     };
     let subscribe = Command {
         id: SUBSCRIBE_ID,
-        subscribe: Some(SubscribeRequest {
-            channel: channel.to_owned(),
-            ..Default::default()
-        }),
+        subscribe: Some(SubscribeRequest { channel: channel.to_owned(), ..Default::default() }),
         ..Default::default()
     };
     match protocol {
@@ -130,12 +124,7 @@ pub struct Scan {
 
 /// Scans a frame for deliveries and pings without decoding it fully;
 /// `on_ts` gets each payload's send time.
-pub fn scan_frame(
-    target: Target,
-    data: &[u8],
-    scanner: &TsScanner,
-    mut on_ts: impl FnMut(u64),
-) -> Result<Scan> {
+pub fn scan_frame(target: Target, data: &[u8], scanner: &TsScanner, mut on_ts: impl FnMut(u64)) -> Result<Scan> {
     let mut s = Scan::default();
     match target {
         Target::Nchan => s.deliveries = scanner.scan(data, &mut on_ts),
@@ -180,10 +169,7 @@ mod tests {
         Reply {
             push: Some(Push {
                 channel: "ch0".into(),
-                r#pub: Some(Publication {
-                    data: encode_payload(ts, 1, 3).into(),
-                    ..Default::default()
-                }),
+                r#pub: Some(Publication { data: encode_payload(ts, 1, 3).into(), ..Default::default() }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -219,46 +205,20 @@ mod tests {
         for proto in [ProtocolType::Json, ProtocolType::Protobuf] {
             let connect = Reply {
                 id: 1,
-                connect: Some(ConnectResult {
-                    client: "c".into(),
-                    ping: 25,
-                    pong: true,
-                    ..Default::default()
-                }),
+                connect: Some(ConnectResult { client: "c".into(), ping: 25, pong: true, ..Default::default() }),
                 ..Default::default()
             };
-            let sub = Reply {
-                id: 2,
-                subscribe: Some(SubscribeResult::default()),
-                ..Default::default()
-            };
+            let sub = Reply { id: 2, subscribe: Some(SubscribeResult::default()), ..Default::default() };
             let mut st = Setup::default();
             let f1 = frame_messages(proto, &[encode_reply(proto, &connect)]);
             absorb_setup_frame(proto, &f1, &mut st).unwrap();
             assert!(st.connected && !st.subscribed);
-            let f2 = frame_messages(
-                proto,
-                &[
-                    encode_reply(proto, &Reply::default()),
-                    encode_reply(proto, &sub),
-                ],
-            );
+            let f2 = frame_messages(proto, &[encode_reply(proto, &Reply::default()), encode_reply(proto, &sub)]);
             absorb_setup_frame(proto, &f2, &mut st).unwrap();
-            assert_eq!(
-                st,
-                Setup {
-                    connected: true,
-                    subscribed: true,
-                    pings: 1
-                }
-            );
+            assert_eq!(st, Setup { connected: true, subscribed: true, pings: 1 });
             let err = Reply {
                 id: 2,
-                error: Some(Error {
-                    code: 103,
-                    message: "permission denied".into(),
-                    temporary: false,
-                }),
+                error: Some(Error { code: 103, message: "permission denied".into(), temporary: false }),
                 ..Default::default()
             };
             let f3 = frame_messages(proto, &[encode_reply(proto, &err)]);
@@ -269,10 +229,8 @@ mod tests {
 
     #[test]
     fn coalesced_frames_count_pings_and_deliveries() {
-        for (target, proto) in [
-            (Target::GyreJson, ProtocolType::Json),
-            (Target::GyreProtobuf, ProtocolType::Protobuf),
-        ] {
+        for (target, proto) in [(Target::GyreJson, ProtocolType::Json), (Target::GyreProtobuf, ProtocolType::Protobuf)]
+        {
             let msgs: Vec<Bytes> = vec![
                 encode_reply(proto, &pub_reply(11)),
                 encode_reply(proto, &Reply::default()),
@@ -281,14 +239,7 @@ mod tests {
             let frame = frame_messages(proto, &msgs);
             let mut ts = vec![];
             let s = scan_frame(target, &frame, &TsScanner::default(), |t| ts.push(t)).unwrap();
-            assert_eq!(
-                s,
-                Scan {
-                    deliveries: 2,
-                    pings: 1
-                },
-                "{target:?}"
-            );
+            assert_eq!(s, Scan { deliveries: 2, pings: 1 }, "{target:?}");
             assert_eq!(ts, vec![11, 22]);
         }
     }
@@ -296,13 +247,7 @@ mod tests {
     #[test]
     fn nchan_frames_are_raw_payloads() {
         let mut ts = vec![];
-        let s = scan_frame(
-            Target::Nchan,
-            &encode_payload(99, 5, 0),
-            &TsScanner::default(),
-            |t| ts.push(t),
-        )
-        .unwrap();
+        let s = scan_frame(Target::Nchan, &encode_payload(99, 5, 0), &TsScanner::default(), |t| ts.push(t)).unwrap();
         assert_eq!(s.deliveries, 1);
         assert_eq!(s.pings, 0);
         assert_eq!(ts, vec![99]);
@@ -310,12 +255,7 @@ mod tests {
 
     #[test]
     fn truncated_protobuf_frame_is_an_error() {
-        let r = scan_frame(
-            Target::GyreProtobuf,
-            &[5, 1, 2],
-            &TsScanner::default(),
-            |_| {},
-        );
+        let r = scan_frame(Target::GyreProtobuf, &[5, 1, 2], &TsScanner::default(), |_| {});
         assert!(r.is_err());
     }
 }

@@ -16,10 +16,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "gyre-loadgen",
-    about = "Load generator for Gyre and Nchan (loopback only)"
-)]
+#[command(name = "gyre-loadgen", about = "Load generator for Gyre and Nchan (loopback only)")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -49,14 +46,9 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Run { opts, threads } => {
             let rt = if threads <= 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?
+                tokio::runtime::Builder::new_current_thread().enable_all().build()?
             } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(threads)
-                    .enable_all()
-                    .build()?
+                tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
             };
             let report = rt.block_on(run::run(*opts))?;
             println!("{report}");
@@ -67,21 +59,14 @@ fn main() -> Result<()> {
         Cmd::Report { files, json_out } => {
             let mut text = String::new();
             for f in &files {
-                text.push_str(
-                    &std::fs::read_to_string(f)
-                        .with_context(|| format!("reading {}", f.display()))?,
-                );
+                text.push_str(&std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?);
                 text.push('\n');
             }
             let rows = report::summarize(&text);
             print!("{}", report::markdown(&rows));
             if let Some(p) = json_out {
-                let lines: Vec<String> = report::medians_json(&rows)
-                    .iter()
-                    .map(|v| v.to_string())
-                    .collect();
-                std::fs::write(&p, lines.join("\n") + "\n")
-                    .with_context(|| format!("writing {}", p.display()))?;
+                let lines: Vec<String> = report::medians_json(&rows).iter().map(|v| v.to_string()).collect();
+                std::fs::write(&p, lines.join("\n") + "\n").with_context(|| format!("writing {}", p.display()))?;
             }
             Ok(())
         }

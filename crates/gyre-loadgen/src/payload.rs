@@ -18,10 +18,7 @@ pub const TS_MARKER: &[u8] = b"\"lg_ts\":";
 
 /// Wall-clock microseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// Builds a payload carrying send time `ts_us`, sequence `seq` and `pad_bytes`
@@ -49,9 +46,7 @@ pub struct TsScanner {
 
 impl Default for TsScanner {
     fn default() -> Self {
-        Self {
-            finder: memmem::Finder::new(TS_MARKER),
-        }
+        Self { finder: memmem::Finder::new(TS_MARKER) }
     }
 }
 

@@ -46,11 +46,7 @@ pub fn parse_stat_ppid(text: &str) -> Option<u32> {
 /// is already inside user).
 pub fn parse_host_busy_ticks(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().ok()).collect::<Option<_>>()?;
     // user nice system idle iowait irq softirq steal ...
     if v.len() < 8 {
         return None;
@@ -133,11 +129,7 @@ pub fn pids_by_name(proc_root: &Path, name: &str) -> Result<Vec<u32>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(proc_root).context("listing /proc")? {
         let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
@@ -176,8 +168,7 @@ pub fn children_of(proc_root: &Path, parent: u32) -> Vec<u32> {
 mod tests {
     use super::*;
 
-    const ROLLUP: &str =
-        "55d0c0a1e000-7ffd3b5fe000 ---p 00000000 00:00 0                          [rollup]
+    const ROLLUP: &str = "55d0c0a1e000-7ffd3b5fe000 ---p 00000000 00:00 0                          [rollup]
 Rss:                6400 kB
 Pss:                3012 kB
 Pss_Anon:           2048 kB
@@ -233,11 +224,7 @@ Shared_Clean:       1234 kB
             let d = dir.join(pid.to_string());
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
-            std::fs::write(
-                d.join("stat"),
-                format!("{pid} ({comm}) S {ppid} 0 0 0 0 0 0 0 0 0 5 6 0 0"),
-            )
-            .unwrap();
+            std::fs::write(d.join("stat"), format!("{pid} ({comm}) S {ppid} 0 0 0 0 0 0 0 0 0 5 6 0 0")).unwrap();
         }
         std::fs::create_dir_all(dir.join("self")).unwrap();
         assert_eq!(pids_by_name(&dir, "nginx").unwrap(), vec![10, 11]);

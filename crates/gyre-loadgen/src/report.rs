@@ -62,11 +62,8 @@ pub fn summarize(lines: &str) -> Vec<Row> {
             let medians = METRICS
                 .iter()
                 .map(|(_, ptr, scale)| {
-                    let vals: Vec<f64> = runs
-                        .iter()
-                        .filter_map(|r| r.pointer(ptr).and_then(Value::as_f64))
-                        .map(|x| x * scale)
-                        .collect();
+                    let vals: Vec<f64> =
+                        runs.iter().filter_map(|r| r.pointer(ptr).and_then(Value::as_f64)).map(|x| x * scale).collect();
                     median(&vals)
                 })
                 .collect();
@@ -74,13 +71,7 @@ pub fn summarize(lines: &str) -> Vec<Row> {
                 .iter()
                 .filter_map(|r| r["lost"].as_f64())
                 .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
-            Row {
-                scenario,
-                target,
-                runs: runs.len(),
-                medians,
-                max_lost,
-            }
+            Row { scenario, target, runs: runs.len(), medians, max_lost }
         })
         .collect()
 }

@@ -135,11 +135,7 @@ fn channel_name(opts: &RunOpts, idx: usize) -> String {
 pub fn make_token(secret: &str, user: &str) -> Result<String> {
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
     let claims = json!({ "sub": user });
-    Ok(encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes())?,
-    )?)
+    Ok(encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())?)?)
 }
 
 async fn tcp_connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> Result<TcpStream> {
@@ -161,8 +157,7 @@ fn data_opcode(proto: ProtocolType) -> u8 {
 
 async fn setup_conn(opts: &RunOpts, sh: &Shared, i: usize, token: Option<&str>) -> Result<RawWs> {
     let ch = channel_name(opts, i % opts.channels);
-    let source = (opts.source_ips > 1)
-        .then(|| Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(opts.source_ips)) as u8));
+    let source = (opts.source_ips > 1).then(|| Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(opts.source_ips)) as u8));
     let stream = tcp_connect(opts.addr, source).await?;
     let path = match sh.target {
         Target::Nchan => format!("/sub/{ch}"),
@@ -170,18 +165,14 @@ async fn setup_conn(opts: &RunOpts, sh: &Shared, i: usize, token: Option<&str>) 
     };
     let subprotocol = (sh.target == Target::GyreProtobuf).then_some("centrifuge-protobuf");
     let seed = (i as u32).wrapping_mul(2_654_435_761);
-    let (mut ws, mut leftover) =
-        RawWs::handshake(stream, &opts.addr.to_string(), &path, subprotocol, seed).await?;
+    let (mut ws, mut leftover) = RawWs::handshake(stream, &opts.addr.to_string(), &path, subprotocol, seed).await?;
     let mut pending: Vec<Vec<u8>> = Vec::new();
-    let ctl = ws
-        .reader
-        .feed(&mut leftover, &mut |m| pending.push(m.to_vec()))?;
+    let ctl = ws.reader.feed(&mut leftover, &mut |m| pending.push(m.to_vec()))?;
     ws.answer_pings(&ctl).await?;
     let Some(proto) = sh.target.protocol() else {
         return Ok(ws); // Nchan subscribes by the URL.
     };
-    ws.send(data_opcode(proto), &frames::setup_frame(proto, token, &ch))
-        .await?;
+    ws.send(data_opcode(proto), &frames::setup_frame(proto, token, &ch)).await?;
     let mut st = Setup::default();
     loop {
         let pings_before = st.pings;
@@ -194,10 +185,7 @@ async fn setup_conn(opts: &RunOpts, sh: &Shared, i: usize, token: Option<&str>) 
         if st.connected && st.subscribed {
             return Ok(ws);
         }
-        let ctl = ws
-            .read_and_process(&mut |m| pending.push(m.to_vec()))
-            .await?
-            .context("closed during setup")?;
+        let ctl = ws.read_and_process(&mut |m| pending.push(m.to_vec())).await?.context("closed during setup")?;
         if let Some(code) = ctl.close {
             bail!("closed during setup with code {code:?}");
         }
@@ -215,15 +203,12 @@ async fn hot_loop(sh: &Shared, mut ws: RawWs) {
         let mut on_message = |m: &[u8]| {
             let now = now_micros();
             let scan = frames::scan_frame(sh.target, m, &sh.scanner, |ts| {
-                sh.hist
-                    .lock()
-                    .saturating_record(now.saturating_sub(ts).max(1));
+                sh.hist.lock().saturating_record(now.saturating_sub(ts).max(1));
             });
             match scan {
                 Ok(s) => {
                     if s.deliveries > 0 {
-                        sh.delivered
-                            .fetch_add(s.deliveries as u64, Ordering::Relaxed);
+                        sh.delivered.fetch_add(s.deliveries as u64, Ordering::Relaxed);
                         sh.last_delivery_us.fetch_max(now, Ordering::Relaxed);
                     }
                     app_pings += s.pings;
@@ -261,10 +246,7 @@ async fn hot_loop(sh: &Shared, mut ws: RawWs) {
         if let Some(proto) = proto {
             sh.pings.fetch_add(app_pings as u64, Ordering::Relaxed);
             for _ in 0..app_pings {
-                ok &= ws
-                    .send(data_opcode(proto), frames::pong(proto))
-                    .await
-                    .is_ok();
+                ok &= ws.send(data_opcode(proto), frames::pong(proto)).await.is_ok();
             }
         }
         if !ok {
@@ -287,12 +269,9 @@ async fn conn_task(
             sleep_until(at).await;
         }
         let _permit = sem.acquire().await?;
-        timeout(
-            Duration::from_secs(opts.setup_timeout_s),
-            setup_conn(&opts, &sh, i, token.as_deref()),
-        )
-        .await
-        .context("setup timed out")?
+        timeout(Duration::from_secs(opts.setup_timeout_s), setup_conn(&opts, &sh, i, token.as_deref()))
+            .await
+            .context("setup timed out")?
     };
     let ws = tokio::select! {
         r = setup => r,
@@ -333,9 +312,7 @@ async fn publisher(opts: Arc<RunOpts>, sh: Arc<Shared>, ps: Arc<PubState>, start
             }
         };
         let (mut sender, conn) =
-            match hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                .await
-            {
+            match hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await {
                 Ok(x) => x,
                 Err(e) => {
                     sh.note_error(format!("publisher handshake: {e}"));
@@ -367,9 +344,7 @@ async fn publisher(opts: Arc<RunOpts>, sh: Arc<Shared>, ps: Arc<PubState>, start
                 _ => {
                     let mut body = Vec::with_capacity(payload.len() + 40);
                     body.extend_from_slice(b"{\"channel\":");
-                    body.extend_from_slice(
-                        serde_json::to_string(&ch).unwrap_or_default().as_bytes(),
-                    );
+                    body.extend_from_slice(serde_json::to_string(&ch).unwrap_or_default().as_bytes());
                     body.extend_from_slice(b",\"data\":");
                     body.extend_from_slice(&payload);
                     body.extend_from_slice(b"}");
@@ -391,14 +366,11 @@ async fn publisher(opts: Arc<RunOpts>, sh: Arc<Shared>, ps: Arc<PubState>, start
             let lat = t0.elapsed();
             match res {
                 Ok((status, body)) => {
-                    let api_error = sh.target != Target::Nchan
-                        && memchr::memmem::find(&body, b"\"error\"").is_some();
+                    let api_error = sh.target != Target::Nchan && memchr::memmem::find(&body, b"\"error\"").is_some();
                     if status.is_success() && !api_error {
                         ps.published.fetch_add(1, Ordering::Relaxed);
                         ps.ok_per_channel[ch_idx].fetch_add(1, Ordering::Relaxed);
-                        ps.latencies_us
-                            .lock()
-                            .push(u64::try_from(lat.as_micros()).unwrap_or(u64::MAX));
+                        ps.latencies_us.lock().push(u64::try_from(lat.as_micros()).unwrap_or(u64::MAX));
                     } else {
                         ps.errors.fetch_add(1, Ordering::Relaxed);
                         sh.note_error(format!(
@@ -447,13 +419,7 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
     let deadline = t_begin + Duration::from_secs(opts.deadline_s);
     let server_pids = resolve_server_pids(&opts)?;
     let clk = procfs::clock_ticks_per_sec();
-    let mem = |pids: &[u32]| -> Option<u64> {
-        if pids.is_empty() {
-            None
-        } else {
-            procfs::total_pss(pids).ok()
-        }
-    };
+    let mem = |pids: &[u32]| -> Option<u64> { if pids.is_empty() { None } else { procfs::total_pss(pids).ok() } };
     let pss_before = mem(&server_pids);
 
     let opts = Arc::new(opts);
@@ -482,14 +448,7 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
             Some(s) => Some(Arc::<str>::from(make_token(s, &format!("lg{i}"))?)),
             None => None,
         };
-        tasks.push(tokio::spawn(conn_task(
-            opts.clone(),
-            sh.clone(),
-            sem.clone(),
-            i,
-            conn_start,
-            token,
-        )));
+        tasks.push(tokio::spawn(conn_task(opts.clone(), sh.clone(), sem.clone(), i, conn_start, token)));
     }
     loop {
         let done = sh.ready.load(Ordering::Relaxed) + sh.failed.load(Ordering::Relaxed);
@@ -563,17 +522,9 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
 
     let delivered = sh.delivered.load(Ordering::Relaxed);
     let published = ps.published.load(Ordering::Relaxed);
-    let pub_secs = ps
-        .last_done
-        .lock()
-        .map(|t| t.duration_since(pub_start).as_secs_f64())
-        .unwrap_or(0.0);
+    let pub_secs = ps.last_done.lock().map(|t| t.duration_since(pub_start).as_secs_f64()).unwrap_or(0.0);
     let last_us = sh.last_delivery_us.load(Ordering::Relaxed);
-    let deliver_secs = if last_us > pub_start_us {
-        (last_us - pub_start_us) as f64 / 1e6
-    } else {
-        0.0
-    };
+    let deliver_secs = if last_us > pub_start_us { (last_us - pub_start_us) as f64 / 1e6 } else { 0.0 };
     let mut pub_lat = std::mem::take(&mut *ps.latencies_us.lock());
     pub_lat.sort_unstable();
     let pct_ms = |q: f64| percentile_sorted(&pub_lat, q).map(|us| round3(us as f64 / 1000.0));
@@ -668,8 +619,7 @@ mod tests {
         let mut v = Validation::new(Algorithm::HS256);
         v.required_spec_claims.clear();
         v.validate_exp = false;
-        let d = decode::<serde_json::Value>(&t, &DecodingKey::from_secret(b"secret").unwrap(), &v)
-            .unwrap();
+        let d = decode::<serde_json::Value>(&t, &DecodingKey::from_secret(b"secret").unwrap(), &v).unwrap();
         assert_eq!(d.claims["sub"], "lg5");
     }
 }

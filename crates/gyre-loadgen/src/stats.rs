@@ -21,11 +21,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
 /// A latency histogram in microseconds, 1 µs .. 10 min, 3 significant digits.
@@ -39,11 +35,7 @@ pub fn hist_summary_ms(h: &Histogram<u64>) -> Option<(f64, f64, f64)> {
         return None;
     }
     let ms = |us: u64| us as f64 / 1000.0;
-    Some((
-        ms(h.value_at_quantile(0.50)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.max()),
-    ))
+    Some((ms(h.value_at_quantile(0.50)), ms(h.value_at_quantile(0.99)), ms(h.max())))
 }
 
 #[cfg(test)]

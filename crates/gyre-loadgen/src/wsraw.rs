@@ -78,10 +78,7 @@ pub fn parse_header(b: &[u8]) -> Result<Option<Header>> {
             }
             let mut a = [0u8; 8];
             a.copy_from_slice(&b[2..10]);
-            (
-                usize::try_from(u64::from_be_bytes(a)).unwrap_or(usize::MAX),
-                10,
-            )
+            (usize::try_from(u64::from_be_bytes(a)).unwrap_or(usize::MAX), 10)
         }
         n => (usize::from(n), 2),
     };
@@ -98,13 +95,7 @@ pub fn parse_header(b: &[u8]) -> Result<Option<Header>> {
     } else {
         None
     };
-    Ok(Some(Header {
-        fin,
-        opcode,
-        mask,
-        header_len: at,
-        payload_len: len,
-    }))
+    Ok(Some(Header { fin, opcode, mask, header_len: at, payload_len: len }))
 }
 
 fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
@@ -158,11 +149,7 @@ impl Reader {
     /// Parses every complete frame of `data` (appended to any partial frame
     /// kept from before), calling `on_message` with each data message, and
     /// keeps an incomplete trailing frame for the next call.
-    pub fn feed<F: FnMut(&[u8])>(
-        &mut self,
-        data: &mut [u8],
-        on_message: &mut F,
-    ) -> Result<Controls> {
+    pub fn feed<F: FnMut(&[u8])>(&mut self, data: &mut [u8], on_message: &mut F) -> Result<Controls> {
         let mut ctl = Controls::default();
         if self.partial.is_empty() {
             let used = self.parse(data, on_message, &mut ctl)?;
@@ -182,12 +169,7 @@ impl Reader {
         Ok(ctl)
     }
 
-    fn parse<F: FnMut(&[u8])>(
-        &mut self,
-        data: &mut [u8],
-        on_message: &mut F,
-        ctl: &mut Controls,
-    ) -> Result<usize> {
+    fn parse<F: FnMut(&[u8])>(&mut self, data: &mut [u8], on_message: &mut F, ctl: &mut Controls) -> Result<usize> {
         let mut pos = 0;
         while ctl.close.is_none() {
             let Some(h) = parse_header(&data[pos..])? else {
@@ -222,14 +204,10 @@ impl Reader {
                 op::PING => ctl.pings.push(payload.to_vec()),
                 op::PONG => {}
                 op::CLOSE => {
-                    let code =
-                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                     ctl.close = Some(code);
                 }
-                o => bail!(
-                    "unexpected opcode {o:#x} (fragmenting: {})",
-                    self.fragmenting
-                ),
+                o => bail!("unexpected opcode {o:#x} (fragmenting: {})", self.fragmenting),
             }
             pos += total;
         }
@@ -288,14 +266,7 @@ impl RawWs {
         let head = std::str::from_utf8(&buf[..head_end]).context("non-UTF-8 handshake response")?;
         check_handshake_response(head, &derive_accept_key(key.as_bytes()), subprotocol)?;
         let leftover = buf[head_end..].to_vec();
-        Ok((
-            RawWs {
-                stream,
-                reader: Reader::default(),
-                mask_seed: seed | 1,
-            },
-            leftover,
-        ))
+        Ok((RawWs { stream, reader: Reader::default(), mask_seed: seed | 1 }, leftover))
     }
 
     fn next_mask(&mut self) -> [u8; 4] {
@@ -311,9 +282,7 @@ impl RawWs {
     /// Sends one frame.
     pub async fn send(&mut self, opcode: u8, payload: &[u8]) -> Result<()> {
         let m = self.next_mask();
-        self.stream
-            .write_all(&encode_client_frame(opcode, payload, m))
-            .await?;
+        self.stream.write_all(&encode_client_frame(opcode, payload, m)).await?;
         Ok(())
     }
 
@@ -323,10 +292,7 @@ impl RawWs {
     /// Reads go through `poll_read`, which (unlike `try_read`) clears the
     /// socket's readiness after a short read, saving a second `read` syscall
     /// that would only return `EAGAIN`.
-    pub async fn read_and_process<F: FnMut(&[u8]) + Send>(
-        &mut self,
-        on_message: &mut F,
-    ) -> Result<Option<Controls>> {
+    pub async fn read_and_process<F: FnMut(&[u8]) + Send>(&mut self, on_message: &mut F) -> Result<Option<Controls>> {
         let stream = &mut self.stream;
         let reader = &mut self.reader;
         std::future::poll_fn(|cx| {
@@ -423,9 +389,7 @@ mod tests {
             assert_eq!(h.header_len + len, f.len());
             let mut got = vec![];
             let mut f2 = f.clone();
-            let ctl = Reader::default()
-                .feed(&mut f2, &mut |m| got.push(m.to_vec()))
-                .unwrap();
+            let ctl = Reader::default().feed(&mut f2, &mut |m| got.push(m.to_vec())).unwrap();
             assert_eq!(ctl, Controls::default());
             assert_eq!(got, vec![payload]);
         }
@@ -438,10 +402,7 @@ mod tests {
         assert_eq!(parse_header(&[0x81, 127, 0, 0, 0]).unwrap(), None);
         assert_eq!(parse_header(&[0x81, 0x85, 1, 2]).unwrap(), None);
         assert!(parse_header(&[0xC1, 1]).is_err(), "RSV1 without extension");
-        assert!(
-            parse_header(&[0x81, 127, 0, 0, 0, 0, 1, 0, 0, 0]).is_err(),
-            "too large"
-        );
+        assert!(parse_header(&[0x81, 127, 0, 0, 0, 0, 1, 0, 0, 0]).is_err(), "too large");
     }
 
     #[test]
@@ -492,9 +453,6 @@ mod tests {
         let refused = "HTTP/1.1 403 Forbidden\r\n\r\n";
         assert!(check_handshake_response(refused, "abc", None).is_err());
         // RFC 6455 example key/accept pair.
-        assert_eq!(
-            derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 }
