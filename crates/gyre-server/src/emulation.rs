@@ -72,6 +72,73 @@ pub enum Delivered {
     Busy,
 }
 
+/// Forwards emulation commands through the node's control plane (NATS in a
+/// cluster): `/emulation` on any node reaches the session on the node that
+/// owns its stream. Holds the node weakly: the node owns the handler that
+/// owns the registry that owns this forwarder.
+struct NodeForwarder {
+    node: std::sync::Weak<gyre_node::Node>,
+}
+
+/// Wire format of a forwarded request: varint session length, session, data.
+fn encode_forward(session: &str, data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(session.len() + data.len() + 5);
+    prost::encoding::encode_varint(session.len() as u64, &mut out);
+    out.extend_from_slice(session.as_bytes());
+    out.extend_from_slice(data);
+    Bytes::from(out)
+}
+
+fn decode_forward(mut b: Bytes) -> Option<(String, Bytes)> {
+    let mut slice = &b[..];
+    let len = prost::encoding::decode_varint(&mut slice).ok()? as usize;
+    let header = b.len() - slice.len();
+    if slice.len() < len {
+        return None;
+    }
+    let session = std::str::from_utf8(&slice[..len]).ok()?.to_string();
+    let data = b.split_off(header + len);
+    Some((session, data))
+}
+
+impl EmulationForwarder for NodeForwarder {
+    fn forward(
+        &self,
+        node: String,
+        session: String,
+        data: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ForwardError>> + Send>> {
+        let n = self.node.upgrade();
+        Box::pin(async move {
+            let n = n.ok_or_else(|| ForwardError::Internal("node is shutting down".into()))?;
+            if !n.nodes().iter().any(|i| i.uid == node) {
+                return Err(ForwardError::UnknownNode);
+            }
+            n.send_to_node(&node, encode_forward(&session, &data))
+                .await
+                .map_err(|e| ForwardError::Internal(e.message.to_string()))
+        })
+    }
+}
+
+/// Routes emulation requests between nodes: installs the forwarder and
+/// delivers requests forwarded here to local sessions.
+pub fn connect_cluster(node: &Arc<gyre_node::Node>, sessions: &Arc<Sessions>) {
+    sessions.set_forwarder(Arc::new(NodeForwarder { node: Arc::downgrade(node) }));
+    let sessions = Arc::downgrade(sessions);
+    node.on_node_message(Arc::new(move |_from, bytes| {
+        let Some((session, data)) = decode_forward(bytes) else {
+            tracing::debug!("malformed forwarded emulation request dropped");
+            return;
+        };
+        let Some(sessions) = sessions.upgrade() else { return };
+        // Bounded: deliver_local gives up after one second on a full inbox.
+        tokio::spawn(async move {
+            let _ = sessions.deliver_local(&session, data).await;
+        });
+    }));
+}
+
 /// The node-local registry of emulation sessions.
 #[derive(Default)]
 pub struct Sessions {
@@ -310,4 +377,16 @@ pub(crate) async fn emulation(app: Arc<App>, req: Request<Incoming>) -> Response
     };
     h::cors(&cfg, &headers, &mut resp);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_requests_round_trip() {
+        let b = encode_forward("sess-1", b"{\"id\":2}");
+        assert_eq!(decode_forward(b), Some(("sess-1".to_string(), Bytes::from_static(b"{\"id\":2}"))));
+        assert_eq!(decode_forward(Bytes::from_static(&[0x05, b'a'])), None);
+    }
 }

@@ -157,6 +157,7 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
         sockjs: crate::sockjs::Registry::default(),
         conn_rt,
     });
+    crate::emulation::connect_cluster(&node, &app.sessions);
     let mut internal_addr = addr;
     if split {
         let iaddr = if cfg.http_server.internal_address.is_empty() {
