@@ -984,15 +984,13 @@ impl Client {
         if rpc.ping.enabled && req.method == rpc.ping.method {
             return Ok(RpcResult::default());
         }
-        let opts = match req.method.split_once(rpc.namespace_boundary.as_str()) {
-            Some((ns, _)) => match rpc.namespaces.iter().find(|n| n.name == ns) {
-                Some(n) => &n.options,
-                None => return Err(ClientError::METHOD_NOT_FOUND.into()),
-            },
-            None => &rpc.without_namespace,
-        };
-        // No RPC proxy is wired in this version: every method but ping is unavailable.
-        let _ = opts;
+        // An unknown RPC namespace is 104; a known one has no proxy wired in
+        // this version (proxies are refused at start-up), so it is 108.
+        if let Some((ns, _)) = req.method.split_once(rpc.namespace_boundary.as_str())
+            && !rpc.namespaces.iter().any(|n| n.name == ns)
+        {
+            return Err(ClientError::METHOD_NOT_FOUND.into());
+        }
         Err(ClientError::NOT_AVAILABLE.into())
     }
 

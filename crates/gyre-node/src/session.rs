@@ -283,11 +283,6 @@ impl ClientShared {
         self.queue.lock().disconnect.clone()
     }
 
-    /// Whether a disconnect is pending.
-    pub fn closing(&self) -> bool {
-        self.queue.lock().disconnect.is_some()
-    }
-
     /// Takes up to `max` messages for one frame, and the pending disconnect
     /// once the queue is empty.
     pub fn take_batch(&self, max: usize) -> Batch {
