@@ -15,12 +15,20 @@ cd "$ROOT"
 if [ -d "$HOME/.cargo/bin" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export GYRE_BIN="${GYRE_BIN:-$ROOT/target/debug/gyre}"
+# A fresh clone gains nothing from incremental compilation, and its caches would about double the
+# disk the debug build takes (CI machines have run out of disk here before).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 STEPS=()
 RESULTS=()
 TIMES=()
 START_ALL=$(date +%s)
 
+disk_report() {
+    # Printed before and after, so a run that dies of a full disk says so in its own log.
+    df -h "$ROOT" | awk -v when="$1" 'NR==2 {print "disk " when ": " $4 " free of " $2 " on " $6}'
+    if [ -d "$ROOT/target" ]; then du -sh "$ROOT/target" 2>/dev/null | awk '{print "target/: " $1}'; fi
+}
 summary() {
     local rc=$?
     echo
@@ -30,6 +38,7 @@ summary() {
         printf '  %-8s %-45s %5ss\n' "${RESULTS[$i]}" "${STEPS[$i]}" "${TIMES[$i]}"
     done
     printf '  total %ss\n' "$(( $(date +%s) - START_ALL ))"
+    disk_report "at the end" | sed 's/^/  /' || true
     if [ "$rc" -eq 0 ]; then
         echo "  ALL STEPS PASSED"
     else
@@ -74,6 +83,7 @@ py_suite() (
     "$ROOT/tests/.deps/venv/bin/python" -m pytest -p no:cacheprovider
 )
 
+disk_report "at start"
 step "install deps" bash tests/install-deps.sh
 step "cargo build" cargo build --workspace --all-targets
 if [ ! -x "$GYRE_BIN" ]; then
@@ -85,5 +95,5 @@ step "SDK tests: JavaScript (centrifuge-js, cent.js)" js_suite
 step "SDK tests: Python (centrifuge-python, cent)" py_suite
 if [ -f tests/operator/run.sh ]; then
     step "operator install" bash tests/operator/install.sh
-    step "operator tests" bash tests/operator/run.sh
+    step "operator tests" env GYRE_WORKSPACE_BUILT=1 bash tests/operator/run.sh
 fi

@@ -22,13 +22,19 @@ rm -rf "$ART"
 mkdir -p "$ART/rendered" "$ART/configs" "$ART/chart"
 step() { printf '\n=== %s\n' "$*"; }
 
-step "cargo test -p gyre-operator (builders, CEL, mocked-apiserver scenarios, CRD drift)"
-cargo test -p gyre-operator
-
-step "build the operator binary"
-cargo build -q -p gyre-operator
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 OP="$TARGET_DIR/debug/gyre-operator"
+if [ "${GYRE_WORKSPACE_BUILT:-0}" = 1 ] && [ -x "$OP" ]; then
+  # tests/run-all.sh already built the workspace and ran `cargo test --workspace`. Building again
+  # with `-p gyre-operator` would resolve a different feature set for the shared dependencies and
+  # compile a second copy of them: minutes of CPU and gigabytes of disk for nothing.
+  step "operator crate tests and binary: done by the workspace build and cargo test"
+else
+  step "cargo test -p gyre-operator (builders, CEL, mocked-apiserver scenarios, CRD drift)"
+  cargo test -p gyre-operator
+  step "build the operator binary"
+  cargo build -q -p gyre-operator
+fi
 [ -x "$OP" ] || { echo "run.sh: $OP not built" >&2; exit 1; }
 
 step "generated files are committed and current (CRD, chart crds/, manifests/operator.yaml)"
