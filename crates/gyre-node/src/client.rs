@@ -14,6 +14,8 @@
 //! queued; see `session::SubDelivery`).
 
 use std::collections::HashMap;
+
+use crate::small_map::SmallMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +93,7 @@ pub struct Client {
     conn_info: Bytes,
     expire_at: Option<i64>,
     expire_deadline: Option<Instant>,
-    channels: HashMap<String, ChannelCtx>,
+    channels: SmallMap<String, ChannelCtx>,
     stale_deadline: Instant,
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
@@ -122,7 +124,7 @@ impl Client {
             conn_info: Bytes::new(),
             expire_at: None,
             expire_deadline: None,
-            channels: HashMap::new(),
+            channels: SmallMap::new(),
             stale_deadline: Instant::now() + stale,
             next_ping: None,
             pong_deadline: None,

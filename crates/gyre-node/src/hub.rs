@@ -20,6 +20,7 @@ use gyre_proto::protocol::{ClientInfo, Join, Leave, Publication, Push, Reply};
 use parking_lot::RwLock;
 
 use crate::session::{ClientShared, Encoding, PubForm};
+use crate::small_map::SmallMap;
 
 const SHARDS: usize = 64;
 
@@ -30,11 +31,14 @@ fn shard_of(key: &str) -> usize {
 }
 
 type ClientMap = HashMap<Arc<str>, Arc<ClientShared>>;
+type UserClients = SmallMap<Arc<str>, Arc<ClientShared>>;
 
 /// Registry of connections and subscriptions.
 pub struct Hub {
     conns: [RwLock<ClientMap>; SHARDS],
-    users: [RwLock<HashMap<Arc<str>, ClientMap>>; SHARDS],
+    /// A user's connections: usually one or two, so a [`SmallMap`] (a
+    /// `HashMap` per user cost ~180 bytes per connection).
+    users: [RwLock<HashMap<Arc<str>, UserClients>>; SHARDS],
     subs: [RwLock<HashMap<Arc<str>, ClientMap>>; SHARDS],
     num_clients: AtomicUsize,
     num_subs: AtomicUsize,

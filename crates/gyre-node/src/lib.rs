@@ -24,6 +24,7 @@ pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod session;
+pub mod small_map;
 
 pub use client::Client;
 pub use errors::{ClientError, Disconnect};

@@ -12,7 +12,7 @@
 //! whole queue and marks the connection for disconnect 3008 "slow". The
 //! publisher never waits and the other subscribers never notice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 
 use crate::errors::Disconnect;
 use crate::hub::{LazyPush, encode_push};
+use crate::small_map::SmallMap;
 
 /// How messages for this connection are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +99,9 @@ pub struct SubDelivery {
     pub delta: bool,
     /// The client holds the previous publication's data (next may be a patch).
     pub delta_base: Option<u64>,
-    /// Only publications whose tags match are delivered.
-    pub tags_filter: Option<gyre_proto::protocol::FilterNode>,
+    /// Only publications whose tags match are delivered. Boxed: rare, and
+    /// inline it would triple the size of every subscription's entry.
+    pub tags_filter: Option<Box<gyre_proto::protocol::FilterNode>>,
 }
 
 /// How a subscriber wants one publication: plain, or for delta subscriptions
@@ -142,7 +144,7 @@ pub struct ClientShared {
     queue: Mutex<Queue>,
     notify: Notify,
     overflow: Notify,
-    subs: Mutex<HashMap<Arc<str>, SubDelivery>>,
+    subs: Mutex<SmallMap<Arc<str>, SubDelivery>>,
     control: Mutex<VecDeque<Control>>,
 }
 
@@ -174,7 +176,7 @@ impl ClientShared {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             overflow: Notify::new(),
-            subs: Mutex::new(HashMap::new()),
+            subs: Mutex::new(SmallMap::new()),
             control: Mutex::new(VecDeque::new()),
         })
     }
@@ -288,7 +290,10 @@ impl ClientShared {
     pub fn take_batch(&self, max: usize) -> Batch {
         let mut q = self.queue.lock();
         let n = q.items.len().min(max);
-        let messages: Vec<Bytes> = q.items.drain(..n).collect();
+        // Taking the whole queue hands its buffer to the batch (no copy, no
+        // allocation), so an idle connection keeps no queue buffer at all.
+        let messages: Vec<Bytes> =
+            if n == q.items.len() { Vec::from(std::mem::take(&mut q.items)) } else { q.items.drain(..n).collect() };
         q.bytes -= messages.iter().map(Bytes::len).sum::<usize>();
         let disconnect = if q.items.is_empty() { q.disconnect.clone() } else { None };
         Batch { messages, disconnect }
@@ -307,7 +312,7 @@ impl ClientShared {
 
     /// Takes pending control operations.
     pub fn take_controls(&self) -> Vec<Control> {
-        self.control.lock().drain(..).collect()
+        Vec::from(std::mem::take(&mut *self.control.lock()))
     }
 
     // -- delivery state ---------------------------------------------------
@@ -324,13 +329,13 @@ impl ClientShared {
                 broken: false,
                 delta: o.delta,
                 delta_base: None,
-                tags_filter: o.tags_filter,
+                tags_filter: o.tags_filter.map(Box::new),
             },
         );
     }
 
     /// Runs `f` on all delivery states at once (going live atomically).
-    pub(crate) fn with_subs<R>(&self, f: impl FnOnce(&mut HashMap<Arc<str>, SubDelivery>) -> R) -> R {
+    pub(crate) fn with_subs<R>(&self, f: impl FnOnce(&mut SmallMap<Arc<str>, SubDelivery>) -> R) -> R {
         f(&mut self.subs.lock())
     }
 

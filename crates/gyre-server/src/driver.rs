@@ -66,8 +66,9 @@ pub enum Start {
     Idle,
     /// Commands that arrived with the request (emulation: the connect command).
     Data(Bytes),
-    /// A unidirectional connect request.
-    Uni(ConnectRequest),
+    /// A unidirectional connect request (boxed: it is consumed at once, and
+    /// inline it would widen every connection's task).
+    Uni(Box<ConnectRequest>),
 }
 
 /// The encoded disconnect push for transports that send one (emulation, uni).
@@ -120,50 +121,106 @@ async fn write_queued<T: Transport>(transport: &mut T, shared: &ClientShared) ->
 
 /// Runs one connection until it ends, then cleans the client up.
 ///
-/// Every call into the client (command handling, controls, timers) and the
-/// write path is boxed: an idle connection's task then only holds the small
-/// waiting state, not room for the largest command's state machine, which
-/// is most of the memory a parked connection would otherwise cost.
-pub async fn drive<T: Transport>(node: Arc<Node>, mut client: Client, transport: &mut T, start: Start) {
-    let shared = client.shared().clone();
-    let first = match start {
-        Start::Idle => Ok(()),
-        Start::Data(data) => Box::pin(client.handle_data(&data)).await,
-        Start::Uni(req) => Box::pin(client.connect_unidirectional(req)).await,
-    };
-    // Why the loop ended: Some(d) = close with d; None = peer gone, nothing to send.
-    let end: Option<Disconnect> = match first {
-        Err(d) => Some(d),
-        Ok(()) => loop {
-            let deadline = client.next_deadline();
-            tokio::select! {
-                biased;
-                _ = shared.notified() => {
-                    if let Err(d) = Box::pin(client.handle_controls()).await {
-                        break Some(d);
-                    }
-                    if let Err(d) = Box::pin(write_queued(transport, &shared)).await {
-                        break d;
-                    }
-                }
-                inbound = transport.read() => match inbound {
-                    Inbound::Data(data) => {
-                        if let Err(d) = Box::pin(client.handle_data(&data)).await {
-                            break Some(d);
+/// A parked connection costs what this future's idle state holds (the client,
+/// the transport, one sleep, one notification, the read future), so every call
+/// into the client (command handling, controls, timers), the write path and
+/// the whole closing phase are boxed: each holds room for the largest
+/// command's state machine or for several write timers, and would otherwise
+/// be part of every connection's task for its whole life. The transport is
+/// taken by value for the same reason: a caller that keeps it and awaits
+/// `drive(&mut t)` stores both side by side.
+///
+/// Not an `async fn`: an async fn's future stores its arguments twice (as
+/// captured arguments and as the body's locals), which for the client and
+/// the transport is several hundred bytes per connection.
+pub fn drive<T: Transport>(
+    node: Arc<Node>,
+    client: Client,
+    transport: T,
+    start: Start,
+) -> impl Future<Output = ()> + Send {
+    let (mut client, mut transport) = (client, transport);
+    async move {
+        let transport = &mut transport;
+        let shared = client.shared().clone();
+        let first = match start {
+            Start::Idle => Ok(()),
+            Start::Data(data) => {
+                let call = Box::pin(client.handle_data(&data));
+                call.await
+            }
+            Start::Uni(req) => {
+                let call = Box::pin(client.connect_unidirectional(*req));
+                call.await
+            }
+        };
+        // Why the loop ended: Some(d) = close with d; None = peer gone, nothing to send.
+        let end: Option<Disconnect> = match first {
+            Err(d) => Some(d),
+            Ok(()) => loop {
+                let wait = next_event(&shared, transport, client.next_deadline());
+                let step = match wait.await {
+                    Event::Wake => {
+                        let call = Box::pin(client.handle_controls());
+                        match call.await {
+                            Err(d) => Err(Some(d)),
+                            Ok(()) => {
+                                let call = Box::pin(write_queued(transport, &shared));
+                                call.await
+                            }
                         }
                     }
-                    Inbound::Gone => break None,
-                    Inbound::Close(d) => break Some(d),
-                },
-                _ = tokio::time::sleep_until(deadline) => {
-                    if let Err(d) = Box::pin(client.tick()).await {
-                        break Some(d);
+                    Event::Peer(Inbound::Data(data)) => {
+                        let call = Box::pin(client.handle_data(&data));
+                        call.await.map_err(Some)
                     }
+                    Event::Peer(Inbound::Gone) => Err(None),
+                    Event::Peer(Inbound::Close(d)) => Err(Some(d)),
+                    Event::Tick => {
+                        let call = Box::pin(client.tick());
+                        call.await.map_err(Some)
+                    }
+                };
+                if let Err(end) = step {
+                    break end;
                 }
-            }
-        },
-    };
-    if let Some(d) = end {
+            },
+        };
+        if let Some(d) = end {
+            let call = Box::pin(finish(&node, transport, &shared, d));
+            call.await;
+        }
+        // Stop further queueing from the hub, then clean up state.
+        shared.close_with(Disconnect::CONNECTION_CLOSED);
+        let call = Box::pin(client.close());
+        call.await;
+    }
+}
+
+/// What woke an idle connection.
+enum Event {
+    /// Something was queued for writing, or a control operation arrived.
+    Wake,
+    /// The peer did something.
+    Peer(Inbound),
+    /// A client timer is due.
+    Tick,
+}
+
+/// The idle wait, as its own small future: this is the state a parked
+/// connection sits in.
+async fn next_event<T: Transport>(shared: &ClientShared, transport: &mut T, deadline: tokio::time::Instant) -> Event {
+    tokio::select! {
+        biased;
+        _ = shared.notified() => Event::Wake,
+        inbound = transport.read() => Event::Peer(inbound),
+        _ = tokio::time::sleep_until(deadline) => Event::Tick,
+    }
+}
+
+/// Flushes what is queued and closes the transport with `d`.
+async fn finish<T: Transport>(node: &Node, transport: &mut T, shared: &ClientShared, d: Disconnect) {
+    {
         node.record_disconnect(d.code);
         if d != Disconnect::WRITE_ERROR {
             // Flush what is queued (never for 3008: its queue is gone by design).
@@ -173,7 +230,7 @@ pub async fn drive<T: Transport>(node: Arc<Node>, mut client: Client, transport:
                     if batch.messages.is_empty() {
                         break;
                     }
-                    if write_frame(transport, &batch.messages, &shared).await.is_err() {
+                    if write_frame(transport, &batch.messages, shared).await.is_err() {
                         break;
                     }
                 }
@@ -183,7 +240,4 @@ pub async fn drive<T: Transport>(node: Arc<Node>, mut client: Client, transport:
         }
         tracing::debug!(client = %shared.id, transport = shared.transport.name, code = d.code, reason = %d.reason, "disconnected");
     }
-    // Stop further queueing from the hub, then clean up state.
-    shared.close_with(Disconnect::CONNECTION_CLOSED);
-    Box::pin(client.close()).await;
 }

@@ -245,10 +245,8 @@ pub(crate) fn spawn_stream(
         None => (None, None),
     };
     let write_timeout = node.config.websocket.write_timeout.0.max(Duration::from_millis(100));
-    let mut transport = StreamTransport::new(tx, rx, format, encoding, write_timeout, guard);
-    app.spawn_conn(async move {
-        driver::drive(node, client, &mut transport, start).await;
-    });
+    let transport = StreamTransport::new(tx, rx, format, encoding, write_timeout, guard);
+    app.spawn_conn(driver::drive(node, client, transport, start));
     let mut resp = Response::new(body);
     let ct = match format {
         StreamFormat::Sse => "text/event-stream; charset=utf-8",

@@ -63,10 +63,12 @@ impl App {
     pub(crate) fn spawn_conn(self: &Arc<Self>, f: impl Future<Output = ()> + Send + 'static) {
         let app = self.clone();
         app.conns.fetch_add(1, Ordering::Relaxed);
-        let task = async move {
-            f.await;
+        // Not `async move { f.await; ... }`: an async block that awaits a
+        // future it captured keeps room for both, doubling every connection's
+        // task (measured: 8.5 KiB instead of 4.2 KiB per WebSocket).
+        let task = futures_util::FutureExt::map(f, move |()| {
             app.conns.fetch_sub(1, Ordering::Relaxed);
-        };
+        });
         match &self.conn_rt {
             Some(h) => drop(self.tracker.spawn_on(task, h)),
             None => drop(self.tracker.spawn(task)),

@@ -677,7 +677,7 @@ async fn websocket(app: Arc<App>, svc: Service, req: &mut Request<Incoming>, raw
     let heartbeat = node.config.sockjs.heartbeat_delay.0.max(Duration::from_millis(100));
     let user = h::http_user(&node.config, req.headers());
     h::upgrade(&app, req, None, move |up| async move {
-        let ws = crate::ws::socket(up, node.config.websocket.message_size_limit).await;
+        let ws = crate::ws::socket(up, node.config.websocket.message_size_limit);
         let wt = node.config.websocket.write_timeout.0.max(Duration::from_millis(100));
         let mode = if raw { WsMode::Raw } else { WsMode::SockJs { heartbeat } };
         let mut t = WsTransport::new(ws, mode, wt, Encoding::Json);
@@ -695,7 +695,7 @@ async fn websocket(app: Arc<App>, svc: Service, req: &mut Request<Incoming>, raw
                 let shared = ClientShared::new(Encoding::Json, info, node.config.client.queue_max_size);
                 let mut client = Client::new(node.clone(), shared);
                 client.set_http_user(user);
-                driver::drive(node, client, &mut t, Start::Idle).await;
+                driver::drive(node, client, t, Start::Idle).await;
             }
             other => run_test_app(other, &mut t, cancel).await,
         }
@@ -860,7 +860,7 @@ fn start_session(
             let shared = ClientShared::new(Encoding::Json, info, node.config.client.queue_max_size);
             let mut client = Client::new(node.clone(), shared);
             client.set_http_user(http_user);
-            driver::drive(node, client, &mut t, Start::Idle).await;
+            driver::drive(node, client, t, Start::Idle).await;
         }),
         other => {
             let cancel = app.cancelled();

@@ -69,7 +69,7 @@ pub(crate) async fn http(app: Arc<App>, req: Request<Incoming>, sse: bool) -> Re
         name,
         format,
         Encoding::JsonUni,
-        Start::Uni(connect),
+        Start::Uni(Box::new(connect)),
         None,
         session,
         http_user,
@@ -86,7 +86,7 @@ pub(crate) async fn websocket(
 ) {
     let node = app.node.clone();
     let cfg = &node.config;
-    let ws = crate::ws::socket(upgraded, cfg.uni_websocket.message_size_limit).await;
+    let ws = crate::ws::socket(upgraded, cfg.uni_websocket.message_size_limit);
     let ping = cfg.client.ping_interval.0.filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(25));
     let pong = cfg.client.pong_timeout.0.filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(10));
     let mode = WsMode::Uni {
@@ -121,5 +121,5 @@ pub(crate) async fn websocket(
     let shared = ClientShared::with_session(Encoding::JsonUni, info, cfg.client.queue_max_size, session);
     let mut client = Client::new(node.clone(), shared);
     client.set_http_user(http_user);
-    driver::drive(node, client, &mut t, Start::Uni(connect)).await;
+    driver::drive(node, client, t, Start::Uni(Box::new(connect))).await;
 }
