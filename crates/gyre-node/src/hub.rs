@@ -255,6 +255,11 @@ impl Hub {
     }
 
     /// Fans a join out to subscribers that receive join/leave.
+    /// Local subscribers of `channel`.
+    pub fn num_channel_subscribers(&self, channel: &str) -> usize {
+        self.subs[shard_of(channel)].read().get(channel).map_or(0, HashMap::len)
+    }
+
     pub fn broadcast_join(&self, channel: &str, info: ClientInfo) -> usize {
         let push = Push { channel: channel.to_string(), join: Some(Join { info: Some(info) }), ..Default::default() };
         self.broadcast_join_leave(channel, &push)

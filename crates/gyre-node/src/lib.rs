@@ -17,6 +17,7 @@ pub mod control;
 pub mod delta;
 pub mod engine;
 pub mod errors;
+mod fanout;
 pub mod filter;
 pub mod hub;
 pub mod jwks;

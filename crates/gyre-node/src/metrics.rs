@@ -26,6 +26,8 @@ pub struct Counters {
     pub api_errors: AtomicU64,
     /// Connections accepted (bidirectional and emulated).
     pub connections_accepted: AtomicU64,
+    /// Times a publisher waited because the fan-out thread was a full queue behind.
+    pub fanout_backpressure: AtomicU64,
 }
 
 impl Counters {
@@ -90,6 +92,12 @@ pub fn render(node: &Node) -> String {
         "centrifugo_client_connections_accepted",
         "Connections accepted.",
         c.connections_accepted.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "gyre_fanout_backpressure_count",
+        "Times a publisher waited for the fan-out thread (its queue was full).",
+        c.fanout_backpressure.load(Ordering::Relaxed),
     );
     let _ = writeln!(
         out,

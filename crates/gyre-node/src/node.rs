@@ -35,6 +35,7 @@ use crate::config::{ChannelOptions, Config};
 use crate::control::{ControlMsg, Envelope, b64, unb64};
 use crate::engine::*;
 use crate::errors::{ClientError, Disconnect};
+use crate::fanout::Job;
 use crate::hub::Hub;
 use crate::memory::{MemoryBroker, MemoryPresence};
 use crate::session::Control;
@@ -115,10 +116,9 @@ pub struct NodeInfo {
 }
 
 struct Events {
-    hub: Arc<Hub>,
     node: Weak<Node>,
     uid: String,
-    counters: Arc<crate::metrics::Counters>,
+    fanout: Arc<crate::fanout::Fanout>,
 }
 
 impl BrokerEventHandler for Events {
@@ -129,17 +129,13 @@ impl BrokerEventHandler for Events {
         epoch: &str,
         prev: Option<Arc<Publication>>,
     ) {
-        let n = self.hub.broadcast_publication(channel, &publication, epoch, prev.as_ref());
-        crate::metrics::Counters::add(&self.counters.publications_received, 1);
-        crate::metrics::Counters::add(&self.counters.publications_sent, n as u64);
+        self.fanout.send(Job::Publication { channel: channel.into(), publication, epoch: epoch.into(), prev });
     }
     fn handle_join(&self, channel: &str, info: ClientInfo) {
-        let n = self.hub.broadcast_join(channel, info);
-        crate::metrics::Counters::add(&self.counters.join_leave_sent, n as u64);
+        self.fanout.send(Job::Join { channel: channel.into(), info });
     }
     fn handle_leave(&self, channel: &str, info: ClientInfo) {
-        let n = self.hub.broadcast_leave(channel, info);
-        crate::metrics::Counters::add(&self.counters.join_leave_sent, n as u64);
+        self.fanout.send(Job::Leave { channel: channel.into(), info });
     }
     fn handle_control(&self, data: Bytes) {
         let env: Envelope = match serde_json::from_slice(&data) {
@@ -193,6 +189,7 @@ pub struct Node {
     node_handler: parking_lot::RwLock<Option<NodeMessageHandler>>,
     /// Metrics counters.
     pub counters: Arc<crate::metrics::Counters>,
+    fanout: Arc<crate::fanout::Fanout>,
 }
 
 impl std::fmt::Debug for Node {
@@ -229,13 +226,9 @@ impl Node {
         let hub = Arc::new(Hub::default());
         let uid = uuid::Uuid::new_v4().to_string();
         let counters = Arc::new(crate::metrics::Counters::default());
+        let fanout = Arc::new(crate::fanout::Fanout::start(hub.clone(), counters.clone()));
         Ok(Arc::new_cyclic(|weak| {
-            broker.register_handler(Arc::new(Events {
-                hub: hub.clone(),
-                node: weak.clone(),
-                uid: uid.clone(),
-                counters: counters.clone(),
-            }));
+            broker.register_handler(Arc::new(Events { node: weak.clone(), uid: uid.clone(), fanout: fanout.clone() }));
             Node {
                 rules: ChannelRules::new(&config),
                 config: Arc::new(config),
@@ -254,6 +247,7 @@ impl Node {
                 survey_seq: AtomicU64::new(1),
                 node_handler: parking_lot::RwLock::new(None),
                 counters,
+                fanout,
             }
         }))
     }
@@ -416,6 +410,13 @@ impl Node {
     /// How many connections were closed with `code`.
     pub fn disconnect_count(&self, code: u32) -> u64 {
         self.disconnects.lock().get(&code).copied().unwrap_or(0)
+    }
+
+    /// Resolves once every publication, join and leave this node accepted so
+    /// far has been put into its local subscribers' queues: the fan-out runs
+    /// on its own thread, after the publisher has its answer.
+    pub async fn fanout_settled(&self) {
+        self.fanout.settled().await
     }
 
     /// Whether shutdown began.

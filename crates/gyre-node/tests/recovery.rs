@@ -92,6 +92,7 @@ async fn recovery_merges_concurrent_publications_without_gap_or_duplicate() {
         );
         c.handle_data(sub.as_bytes()).await.unwrap();
         publisher.await.unwrap();
+        node.fanout_settled().await;
         c.handle_controls().await.unwrap();
         let mut offsets = Vec::new();
         let mut flags = Vec::new();
@@ -153,6 +154,7 @@ async fn delta_subscribers_get_full_then_patches_that_apply() {
     for n in 0..5 {
         let opts = ApiPublish { delta: true, ..Default::default() };
         node.publish("hist:x", Bytes::from(doc(n)), None, &opts).await.unwrap();
+        node.fanout_settled().await;
         let b = shared.take_batch(16);
         let line = String::from_utf8(b.messages[0].to_vec()).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -199,4 +201,51 @@ async fn position_check_detects_a_stuck_subscriber() {
     }
     assert!(text.iter().any(|t| t.contains(r#""unsubscribe":{"code":2500"#)), "{text:?}");
     assert!(start.elapsed() <= Duration::from_secs(81), "detected within two checks: {:?}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_channels_fan_out_on_the_fanout_thread_in_order() {
+    // 600 subscribers: over the inline threshold, so publications reach the hub through
+    // the fan-out thread while small-channel publications on the same node go inline.
+    // Two publishers race; every subscriber must see every offset once, in order.
+    let node = node(1000);
+    let mut clients = Vec::new();
+    for _ in 0..600 {
+        let (mut c, shared) = client(&node);
+        c.handle_data(br#"{"id":1,"connect":{}}"#).await.unwrap();
+        c.handle_data(br#"{"id":2,"subscribe":{"channel":"hist:x"}}"#).await.unwrap();
+        let _ = shared.take_batch(16);
+        clients.push((c, shared));
+    }
+    let (mut small, small_shared) = client(&node);
+    small.handle_data(br#"{"id":1,"connect":{}}"#).await.unwrap();
+    small.handle_data(br#"{"id":2,"subscribe":{"channel":"hist:small"}}"#).await.unwrap();
+    let _ = small_shared.take_batch(16);
+    let tasks: Vec<_> = ["hist:x", "hist:small"]
+        .into_iter()
+        .map(|ch| {
+            let n = node.clone();
+            tokio::spawn(async move {
+                for i in 1..=100 {
+                    n.publish(ch, Bytes::from(format!("{{\"i\":{i}}}")), None, &ApiPublish::default()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    node.fanout_settled().await;
+    let want: Vec<u64> = (1..=100).collect();
+    for (i, (_, shared)) in clients.iter().enumerate() {
+        let (mut offsets, mut flags) = (Vec::new(), Vec::new());
+        drain_offsets(shared, &mut offsets, &mut flags);
+        assert_eq!(offsets, want, "subscriber {i} of the large channel");
+    }
+    let (mut offsets, mut flags) = (Vec::new(), Vec::new());
+    drain_offsets(&small_shared, &mut offsets, &mut flags);
+    assert_eq!(offsets, want, "the small channel's subscriber");
+    for (mut c, _) in clients {
+        c.close().await;
+    }
 }

@@ -45,6 +45,9 @@ pub struct App {
     tracker: TaskTracker,
     cancel: CancellationToken,
     conns: AtomicUsize,
+    /// `client.connection_rate_limit`: new connections per second, with a
+    /// burst of one second's worth (a token bucket, as Centrifugo's).
+    conn_rate: Option<governor::DefaultDirectRateLimiter>,
     /// Listener serves the internal endpoints (API, health, metrics).
     split_internal: bool,
     /// Emulation sessions of this node.
@@ -89,7 +92,7 @@ impl App {
     }
 
     /// Checks a new real-time connection: not shutting down, origin allowed,
-    /// under the connection limit.
+    /// under the connection limit and the connection rate limit.
     #[allow(clippy::result_large_err)] // once per request; a Box buys nothing
     pub(crate) fn admit(&self, headers: &HeaderMap) -> Result<(), Response<Body>> {
         if self.node.is_shutting_down() {
@@ -101,6 +104,10 @@ impl App {
         let limit = self.node.config.client.connection_limit;
         if limit > 0 && self.conns.load(Ordering::Relaxed) >= limit {
             return Err(text(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached\n"));
+        }
+        // Checked last, so a refused request does not spend a token.
+        if self.conn_rate.as_ref().is_some_and(|r| r.check().is_err()) {
+            return Err(text(StatusCode::SERVICE_UNAVAILABLE, "connection rate limit reached\n"));
         }
         Ok(())
     }
@@ -154,6 +161,10 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
         tracker: TaskTracker::new(),
         cancel: CancellationToken::new(),
         conns: AtomicUsize::new(0),
+        conn_rate: u32::try_from(cfg.client.connection_rate_limit)
+            .ok()
+            .and_then(std::num::NonZeroU32::new)
+            .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n))),
         split_internal: split,
         sessions: Arc::new(Sessions::default()),
         sockjs: crate::sockjs::Registry::default(),

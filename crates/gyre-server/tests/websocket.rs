@@ -400,3 +400,39 @@ async fn prometheus_metrics_count_clients_and_disconnects() {
     assert!(text.contains("centrifugo_node_messages_sent_count{type=\"publication\"} 1\n"), "{text}");
     assert!(text.contains("centrifugo_client_num_server_disconnects{code=\"3501\"} 1\n"), "{text}");
 }
+
+#[tokio::test]
+async fn connection_limit_and_connection_rate_limit_answer_503() {
+    // client.connection_limit: a connection over the limit is refused before the upgrade,
+    // and a closed connection frees its slot.
+    let s = TestServer::start(json!({"client": {"connection_limit": 1}})).await;
+    let mut first = WsClient::connect(&s.ws_url()).await;
+    first.handshake(&user_token("a")).await;
+    let err = tokio_tungstenite::connect_async(s.ws_url()).await.unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    drop(first);
+    let mut admitted = false;
+    for _ in 0..50 {
+        if tokio_tungstenite::connect_async(s.ws_url()).await.is_ok() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "the slot of a closed connection is given back");
+
+    // client.connection_rate_limit: one new connection per second; the next one within the
+    // second gets 503 (the open one is unaffected), a second later one is admitted again.
+    let s = TestServer::start(json!({"client": {"connection_rate_limit": 1}, "http_stream": {"enabled": true}})).await;
+    let mut open = WsClient::connect(&s.ws_url()).await;
+    open.handshake(&user_token("b")).await;
+    let err = tokio_tungstenite::connect_async(s.ws_url()).await.unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    let (code, body) = http_post(s.addr, "/connection/http_stream", "", &[]).await;
+    assert_eq!((code, body.as_str()), (503, "connection rate limit reached\n"), "every transport is limited");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut later = WsClient::connect(&s.ws_url()).await;
+    later.handshake(&user_token("c")).await;
+    open.send_text(r#"{"id":9,"rpc":{"method":"ping"}}"#).await;
+    open.json_until(|m| m["id"] == 9).await;
+}
