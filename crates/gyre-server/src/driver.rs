@@ -141,6 +141,8 @@ pub fn drive<T: Transport>(
 ) -> impl Future<Output = ()> + Send {
     let (mut client, mut transport) = (client, transport);
     async move {
+        // Every `let call = Box::pin(..); call.await` below keeps that call's
+        // state machine on the heap, out of this future (see above).
         let transport = &mut transport;
         let shared = client.shared().clone();
         let first = match start {
