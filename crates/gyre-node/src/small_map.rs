@@ -51,12 +51,12 @@ impl<K: Borrow<str>, V> SmallMap<K, V> {
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.entries.iter().find(|(k, _)| k.borrow() == key).map(|(_, v)| v)
+        self.index(key).map(|i| &self.entries[i].1)
     }
 
     /// The value of `key`, mutably.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
-        self.entries.iter_mut().find(|(k, _)| k.borrow() == key).map(|(_, v)| v)
+        self.index(key).map(|i| &mut self.entries[i].1)
     }
 
     /// Inserts or replaces; returns the previous value.
@@ -88,11 +88,6 @@ impl<K: Borrow<str>, V> SmallMap<K, V> {
         self.entries.iter().map(|(k, v)| (k, v))
     }
 
-    /// All entries, values mutably.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
-        self.entries.iter_mut().map(|(k, v)| (&*k, v))
-    }
-
     /// All keys.
     pub fn keys(&self) -> impl Iterator<Item = &K> {
         self.entries.iter().map(|(k, _)| k)
@@ -101,11 +96,6 @@ impl<K: Borrow<str>, V> SmallMap<K, V> {
     /// All values.
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.entries.iter().map(|(_, v)| v)
-    }
-
-    /// Removes every entry and frees the storage.
-    pub fn clear(&mut self) {
-        self.entries = Vec::new();
     }
 
     /// Room reserved, in entries (for tests of the growth policy).
