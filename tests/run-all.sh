@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Gyre's whole test suite (the README's test command; .ci/run calls it):
 #   1. tests/install-deps.sh            (system packages, npm ci, Python venv)
-#   2. cargo build --workspace --all-targets
-#   3. cargo test --workspace           (Rust unit + integration tests)
-#   4. real SDKs, JavaScript:  node --test  in tests/sdk/js   (centrifuge-js JSON+protobuf, cent.js)
-#   5. real SDKs, Python:      pytest       in tests/sdk/python (centrifuge-python JSON+protobuf, cent)
-#   6. tests/operator/{install,run}.sh, if tests/operator/run.sh exists
+#   2. cargo fmt --all --check, cargo clippy --workspace --all-targets -- -D warnings
+#   3. cargo build --workspace --all-targets
+#   4. cargo test --workspace           (Rust unit + integration tests, the abuse suite in tests/abuse)
+#   5. real SDKs, JavaScript:  node --test  in tests/sdk/js   (centrifuge-js JSON+protobuf, cent.js)
+#   6. real SDKs, Python:      pytest       in tests/sdk/python (centrifuge-python JSON+protobuf, cent)
+#   7. tests/operator/{install,run}.sh, if tests/operator/run.sh exists
 # Stops at the first failing step, and always prints a summary.
 set -euo pipefail
 
@@ -85,6 +86,8 @@ py_suite() (
 
 disk_report "at start"
 step "install deps" bash tests/install-deps.sh
+step "cargo fmt --check" cargo fmt --all --check
+step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build" cargo build --workspace --all-targets
 if [ ! -x "$GYRE_BIN" ]; then
     echo "!!! gyre binary not found at $GYRE_BIN after the build" >&2
