@@ -2,8 +2,10 @@
 //!
 //! `gyre-loadgen run …` opens connections, subscribes, publishes timestamped
 //! messages over keep-alive HTTP connections and prints ONE JSON line.
+//! `gyre-loadgen flood …` measures `/api/publish` latency during a subscribe/unsubscribe flood.
 //! `gyre-loadgen report FILE…` turns such lines into medians and a markdown table.
 
+mod flood;
 mod frames;
 mod payload;
 mod procfs;
@@ -32,6 +34,14 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// API latency while a subscribe/unsubscribe flood runs on a join_leave channel; one JSON line.
+    Flood {
+        #[command(flatten)]
+        opts: Box<flood::FloodOpts>,
+        /// Tokio worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
     /// Medians of JSON-line results: a markdown table on stdout.
     Report {
         /// Files of JSON lines.
@@ -53,6 +63,13 @@ fn main() -> Result<()> {
             let report = rt.block_on(run::run(*opts))?;
             println!("{report}");
             // Connections are torn down by dropping the runtime without waiting.
+            rt.shutdown_background();
+            Ok(())
+        }
+        Cmd::Flood { opts, threads } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
+            let report = rt.block_on(flood::run(*opts))?;
+            println!("{report}");
             rt.shutdown_background();
             Ok(())
         }
