@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 use gyre_node::auth::{TokenVerifier, sign_hs256};
-use gyre_node::config::Config;
+use gyre_node::config::{Config, LogLevel};
 use serde_json::{Value, json};
 
 use crate::config_load::{self, FlagOverrides, LoadError};
@@ -433,14 +433,14 @@ fn genconfig(flags: &ServerFlags) -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: LogLevel) {
     let filter = match level {
-        "none" => "off",
-        "trace" => "trace",
-        "debug" => "debug",
-        "warn" => "warn",
-        "error" => "error",
-        _ => "info",
+        LogLevel::None => "off",
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error | LogLevel::Fatal => "error",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("GYRE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
@@ -457,7 +457,7 @@ fn serve(flags: ServerFlags) -> ExitCode {
         }
     };
     let config = loaded.config;
-    init_logging(&config.log.level);
+    init_logging(config.log.level);
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }

@@ -4,14 +4,16 @@
 //! The env mapping walks the serialized default config tree, so every key the
 //! config knows is reachable as `CENTRIFUGO_<PATH>` without a hand-kept list
 //! (keys contain underscores, so the mapping cannot be inverted by splitting).
-//! Unknown keys in the file and unknown `CENTRIFUGO_*` variables are warnings
-//! naming the key; a value of the wrong type or a failed rule is an error
-//! naming the key, and every error is reported at once.
+//! Every key is looked up in the key registry ([`crate::config_keys`]): a
+//! Centrifugo v6 key Gyre does not implement is an error naming it unless it
+//! holds Centrifugo's default; keys nobody knows and unknown `CENTRIFUGO_*`
+//! variables are warnings naming the key; a value of the wrong type or a
+//! failed rule is an error naming the key. Every error is reported at once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use gyre_node::config::{ChannelOptions, Config};
+use gyre_node::config::Config;
 use serde_json::{Map, Value};
 
 /// What went wrong loading the config; each line names a key.
@@ -87,7 +89,7 @@ fn env_name(path: &[&str]) -> String {
     s
 }
 
-fn set_path(root: &mut Value, path: &[&str], v: Value) {
+pub(crate) fn set_path(root: &mut Value, path: &[&str], v: Value) {
     let mut cur = root;
     for (i, k) in path.iter().enumerate() {
         if !cur.is_object() {
@@ -135,29 +137,66 @@ fn overlay_env(
             }
         }
     }
-    // Per-namespace overrides: CENTRIFUGO_CHANNEL_NAMESPACES_<NAME>_<OPTION>.
-    let opt_defaults = serde_json::to_value(ChannelOptions::default()).expect("options serialize");
-    if let Some(Value::Array(nss)) = tree.pointer_mut("/channel/namespaces") {
-        for ns in nss.iter_mut() {
-            let Some(name) = ns.get("name").and_then(Value::as_str).map(str::to_string) else {
+    // Per-element overrides of named array items, e.g.
+    // CENTRIFUGO_CHANNEL_NAMESPACES_<NAME>_<OPTION> or CENTRIFUGO_PROXIES_<NAME>_TIMEOUT;
+    // element keys come from the registry (Centrifugo's and Gyre's).
+    let reg = crate::config_keys::registry();
+    for array in reg.top_arrays() {
+        let parts: Vec<&str> = array.split('.').collect();
+        let pointer = format!("/{}", parts.join("/"));
+        let array_var = env_name(&parts);
+        let Some(Value::Array(items)) = tree.pointer_mut(&pointer) else {
+            continue;
+        };
+        for item in items.iter_mut() {
+            let Some(name) = item.get("name").and_then(Value::as_str).map(str::to_string) else {
                 continue;
             };
             let upper = name.to_ascii_uppercase().replace(['.', '-'], "_");
-            if let Some(m) = opt_defaults.as_object() {
-                for (k, d) in m {
-                    let var = format!("CENTRIFUGO_CHANNEL_NAMESPACES_{upper}_{}", k.to_ascii_uppercase());
-                    if let Some(raw) = env.get(&var).filter(|v| !v.is_empty()) {
-                        used.insert(var.clone());
-                        match env_value(d, raw) {
-                            Ok(v) => set_path(ns, &[k.as_str()], v),
-                            Err(e) => errors.push(format!("{var}: {e}")),
-                        }
+            for (rest, spec) in reg.element_keys(array) {
+                if rest == "name" {
+                    continue;
+                }
+                let sub: Vec<&str> = rest.split('.').collect();
+                let var = format!("{array_var}_{upper}_{}", sub.join("_").to_ascii_uppercase());
+                if let Some(raw) = env.get(&var).filter(|v| !v.is_empty()) {
+                    used.insert(var.clone());
+                    match env_value(&spec.default, raw) {
+                        Ok(v) => set_path(item, &sub, v),
+                        Err(e) => errors.push(format!("{var} ({array}[].{rest}): {e}")),
                     }
                 }
             }
         }
     }
     used
+}
+
+/// Every key's default as one tree: Gyre's typed defaults, then the registry's
+/// (Centrifugo keys Gyre refuses, Gyre-only keys), so that each of them is
+/// reachable as a `CENTRIFUGO_*` variable.
+fn known_defaults() -> Value {
+    let mut tree = serde_json::to_value(Config::default()).expect("default config serializes");
+    fn merge(dst: &mut Value, src: &Value) {
+        match (dst, src) {
+            (Value::Object(d), Value::Object(s)) => {
+                for (k, v) in s {
+                    match d.get_mut(k) {
+                        Some(existing) if existing.is_object() => merge(existing, v),
+                        Some(existing) if existing.is_null() => *existing = v.clone(),
+                        Some(_) => {}
+                        None => {
+                            d.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+            (d, s) if d.is_null() => *d = s.clone(),
+            _ => {}
+        }
+    }
+    merge(&mut tree, &crate::config_keys::registry().defaults_tree());
+    tree
 }
 
 /// Flag overrides, as dotted paths and raw values.
@@ -167,7 +206,7 @@ pub type FlagOverrides = Vec<(String, Value)>;
 /// so tests never touch the process environment.
 pub fn load(file: Option<Value>, env: &HashMap<String, String>, flags: &FlagOverrides) -> Result<Loaded, LoadError> {
     let mut tree = file.unwrap_or_else(|| Value::Object(Map::new()));
-    let defaults = serde_json::to_value(Config::default()).expect("default config serializes");
+    let defaults = known_defaults();
     let mut errors = Vec::new();
     let used = overlay_env(&mut tree, &defaults, env, &mut errors);
     for (path, v) in flags {
@@ -185,17 +224,16 @@ pub fn load(file: Option<Value>, env: &HashMap<String, String>, flags: &FlagOver
             warnings.push(format!("unknown environment variable {name}"));
         }
     }
-    let mut unknown = Vec::new();
-    let mut track = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
-    let de = serde_ignored::Deserializer::new(tree, &mut track);
-    let config: Config = match serde_path_to_error::deserialize(de) {
+    let checked = crate::config_keys::check(&tree);
+    errors.extend(checked.errors);
+    warnings.extend(checked.unknown.into_iter().map(|k| format!("unknown config key {k}")));
+    let config: Config = match serde_path_to_error::deserialize(tree) {
         Ok(c) => c,
         Err(e) => {
             errors.push(format!("{}: {}", e.path(), e.inner()));
             return Err(LoadError(errors));
         }
     };
-    warnings.extend(unknown.into_iter().map(|k| format!("unknown config key {k}")));
     if let Err(errs) = config.validate() {
         errors.extend(errs.into_iter().map(|e| e.to_string()));
     }
