@@ -337,7 +337,7 @@ fn is_default(spec: &KeySpec, v: &Value) -> bool {
     }
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

@@ -314,4 +314,285 @@ mod tests {
         assert_eq!(l.config.client.allowed_origins, vec!["*"]);
         std::fs::remove_dir_all(&dir).ok();
     }
+
+    use crate::config_keys::{KeySpec, KeyType, Status, registry};
+
+    /// A non-default value for `spec`, valid for Gyre's own rules where one exists.
+    fn sample(spec: &KeySpec) -> Value {
+        let last = spec.key.rsplit('.').next().unwrap_or_default();
+        match spec.key.as_str() {
+            "log.level" => return json!("debug"),
+            "engine.type" => return json!("redis"),
+            "broker.type" | "presence_manager.type" => return json!("nats"),
+            "http_api.error_mode" => return json!("transport"),
+            "http_server.internal_port" => return json!("9123"),
+            "client.token.jwks_public_endpoint" | "client.subscription_token.jwks_public_endpoint" => {
+                return json!("https://example.com/jwks");
+            }
+            _ => {}
+        }
+        match last {
+            "force_recovery_mode" => return json!("cache"),
+            "publication_data_format" => return json!("json"),
+            "allowed_delta_types" => return json!(["fossil"]),
+            "channel_regex" | "audience_regex" | "issuer_regex" => return json!("^a$"),
+            "name" if spec.key.starts_with("channel.namespaces") || spec.key.starts_with("rpc.namespaces") => {
+                return json!("zz");
+            }
+            _ => {}
+        }
+        match spec.typ {
+            KeyType::Bool => json!(!spec.default.as_bool().unwrap_or(false)),
+            KeyType::Int => json!(spec.default.as_i64().unwrap_or(0) + 7),
+            KeyType::Str => json!("zz"),
+            KeyType::Duration => json!("17s"),
+            KeyType::StrList => json!(["zz"]),
+            KeyType::Map | KeyType::Object => json!({"zz": "1"}),
+            KeyType::ObjectList => json!([{"name": "zz"}]),
+        }
+    }
+
+    /// Companion settings that make a sample pass Gyre's cross-key rules.
+    fn companions(key: &str) -> Value {
+        let opts = |prefix: &str| -> Value {
+            let o = json!({"history_size": 10, "history_ttl": "60s"});
+            if let Some(rest) = prefix.strip_prefix("channel.namespaces[]") {
+                let _ = rest;
+                json!({"channel": {"namespaces": [o]}})
+            } else {
+                json!({"channel": {"without_namespace": o}})
+            }
+        };
+        for field in ["history_size", "history_ttl", "force_recovery"] {
+            if let Some(prefix) = key.strip_suffix(&format!(".{field}")) {
+                return opts(prefix);
+            }
+        }
+        json!({})
+    }
+
+    fn merge(dst: &mut Value, src: &Value) {
+        match (dst, src) {
+            (Value::Object(d), Value::Object(s)) => {
+                for (k, v) in s {
+                    merge(d.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+            (Value::Array(d), Value::Array(s)) => {
+                for (i, v) in s.iter().enumerate() {
+                    if i < d.len() {
+                        merge(&mut d[i], v);
+                    } else {
+                        d.push(v.clone());
+                    }
+                }
+            }
+            (d, s) => *d = s.clone(),
+        }
+    }
+
+    /// A tree holding `v` at `key` (`a[].b` puts one element in `a`, named
+    /// when it is a top-level array such as a namespace list).
+    fn tree_with(key: &str, v: Value) -> Value {
+        fn build(key: &str, v: Value, top: bool) -> Value {
+            let mut root = json!({});
+            match key.split_once("[].") {
+                None => set_path(&mut root, &key.split('.').collect::<Vec<_>>(), v),
+                Some((array, rest)) => {
+                    let mut item = build(rest, v, false);
+                    if top && item.get("name").is_none() {
+                        item["name"] = json!("zz");
+                    }
+                    set_path(&mut root, &array.split('.').collect::<Vec<_>>(), json!([item]));
+                }
+            }
+            root
+        }
+        build(key, v, true)
+    }
+
+    /// Turns on what a refused key needs to matter: every ancestor `enabled`,
+    /// backend selectors, the proxy flag of a `*_proxy_name`.
+    fn ungate(key: &str, tree: &mut Value) {
+        let reg = registry();
+        let mut p = key;
+        while let Some((parent, _)) = p.rsplit_once('.') {
+            let flag = format!("{parent}.enabled");
+            if flag != key && reg.get(&flag).is_some() {
+                merge(tree, &tree_with(&flag, json!(true)));
+            }
+            p = parent;
+        }
+        for (prefix, selector, value) in [
+            ("engine.redis.", "engine.type", "redis"),
+            ("broker.redis.", "broker.type", "redis"),
+            ("broker.nats.", "broker.type", "nats"),
+            ("broker.postgres", "broker.type", "postgres"),
+            ("broker.redisnats", "broker.type", "redisnats"),
+            ("presence_manager.redis.", "presence_manager.type", "redis"),
+            ("map_broker.redis", "map_broker.type", "redis"),
+            ("map_broker.postgres", "map_broker.type", "postgres"),
+        ] {
+            if key.starts_with(prefix) {
+                merge(tree, &tree_with(selector, json!(value)));
+            }
+        }
+        for ws in ["websocket", "uni_websocket"] {
+            if key.starts_with(&format!("{ws}.compression_")) || key == format!("{ws}.decompressed_message_size_limit")
+            {
+                merge(tree, &tree_with(&format!("{ws}.compression"), json!(true)));
+            }
+        }
+        if let Some(stem) = key.strip_suffix("proxy_name") {
+            merge(tree, &tree_with(&format!("{stem}proxy_enabled"), json!(true)));
+        }
+    }
+
+    fn same(a: &Value, b: &Value) -> bool {
+        a == b
+            || crate::config_keys::text(a) == crate::config_keys::text(b)
+            || matches!((a.as_str(), b.as_str()), (Some(x), Some(y))
+                if gyre_node::config::parse_duration(x).ok().is_some_and(|d| Some(d) == gyre_node::config::parse_duration(y).ok()))
+    }
+
+    /// The issue's rule, walked over the whole Centrifugo v6 list: each key is
+    /// implemented (a non-default value reaches the typed config, or is
+    /// rejected by a rule naming the key) or refused (a non-default value,
+    /// with its section switched on, stops loading with an error naming it).
+    #[test]
+    fn every_v6_key_is_implemented_or_refused() {
+        let (mut implemented, mut refused) = (0, 0);
+        for spec in &registry().keys {
+            if spec.typ == KeyType::ObjectList || spec.status == Status::GyreOnly {
+                continue; // arrays are checked through their element keys
+            }
+            let shown = spec.key.replace("[]", "[0]");
+            let v = sample(spec);
+            let mut tree = companions(&spec.key);
+            merge(&mut tree, &tree_with(&spec.key, v.clone()));
+            match spec.status {
+                Status::Refused => {
+                    refused += 1;
+                    ungate(&spec.key, &mut tree);
+                    let err = load(Some(tree.clone()), &HashMap::new(), &vec![])
+                        .expect_err(&format!("{shown} must be refused ({tree})"));
+                    assert!(err.0.iter().any(|e| e.starts_with(&format!("{shown}: not supported"))), "{shown}: {err}");
+                }
+                Status::Implemented => {
+                    implemented += 1;
+                    match load(Some(tree.clone()), &HashMap::new(), &vec![]) {
+                        Ok(l) => {
+                            let back = serde_json::to_value(&l.config).unwrap();
+                            let pointer = format!("/{}", shown.replace("[0]", "/0").replace('.', "/"));
+                            let got = back.pointer(&pointer).unwrap_or_else(|| panic!("{shown} missing from Config"));
+                            assert!(same(got, &v), "{shown}: set {v}, config holds {got}");
+                        }
+                        Err(e) => {
+                            assert!(
+                                e.0.iter().all(|m| !m.contains("not supported by this Gyre version"))
+                                    && e.0.iter().any(|m| m.starts_with(&shown)),
+                                "{shown}: {e}"
+                            );
+                        }
+                    }
+                }
+                Status::GyreOnly => {}
+            }
+        }
+        assert!(implemented > 150 && refused > 600, "implemented {implemented}, refused {refused}");
+    }
+
+    /// A config holding Centrifugo's defaults for every key (what
+    /// `centrifugo defaultconfig` writes) loads without errors or warnings,
+    /// with a namespace and an RPC namespace spelled out in full.
+    #[test]
+    fn centrifugo_defaults_export_loads() {
+        let reg = registry();
+        let mut tree = json!({});
+        for spec in &reg.keys {
+            if spec.status != Status::GyreOnly && !spec.key.contains("[]") {
+                let parts: Vec<&str> = spec.key.split('.').collect();
+                let v = match spec.typ {
+                    // Centrifugo writes durations like Go does.
+                    KeyType::Duration if spec.default_text == "720h" => json!("720h0m0s"),
+                    _ => spec.default.clone(),
+                };
+                set_path(&mut tree, &parts, v);
+            }
+        }
+        for array in ["channel.namespaces", "rpc.namespaces"] {
+            let mut item = json!({});
+            for (rest, spec) in reg.element_keys(array) {
+                if spec.status != Status::GyreOnly {
+                    let sub: Vec<&str> = rest.split('.').collect();
+                    set_path(&mut item, &sub, spec.default.clone());
+                }
+            }
+            item["name"] = json!("chat");
+            let parts: Vec<&str> = array.split('.').collect();
+            set_path(&mut tree, &parts, json!([item]));
+        }
+        let l = load(Some(tree), &HashMap::new(), &vec![]).unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(l.config.channel.namespaces[0].name, "chat");
+    }
+
+    /// Every key the typed config parses is registered (implemented, refused
+    /// or Gyre-only), and every implemented key is parsed by the typed config.
+    #[test]
+    fn typed_config_and_registry_agree() {
+        let reg = registry();
+        let mut c = gyre_node::config::Config::default();
+        c.channel.namespaces.push(Default::default());
+        c.rpc.namespaces.push(Default::default());
+        c.client.connect_code_to_unidirectional_disconnect.transforms.push(Default::default());
+        let tree = serde_json::to_value(&c).unwrap();
+        let mut leaves = Vec::new();
+        fn walk(v: &Value, path: String, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) if !m.is_empty() => {
+                    for (k, v) in m {
+                        walk(v, if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, out);
+                    }
+                }
+                Value::Array(a) if a.first().is_some_and(Value::is_object) => {
+                    out.push(path.clone());
+                    walk(&a[0], format!("{path}[]"), out);
+                }
+                Value::Null => {} // opaque sections (proxies), registered key by key
+                _ => out.push(path),
+            }
+        }
+        walk(&tree, String::new(), &mut leaves);
+        for leaf in &leaves {
+            assert!(reg.get(leaf).is_some(), "{leaf} is parsed by Config but not in the registry");
+        }
+        for spec in reg.keys.iter().filter(|k| k.status == Status::Implemented) {
+            assert!(leaves.contains(&spec.key), "{} is marked implemented but Config does not parse it", spec.key);
+        }
+    }
+
+    #[test]
+    fn env_vars_reach_refused_and_element_keys() {
+        let err = load(None, &env(&[("CENTRIFUGO_HTTP_SERVER_TLS_ENABLED", "true")]), &vec![]).unwrap_err();
+        assert!(err.to_string().contains("http_server.tls.enabled: not supported"), "{err}");
+        let err = load(
+            None,
+            &env(&[
+                ("CENTRIFUGO_CHANNEL_NAMESPACES", r#"[{"name":"chat"}]"#),
+                ("CENTRIFUGO_CHANNEL_NAMESPACES_CHAT_SUBSCRIBE_PROXY_ENABLED", "true"),
+            ]),
+            &vec![],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("channel.namespaces[0].subscribe_proxy_enabled: not supported"), "{err}");
+        // A refused key at its default, and one in a switched-off section, load quietly.
+        let l = load(
+            None,
+            &env(&[("CENTRIFUGO_GRPC_API_PORT", "10001"), ("CENTRIFUGO_ENGINE_REDIS_PREFIX", "centrifugo")]),
+            &vec![],
+        )
+        .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    }
 }
