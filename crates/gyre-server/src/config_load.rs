@@ -199,6 +199,42 @@ fn known_defaults() -> Value {
     tree
 }
 
+/// Variables that do not configure the server: `CENTRIFUGO_VAR_*` (values
+/// referenced from string maps) and the ones Kubernetes injects for a Service
+/// whose name starts with `centrifugo` (`CENTRIFUGO_SERVICE_HOST`,
+/// `CENTRIFUGO_PORT_8000_TCP_ADDR`, …). A variable naming a real key
+/// (`CENTRIFUGO_HTTP_SERVER_PORT`) is never one of them.
+pub fn is_service_link_var(name: &str) -> bool {
+    static KNOWN: std::sync::LazyLock<BTreeSet<String>> = std::sync::LazyLock::new(|| {
+        let mut out = BTreeSet::new();
+        fn walk(v: &Value, path: &mut Vec<String>, out: &mut BTreeSet<String>) {
+            match v {
+                Value::Object(m) if !m.is_empty() => {
+                    for (k, v) in m {
+                        path.push(k.clone());
+                        walk(v, path, out);
+                        path.pop();
+                    }
+                }
+                _ => {
+                    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+                    out.insert(env_name(&p));
+                }
+            }
+        }
+        walk(&known_defaults(), &mut Vec::new(), &mut out);
+        out
+    });
+    if !name.starts_with("CENTRIFUGO_") || KNOWN.contains(name) {
+        return false;
+    }
+    name.starts_with("CENTRIFUGO_VAR_")
+        || name.contains("_SERVICE_HOST")
+        || name.contains("_SERVICE_PORT")
+        || name.ends_with("_PORT")
+        || name.contains("_PORT_")
+}
+
 /// Flag overrides, as dotted paths and raw values.
 pub type FlagOverrides = Vec<(String, Value)>;
 
@@ -215,12 +251,7 @@ pub fn load(file: Option<Value>, env: &HashMap<String, String>, flags: &FlagOver
     }
     let mut warnings = Vec::new();
     for name in env.keys() {
-        if name.starts_with("CENTRIFUGO_")
-            && !used.contains(name)
-            && !name.starts_with("CENTRIFUGO_VAR_")
-            && !name.contains("_PORT")
-            && !name.contains("_SERVICE_")
-        {
+        if name.starts_with("CENTRIFUGO_") && !used.contains(name) && !is_service_link_var(name) {
             warnings.push(format!("unknown environment variable {name}"));
         }
     }
