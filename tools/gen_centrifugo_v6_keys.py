@@ -26,9 +26,10 @@ import sys
 
 COMPLETENESS = (
     "# Transcribed from centrifugal/centrifugo v6 config structs (types.go of the 6.x line with\n"
-    "# map_broker/shared poll, namespace.go, rpc_namespace.go, engine.go, redis.go, tls.go, config.go).\n"
+    "# map_broker and shared_poll, namespace.go, rpc_namespace.go, engine.go, redis.go, tls.go, config.go).\n"
     "# Opaque subtrees (type object: any non-default content is refused when selected): broker.postgres,\n"
-    "# broker.redisnats, map_broker.redis, map_broker.postgres, consumers[] type-specific sections.\n"
+    "# broker.redisnats, map_broker.redis, map_broker.postgres, consumers[] type-specific sections,\n"
+    "# namespace map and shared_poll sections. Not listed: the development-only top-level controller.\n"
 )
 
 TLS = [
@@ -49,6 +50,7 @@ S = {
         ("broker", "Broker", None),
         ("presence_manager", "PresenceManager", None),
         ("map_broker", "MapBroker", None),
+        ("shared_poll", "SharedPoll", None),
         ("client", "Client", None),
         ("channel", "Channel", None),
         ("rpc", "RPC", None),
@@ -81,6 +83,12 @@ S = {
         ("enable_unreleased_features", "bool", "false"),
     ],
     "TLSConfig": TLS,
+    "SharedPoll": [
+        ("hmac_secret_key", "string", ""),
+        ("hmac_previous_secret_key", "string", ""),
+        ("hmac_previous_secret_key_valid_until", "int", "0"),
+        ("concurrency_limit", "int", "0"),
+    ],
     "TLSAutocert": [
         ("enabled", "bool", "false"),
         ("host_whitelist", "[]string", "[]"),
@@ -375,6 +383,9 @@ S = {
         ("map_remove_proxy_enabled", "bool", "false"),
         ("map_remove_proxy_name", "string", "default"),
         ("map_client_key", "string", ""),
+        # Newer development versions nest the map settings and add shared poll options.
+        ("map", "object", "{}"),
+        ("shared_poll", "object", "{}"),
     ],
     "RPC": [
         ("proxy", "Proxy", None),

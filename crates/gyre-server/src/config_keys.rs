@@ -375,6 +375,27 @@ fn inert(reg: &Registry, path: &[Seg], root: &Value) -> bool {
             }
         }
     }
+    // Map and shared-poll channel settings only matter for namespaces of that
+    // subscription type (itself refused unless default).
+    if key.starts_with("channel.")
+        && let Some(Seg::Key(last)) = path.last()
+    {
+        let wanted: &[&str] = if last == "map" || last.starts_with("map_") || last.starts_with("allow_map_") {
+            &["map", "map_clients", "map_users"]
+        } else if last == "shared_poll" {
+            &["shared_poll"]
+        } else {
+            &[]
+        };
+        if !wanted.is_empty() {
+            let mut sel = path[..path.len() - 1].to_vec();
+            sel.push(Seg::Key("subscription_type".into()));
+            let value = lookup(root, &sel).map(text).unwrap_or_default();
+            if !wanted.contains(&value.as_str()) {
+                return true;
+            }
+        }
+    }
     // `subscribe_proxy_name` and friends only matter when their proxy is on.
     if let Some(Seg::Key(last)) = path.last()
         && let Some(stem) = last.strip_suffix("proxy_name")
@@ -506,6 +527,15 @@ mod tests {
             (json!({"client": {"proxy": {"connect": {"endpoint": "http://x"}}}}), None),
             (json!({"client": {"proxy": {"connect": {"enabled": true}}}}), Some("client.proxy.connect.enabled")),
             (json!({"node": {"info_metrics_aggregate_interval": "1m0s"}}), None),
+            (
+                json!({"channel": {"namespaces": [{"name": "a", "map": {"sync_mode": "converging"}, "map_ordered": true}]}}),
+                None,
+            ),
+            (
+                json!({"channel": {"namespaces": [{"name": "a", "subscription_type": "map", "map_ordered": true}]}}),
+                Some("channel.namespaces[0].map_ordered"),
+            ),
+            (json!({"shared_poll": {"hmac_secret_key": "k"}}), Some("shared_poll.hmac_secret_key")),
             (json!({"node": {"info_metrics_aggregate_interval": "2m"}}), Some("node.info_metrics_aggregate_interval")),
         ];
         for (tree, want) in cases {

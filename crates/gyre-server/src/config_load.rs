@@ -477,6 +477,20 @@ mod tests {
         if let Some(stem) = key.strip_suffix("proxy_name") {
             merge(tree, &tree_with(&format!("{stem}proxy_enabled"), json!(true)));
         }
+        if let Some((options, last)) = key.rsplit_once('.')
+            && key.starts_with("channel.")
+        {
+            let kind = if last == "map" || last.starts_with("map_") || last.starts_with("allow_map_") {
+                Some("map")
+            } else if last == "shared_poll" {
+                Some("shared_poll")
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                merge(tree, &tree_with(&format!("{options}.subscription_type"), json!(kind)));
+            }
+        }
     }
 
     fn same(a: &Value, b: &Value) -> bool {
