@@ -7,7 +7,10 @@
 //!
 //! Every section derives `Serialize` as well: the server walks the serialized
 //! default tree to learn which env vars exist, so a key added here is
-//! automatically reachable from the environment.
+//! automatically reachable from the environment. Which Centrifugo keys are
+//! honoured and which are refused (only their default accepted) is decided by
+//! the server's key registry (`gyre-server/src/config_keys.rs`); a field here
+//! documented as "refused" is parsed only so that its default round-trips.
 
 use std::fmt;
 use std::time::Duration;
@@ -376,7 +379,7 @@ pub struct Config {
     pub prometheus: Endpoint<MetricsPrefix>,
     /// `/connection/init`.
     pub init: Endpoint<InitPrefix>,
-    /// Admin web UI (not served by Gyre yet; keys accepted for compatibility).
+    /// Admin web UI (not served yet: the loader refuses non-default values).
     pub admin: Admin,
     /// Gyre's demo page at `/`.
     pub demo: Demo,
@@ -563,7 +566,8 @@ pub struct Client {
     /// Presence refresh and periodic checks.
     #[serde(default = "d_27s")]
     pub presence_update_interval: Dur,
-    /// Commands processed concurrently (accepted, Gyre processes in order).
+    /// Commands processed concurrently. Gyre processes them in order, so the
+    /// loader refuses any value but the default 0.
     pub concurrency: usize,
     /// Delay between stream position checks.
     #[serde(default = "d_40s")]
@@ -594,7 +598,7 @@ pub struct Client {
     pub subscribe_to_user_personal_channel: PersonalChannel,
     /// Connect error code transforms for unidirectional transports.
     pub connect_code_to_unidirectional_disconnect: CodeTransforms,
-    /// Connect/refresh proxies (not implemented yet; must stay disabled).
+    /// Connect/refresh proxies (not implemented: the loader refuses enabling them).
     pub proxy: serde_json::Value,
 }
 
@@ -954,7 +958,7 @@ pub struct WebSocket {
     /// Path.
     #[serde(default = "d_ws_prefix")]
     pub handler_prefix: String,
-    /// permessage-deflate (not supported by Gyre yet; must stay false).
+    /// permessage-deflate (not implemented: the loader refuses `true`).
     pub compression: bool,
     /// Max incoming message size.
     #[serde(default = "d_msg_limit")]
@@ -962,9 +966,9 @@ pub struct WebSocket {
     /// Write timeout.
     #[serde(default = "d_1s")]
     pub write_timeout: Dur,
-    /// Read buffer size hint.
+    /// Read buffer size (not used: the loader refuses non-default values).
     pub read_buffer_size: usize,
-    /// Write buffer size hint.
+    /// Write buffer size (not used: the loader refuses non-default values).
     pub write_buffer_size: usize,
 }
 
