@@ -1375,4 +1375,40 @@ mod tests {
         assert!(keys.contains(&"channel.without_namespace.history_size"), "{keys:?}");
         assert!(keys.contains(&"client.ping_interval"), "{keys:?}");
     }
+
+    #[test]
+    fn enum_values_parse_once_and_bad_ones_list_the_accepted() {
+        // (json patch, accepted?)
+        let cases = [
+            (serde_json::json!({"log": {"level": "fatal"}}), true),
+            (serde_json::json!({"log": {"level": "loud"}}), false),
+            (serde_json::json!({"engine": {"type": "redis"}}), false),
+            (serde_json::json!({"broker": {"type": "nats"}}), true),
+            (serde_json::json!({"presence_manager": {"type": "redis"}}), false),
+            (serde_json::json!({"http_api": {"error_mode": "transport"}}), true),
+            (serde_json::json!({"http_api": {"error_mode": "custom"}}), false),
+            (serde_json::json!({"channel": {"publication_data_format": "json_object"}}), true),
+            (serde_json::json!({"channel": {"publication_data_format": "xml"}}), false),
+            (serde_json::json!({"channel": {"without_namespace": {"force_recovery_mode": ""}}}), true),
+            (serde_json::json!({"channel": {"without_namespace": {"force_recovery_mode": "cache"}}}), true),
+            (serde_json::json!({"channel": {"without_namespace": {"force_recovery_mode": "fast"}}}), false),
+            (serde_json::json!({"channel": {"without_namespace": {"allowed_delta_types": ["fossil"]}}}), true),
+            (serde_json::json!({"channel": {"without_namespace": {"allowed_delta_types": ["xdelta"]}}}), false),
+        ];
+        for (v, ok) in cases {
+            let r: Result<Config, _> = serde_json::from_value(v.clone());
+            match r {
+                Ok(_) => assert!(ok, "{v} must be rejected"),
+                Err(e) => {
+                    assert!(!ok, "{v}: {e}");
+                    assert!(e.to_string().contains("expected one of"), "{v}: {e}");
+                }
+            }
+        }
+        let c: Config =
+            serde_json::from_value(serde_json::json!({"channel": {"without_namespace": {"force_recovery_mode": ""}}}))
+                .unwrap();
+        assert_eq!(c.channel.without_namespace.force_recovery_mode, RecoveryMode::Stream);
+        assert_eq!(RecoveryMode::Cache.to_string(), "cache");
+    }
 }
