@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::auth::{SubOverride, TokenError};
 use crate::channel::{NamespaceRules, allowed};
+use crate::config::{DeltaType, RecoveryMode};
 use crate::engine::{HistoryQuery, StreamPosition};
 use crate::errors::{ClientError, CommandError, Disconnect, unsubscribe};
 use crate::node::{ApiPublish, Node, ServerSubscribe, VERSION, unix_now};
@@ -552,8 +553,8 @@ impl Client {
             reject_unrecovered: false,
             delta: false,
             tags_filter: None,
-            cache_mode: o.force_recovery_mode == "cache",
-            auto_cache: o.auto_cache_recover && o.force_recovery_mode == "cache",
+            cache_mode: o.force_recovery_mode == RecoveryMode::Cache,
+            auto_cache: o.auto_cache_recover && o.force_recovery_mode == RecoveryMode::Cache,
         }
     }
 
@@ -643,10 +644,10 @@ impl Client {
             recover: (req.recover && recoverable)
                 .then(|| StreamPosition { offset: req.offset, epoch: req.epoch.clone() }),
             reject_unrecovered: req.flag & 2 != 0,
-            delta: req.delta == "fossil" && o.allowed_delta_types.iter().any(|t| t == "fossil"),
+            delta: req.delta == "fossil" && o.allowed_delta_types.contains(&DeltaType::Fossil),
             tags_filter: req.tf.clone(),
-            cache_mode: o.force_recovery_mode == "cache",
-            auto_cache: o.auto_cache_recover && o.force_recovery_mode == "cache" && recoverable,
+            cache_mode: o.force_recovery_mode == RecoveryMode::Cache,
+            auto_cache: o.auto_cache_recover && o.force_recovery_mode == RecoveryMode::Cache && recoverable,
         };
         let join = plan.join_leave;
         let info = plan.chan_info.clone();

@@ -7,7 +7,10 @@
 //!
 //! Every section derives `Serialize` as well: the server walks the serialized
 //! default tree to learn which env vars exist, so a key added here is
-//! automatically reachable from the environment.
+//! automatically reachable from the environment. Which Centrifugo keys are
+//! honoured and which are refused (only their default accepted) is decided by
+//! the server's key registry (`gyre-server/src/config_keys.rs`); a field here
+//! documented as "refused" is parsed only so that its default round-trips.
 
 use std::fmt;
 use std::time::Duration;
@@ -145,6 +148,149 @@ impl<'de> Deserialize<'de> for OptDur {
     }
 }
 
+/// Declares a config value that is one of a fixed set of strings, parsed once
+/// into an enum. A bad value is a deserialization error listing the accepted
+/// ones, which the loader reports under the key's dotted path. `A = "a" | "b"`
+/// accepts `"b"` as an alias of `"a"` (serialized as `"a"`).
+macro_rules! str_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident = $s:literal $(| $alias:literal)*),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+        pub enum $name {
+            $($(#[$vm])* $var),+
+        }
+
+        impl $name {
+            /// The config spelling.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$var => $s),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s $(| $alias)* => Ok($name::$var),)+
+                    _ => Err(format!(
+                        "unsupported value {s:?} (expected one of: {})",
+                        [$(format!("{:?}", $s)),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+str_enum! {
+    /// `log.level`.
+    LogLevel {
+        /// No logging.
+        None = "none",
+        /// Everything.
+        Trace = "trace",
+        /// Debug and above.
+        Debug = "debug",
+        /// Info and above (default).
+        #[default]
+        Info = "info",
+        /// Warnings and errors.
+        Warn = "warn",
+        /// Errors only.
+        Error = "error",
+        /// Centrifugo's `fatal`: Gyre logs errors at this level.
+        Fatal = "fatal",
+    }
+}
+
+str_enum! {
+    /// `engine.type`: Gyre has only the memory engine (Redis is not implemented;
+    /// clusters use `broker.type: nats`).
+    EngineType {
+        /// In-process broker and presence.
+        #[default]
+        Memory = "memory",
+    }
+}
+
+str_enum! {
+    /// `broker.type` and `presence_manager.type`.
+    BackendType {
+        /// In-process.
+        #[default]
+        Memory = "memory",
+        /// NATS JetStream (see docs/nats.md).
+        Nats = "nats",
+    }
+}
+
+str_enum! {
+    /// `force_recovery_mode` of a namespace; `""` means `stream`.
+    RecoveryMode {
+        /// Recover missed publications from the stream.
+        #[default]
+        Stream = "stream" | "",
+        /// Deliver only the latest publication.
+        Cache = "cache",
+    }
+}
+
+str_enum! {
+    /// `publication_data_format` (global and per namespace).
+    PublicationDataFormat {
+        /// Unset: any non-empty data (a namespace inherits the global format).
+        #[default]
+        Any = "",
+        /// Valid JSON.
+        Json = "json",
+        /// A JSON object.
+        JsonObject = "json_object",
+        /// Anything, empty data included.
+        Binary = "binary",
+    }
+}
+
+str_enum! {
+    /// An entry of `allowed_delta_types`.
+    DeltaType {
+        /// Fossil delta.
+        #[default]
+        Fossil = "fossil",
+    }
+}
+
+str_enum! {
+    /// `http_api.error_mode`.
+    ErrorMode {
+        /// Errors in the reply body with HTTP 200.
+        #[default]
+        Default = "",
+        /// Errors as HTTP status codes.
+        Transport = "transport",
+    }
+}
+
 macro_rules! default_fn {
     ($name:ident, $t:ty, $v:expr) => {
         fn $name() -> $t {
@@ -185,8 +331,6 @@ default_fn!(d_health_prefix, String, "/health".into());
 default_fn!(d_metrics_prefix, String, "/metrics".into());
 default_fn!(d_init_prefix, String, "/connection/init".into());
 default_fn!(d_ping_method, String, "ping".into());
-default_fn!(d_info, String, "info".into());
-default_fn!(d_memory, String, "memory".into());
 default_fn!(d_nats_url, String, "nats://localhost:4222".into());
 default_fn!(d_prefix, String, "centrifugo".into());
 default_fn!(d_body_limit, usize, 65_536);
@@ -235,12 +379,14 @@ pub struct Config {
     pub prometheus: Endpoint<MetricsPrefix>,
     /// `/connection/init`.
     pub init: Endpoint<InitPrefix>,
-    /// Admin web UI (not served by Gyre yet; keys accepted for compatibility).
+    /// Admin web UI (not served yet: the loader refuses non-default values).
     pub admin: Admin,
     /// Gyre's demo page at `/`.
     pub demo: Demo,
     /// Node identity.
     pub node: NodeSection,
+    /// Usage statistics (Gyre never sends any).
+    pub usage_stats: UsageStats,
     /// Graceful shutdown.
     pub shutdown: Shutdown,
     /// Write the process id to this file.
@@ -257,7 +403,9 @@ pub struct HttpServer {
     pub port: u16,
     /// Internal listener address (falls back to `address`).
     pub internal_address: String,
-    /// Internal port; 0 = same as `port`.
+    /// Internal port; 0 = same as `port`. Centrifugo types it as a string
+    /// (`""` = unset), so a string or a number is accepted.
+    #[serde(deserialize_with = "port_or_string")]
     pub internal_port: u16,
 }
 
@@ -267,19 +415,32 @@ impl Default for HttpServer {
     }
 }
 
+fn port_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a port"))),
+        serde_json::Value::String(s) if s.is_empty() => Ok(0),
+        serde_json::Value::String(s) => s.parse().map_err(|_| serde::de::Error::custom(format!("{s:?} is not a port"))),
+        serde_json::Value::Null => Ok(0),
+        other => Err(serde::de::Error::custom(format!("expected a port, got {other}"))),
+    }
+}
+
 /// `log.*`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Log {
-    /// none|trace|debug|info|warn|error
-    pub level: String,
+    /// Level.
+    pub level: LogLevel,
     /// Log to this file instead of stdout.
     pub file: String,
 }
 
 impl Default for Log {
     fn default() -> Self {
-        Log { level: d_info(), file: String::new() }
+        Log { level: LogLevel::Info, file: String::new() }
     }
 }
 
@@ -405,7 +566,8 @@ pub struct Client {
     /// Presence refresh and periodic checks.
     #[serde(default = "d_27s")]
     pub presence_update_interval: Dur,
-    /// Commands processed concurrently (accepted, Gyre processes in order).
+    /// Commands processed concurrently. Gyre processes them in order, so the
+    /// loader refuses any value but the default 0.
     pub concurrency: usize,
     /// Delay between stream position checks.
     #[serde(default = "d_40s")]
@@ -436,7 +598,7 @@ pub struct Client {
     pub subscribe_to_user_personal_channel: PersonalChannel,
     /// Connect error code transforms for unidirectional transports.
     pub connect_code_to_unidirectional_disconnect: CodeTransforms,
-    /// Connect/refresh proxies (not implemented yet; must stay disabled).
+    /// Connect/refresh proxies (not implemented: the loader refuses enabling them).
     pub proxy: serde_json::Value,
 }
 
@@ -500,11 +662,11 @@ pub struct ChannelOptions {
     /// Allow clients to ask for recovery.
     pub allow_recovery: bool,
     /// `stream` (default) or `cache`.
-    pub force_recovery_mode: String,
+    pub force_recovery_mode: RecoveryMode,
     /// Deliver the latest publication on every subscribe (cache mode).
     pub auto_cache_recover: bool,
     /// `["fossil"]` enables delta negotiation.
-    pub allowed_delta_types: Vec<String>,
+    pub allowed_delta_types: Vec<DeltaType>,
     /// Mark all publications as delta-capable.
     pub delta_publish: bool,
     /// Allow client tag filters.
@@ -536,7 +698,7 @@ pub struct ChannelOptions {
     /// Regex the channel (after `ns:`) must match.
     pub channel_regex: String,
     /// "", json, json_object or binary.
-    pub publication_data_format: String,
+    pub publication_data_format: PublicationDataFormat,
     /// Subscribe proxy (not implemented yet).
     pub subscribe_proxy_enabled: bool,
     /// Publish proxy (not implemented yet).
@@ -579,7 +741,7 @@ pub struct Channel {
     #[serde(default = "d_720h")]
     pub history_meta_ttl: Dur,
     /// Global publication data format.
-    pub publication_data_format: String,
+    pub publication_data_format: PublicationDataFormat,
     /// Max channel name length.
     #[serde(default = "d_255")]
     pub max_length: usize,
@@ -605,7 +767,7 @@ impl Default for Channel {
             without_namespace: ChannelOptions::default(),
             namespaces: Vec::new(),
             history_meta_ttl: d_720h(),
-            publication_data_format: String::new(),
+            publication_data_format: PublicationDataFormat::Any,
             max_length: d_255(),
             private_prefix: d_private(),
             namespace_boundary: d_ns_boundary(),
@@ -688,12 +850,12 @@ impl Default for Rpc {
 pub struct Engine {
     /// `memory` (Gyre has no Redis engine).
     #[serde(rename = "type")]
-    pub typ: String,
+    pub typ: EngineType,
 }
 
 impl Default for Engine {
     fn default() -> Self {
-        Engine { typ: d_memory() }
+        Engine { typ: EngineType::Memory }
     }
 }
 
@@ -727,14 +889,14 @@ pub struct Broker {
     pub enabled: bool,
     /// `memory` or `nats`.
     #[serde(rename = "type")]
-    pub typ: String,
+    pub typ: BackendType,
     /// NATS options.
     pub nats: Nats,
 }
 
 impl Default for Broker {
     fn default() -> Self {
-        Broker { enabled: false, typ: d_memory(), nats: Nats::default() }
+        Broker { enabled: false, typ: BackendType::Memory, nats: Nats::default() }
     }
 }
 
@@ -746,12 +908,12 @@ pub struct PresenceManager {
     pub enabled: bool,
     /// `memory` or `nats`.
     #[serde(rename = "type")]
-    pub typ: String,
+    pub typ: BackendType,
 }
 
 impl Default for PresenceManager {
     fn default() -> Self {
-        PresenceManager { enabled: false, typ: d_memory() }
+        PresenceManager { enabled: false, typ: BackendType::Memory }
     }
 }
 
@@ -767,7 +929,7 @@ pub struct HttpApi {
     /// API key.
     pub key: String,
     /// "" or "transport".
-    pub error_mode: String,
+    pub error_mode: ErrorMode,
     /// Serve on the external listener.
     pub external: bool,
     /// No key check.
@@ -780,7 +942,7 @@ impl Default for HttpApi {
             disabled: false,
             handler_prefix: d_api_prefix(),
             key: String::new(),
-            error_mode: String::new(),
+            error_mode: ErrorMode::Default,
             external: false,
             insecure: false,
         }
@@ -796,7 +958,7 @@ pub struct WebSocket {
     /// Path.
     #[serde(default = "d_ws_prefix")]
     pub handler_prefix: String,
-    /// permessage-deflate (not supported by Gyre yet; must stay false).
+    /// permessage-deflate (not implemented: the loader refuses `true`).
     pub compression: bool,
     /// Max incoming message size.
     #[serde(default = "d_msg_limit")]
@@ -804,9 +966,9 @@ pub struct WebSocket {
     /// Write timeout.
     #[serde(default = "d_1s")]
     pub write_timeout: Dur,
-    /// Read buffer size hint.
+    /// Read buffer size (not used: the loader refuses non-default values).
     pub read_buffer_size: usize,
-    /// Write buffer size hint.
+    /// Write buffer size (not used: the loader refuses non-default values).
     pub write_buffer_size: usize,
 }
 
@@ -1007,6 +1169,15 @@ pub struct Demo {
     pub enabled: bool,
 }
 
+/// `usage_stats.*`: Gyre sends no usage statistics, so `disabled: true` is
+/// what it always does; the key is accepted so Centrifugo configs load.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct UsageStats {
+    /// Do not send usage statistics.
+    pub disabled: bool,
+}
+
 /// `node.*`
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -1061,29 +1232,8 @@ fn check_options(errs: &mut Vec<ConfigError>, key: &str, o: &ChannelOptions, met
     if o.force_recovery && !o.history_enabled() {
         e("force_recovery", "recovery needs history (history_size and history_ttl)");
     }
-    if !matches!(o.force_recovery_mode.as_str(), "" | "stream" | "cache") {
-        e("force_recovery_mode", "must be \"stream\" or \"cache\"");
-    }
-    for t in &o.allowed_delta_types {
-        if t != "fossil" {
-            e("allowed_delta_types", &format!("unknown delta type {t:?} (only \"fossil\")"));
-        }
-    }
-    if !matches!(o.publication_data_format.as_str(), "" | "json" | "json_object" | "binary") {
-        e("publication_data_format", "must be one of \"\", json, json_object, binary");
-    }
     if !o.channel_regex.is_empty() && regex::Regex::new(&o.channel_regex).is_err() {
         e("channel_regex", "invalid regular expression");
-    }
-    for (flag, name) in [
-        (o.subscribe_proxy_enabled, "subscribe_proxy_enabled"),
-        (o.publish_proxy_enabled, "publish_proxy_enabled"),
-        (o.sub_refresh_proxy_enabled, "sub_refresh_proxy_enabled"),
-        (o.subscribe_stream_proxy_enabled, "subscribe_stream_proxy_enabled"),
-    ] {
-        if flag {
-            e(name, "proxies are not supported by this Gyre version");
-        }
     }
 }
 
@@ -1103,30 +1253,6 @@ impl Config {
         }
         if self.websocket.message_size_limit == 0 {
             e("websocket.message_size_limit", "must be positive".into());
-        }
-        if self.websocket.compression {
-            e("websocket.compression", "permessage-deflate is not supported by this Gyre version".into());
-        }
-        if !matches!(self.log.level.as_str(), "none" | "trace" | "debug" | "info" | "warn" | "error") {
-            e("log.level", format!("unknown level {:?}", self.log.level));
-        }
-        if !matches!(self.engine.typ.as_str(), "memory") {
-            e(
-                "engine.type",
-                format!(
-                    "unsupported engine {:?} (Gyre supports memory; use broker.type=nats for clusters)",
-                    self.engine.typ
-                ),
-            );
-        }
-        if self.broker.enabled && !matches!(self.broker.typ.as_str(), "memory" | "nats") {
-            e("broker.type", format!("unsupported broker {:?} (memory or nats)", self.broker.typ));
-        }
-        if self.presence_manager.enabled && !matches!(self.presence_manager.typ.as_str(), "memory" | "nats") {
-            e("presence_manager.type", format!("unsupported presence manager {:?}", self.presence_manager.typ));
-        }
-        if !self.http_api.error_mode.is_empty() && self.http_api.error_mode != "transport" {
-            e("http_api.error_mode", "must be \"\" or \"transport\"".into());
         }
         if self.channel.max_length == 0 {
             e("channel.max_length", "must be positive".into());
@@ -1193,18 +1319,6 @@ impl Config {
                     message: format!("invalid or duplicate rpc namespace name {:?}", ns.name),
                 });
             }
-            if ns.options.proxy_enabled {
-                errs.push(ConfigError {
-                    key: format!("rpc.namespaces[{i}].proxy_enabled"),
-                    message: "RPC proxies are not supported by this Gyre version".into(),
-                });
-            }
-        }
-        if self.rpc.without_namespace.proxy_enabled {
-            errs.push(ConfigError {
-                key: "rpc.without_namespace.proxy_enabled".into(),
-                message: "RPC proxies are not supported by this Gyre version".into(),
-            });
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
@@ -1260,5 +1374,41 @@ mod tests {
         assert!(keys.contains(&"channel.namespaces[0].name"), "{keys:?}");
         assert!(keys.contains(&"channel.without_namespace.history_size"), "{keys:?}");
         assert!(keys.contains(&"client.ping_interval"), "{keys:?}");
+    }
+
+    #[test]
+    fn enum_values_parse_once_and_bad_ones_list_the_accepted() {
+        // (json patch, accepted?)
+        let cases = [
+            (serde_json::json!({"log": {"level": "fatal"}}), true),
+            (serde_json::json!({"log": {"level": "loud"}}), false),
+            (serde_json::json!({"engine": {"type": "redis"}}), false),
+            (serde_json::json!({"broker": {"type": "nats"}}), true),
+            (serde_json::json!({"presence_manager": {"type": "redis"}}), false),
+            (serde_json::json!({"http_api": {"error_mode": "transport"}}), true),
+            (serde_json::json!({"http_api": {"error_mode": "custom"}}), false),
+            (serde_json::json!({"channel": {"publication_data_format": "json_object"}}), true),
+            (serde_json::json!({"channel": {"publication_data_format": "xml"}}), false),
+            (serde_json::json!({"channel": {"without_namespace": {"force_recovery_mode": ""}}}), true),
+            (serde_json::json!({"channel": {"without_namespace": {"force_recovery_mode": "cache"}}}), true),
+            (serde_json::json!({"channel": {"without_namespace": {"force_recovery_mode": "fast"}}}), false),
+            (serde_json::json!({"channel": {"without_namespace": {"allowed_delta_types": ["fossil"]}}}), true),
+            (serde_json::json!({"channel": {"without_namespace": {"allowed_delta_types": ["xdelta"]}}}), false),
+        ];
+        for (v, ok) in cases {
+            let r: Result<Config, _> = serde_json::from_value(v.clone());
+            match r {
+                Ok(_) => assert!(ok, "{v} must be rejected"),
+                Err(e) => {
+                    assert!(!ok, "{v}: {e}");
+                    assert!(e.to_string().contains("expected one of"), "{v}: {e}");
+                }
+            }
+        }
+        let c: Config =
+            serde_json::from_value(serde_json::json!({"channel": {"without_namespace": {"force_recovery_mode": ""}}}))
+                .unwrap();
+        assert_eq!(c.channel.without_namespace.force_recovery_mode, RecoveryMode::Stream);
+        assert_eq!(RecoveryMode::Cache.to_string(), "cache");
     }
 }

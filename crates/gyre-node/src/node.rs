@@ -458,15 +458,15 @@ impl Node {
 
     /// Checks data against the namespace's `publication_data_format`.
     pub fn check_data_format(&self, ns: &NamespaceRules, data: &[u8]) -> Result<(), ClientError> {
-        let fmt = if ns.options.publication_data_format.is_empty() {
-            self.config.channel.publication_data_format.as_str()
-        } else {
-            ns.options.publication_data_format.as_str()
+        use crate::config::PublicationDataFormat as F;
+        let fmt = match ns.options.publication_data_format {
+            F::Any => self.config.channel.publication_data_format,
+            f => f,
         };
         match fmt {
-            "binary" => Ok(()),
-            "json" if !gyre_proto::json::is_valid_json(data) => Err(ClientError::BAD_REQUEST),
-            "json_object" => match serde_json::from_slice::<serde_json::Value>(data) {
+            F::Binary => Ok(()),
+            F::Json if !gyre_proto::json::is_valid_json(data) => Err(ClientError::BAD_REQUEST),
+            F::JsonObject => match serde_json::from_slice::<serde_json::Value>(data) {
                 Ok(serde_json::Value::Object(_)) => Ok(()),
                 _ => Err(ClientError::BAD_REQUEST),
             },

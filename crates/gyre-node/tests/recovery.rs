@@ -23,7 +23,7 @@ fn node(history_size: usize) -> Arc<Node> {
     ns.options.history_size = history_size;
     ns.options.history_ttl = gyre_node::config::Dur::secs(300);
     ns.options.force_recovery = true;
-    ns.options.allowed_delta_types = vec!["fossil".into()];
+    ns.options.allowed_delta_types = vec![gyre_node::config::DeltaType::Fossil];
     c.channel.namespaces.push(ns);
     c.validate().unwrap();
     Node::new(c, "test".into()).unwrap()

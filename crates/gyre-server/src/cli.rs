@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 use gyre_node::auth::{TokenVerifier, sign_hs256};
-use gyre_node::config::Config;
+use gyre_node::config::{Config, LogLevel};
 use serde_json::{Value, json};
 
 use crate::config_load::{self, FlagOverrides, LoadError};
@@ -209,9 +209,12 @@ fn random_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Settings for the no-config quickstart: a usable local server out of the box.
+/// Settings for the quickstart: a usable server on this machine only.
+/// Bound to 127.0.0.1, because its secrets are generated and printed and the
+/// demo page mints tokens for anyone who can reach it.
 fn quickstart_tree() -> Value {
     json!({
+        "http_server": {"address": "127.0.0.1"},
         "client": {
             "token": {"hmac_secret_key": random_secret()},
             "allowed_origins": ["http://localhost:*", "http://127.0.0.1:*"]
@@ -233,11 +236,28 @@ fn quickstart_tree() -> Value {
     })
 }
 
+/// Quickstart only when nothing configures the server: no file, no
+/// `CENTRIFUGO_*` variable (Kubernetes service-link variables aside) and no
+/// flag but `--port`. Anything else means an operator is configuring it, and
+/// a generated secret or a demo token endpoint would silently undercut what
+/// they set (issue 10, row 5).
+fn is_quickstart(file: &Option<Value>, env: &HashMap<String, String>, overrides: &FlagOverrides) -> bool {
+    file.is_none()
+        && env.keys().all(|k| config_load::is_service_link_var(k))
+        && overrides.iter().all(|(k, _)| k == "http_server.port")
+}
+
 fn load(flags: &ServerFlags) -> Result<(config_load::Loaded, bool), LoadError> {
     let file = config_file(flags)?;
-    let quickstart = file.is_none();
-    let tree = file.unwrap_or_else(quickstart_tree);
-    config_load::load(Some(tree), &env_map(), &flags.overrides()).map(|l| (l, quickstart))
+    let env = env_map();
+    let overrides = flags.overrides();
+    let quickstart = is_quickstart(&file, &env, &overrides);
+    let tree = match file {
+        Some(f) => Some(f),
+        None if quickstart => Some(quickstart_tree()),
+        None => None,
+    };
+    config_load::load(tree, &env, &overrides).map(|l| (l, quickstart))
 }
 
 fn now() -> i64 {
@@ -433,14 +453,14 @@ fn genconfig(flags: &ServerFlags) -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: LogLevel) {
     let filter = match level {
-        "none" => "off",
-        "trace" => "trace",
-        "debug" => "debug",
-        "warn" => "warn",
-        "error" => "error",
-        _ => "info",
+        LogLevel::None => "off",
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error | LogLevel::Fatal => "error",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("GYRE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
@@ -457,7 +477,7 @@ fn serve(flags: ServerFlags) -> ExitCode {
         }
     };
     let config = loaded.config;
-    init_logging(&config.log.level);
+    init_logging(config.log.level);
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -465,8 +485,13 @@ fn serve(flags: ServerFlags) -> ExitCode {
         let mut claims = HashMap::new();
         claims.insert("sub".to_string(), json!("demo"));
         let token = sign_hs256(&config.client.token.hmac_secret_key, &claims);
-        tracing::info!("no config file: quickstart mode with generated secrets (use -c FILE for production)");
-        tracing::info!(hmac_secret_key = %config.client.token.hmac_secret_key, http_api_key = %config.http_api.key, "quickstart secrets");
+        // These secrets were generated just now (nothing was configured), so
+        // printing them is how the user learns them; configured secrets are
+        // never logged.
+        tracing::info!(
+            "nothing configured: quickstart on 127.0.0.1 with generated secrets (use -c FILE for production)"
+        );
+        tracing::info!(hmac_secret_key = %config.client.token.hmac_secret_key, http_api_key = %config.http_api.key, "quickstart secrets (generated)");
         tracing::info!(%token, "connection token for user \"demo\"");
     }
     if !config.pid_file.is_empty()

@@ -540,7 +540,7 @@ async fn http_api(app: Arc<App>, req: Request<Incoming>, prefix: &str) -> Respon
         return empty(StatusCode::UNAUTHORIZED);
     }
     let method = req.uri().path()[prefix.len()..].trim_start_matches('/').to_string();
-    let transport_mode = cfg.http_api.error_mode == "transport"
+    let transport_mode = cfg.http_api.error_mode == gyre_node::config::ErrorMode::Transport
         || req.headers().get("x-centrifugo-error-mode").and_then(|v| v.to_str().ok()) == Some("transport");
     let body = match Limited::new(req.into_body(), API_BODY_LIMIT).collect().await {
         Ok(b) => b.to_bytes(),

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod config_keys;
 pub mod config_load;
 pub mod demo;
 pub mod driver;
@@ -63,8 +64,9 @@ pub fn build_node(config: Config) -> anyhow::Result<Arc<Node>> {
     } else {
         config.node.name.clone()
     };
-    let nats_broker = config.broker.enabled && config.broker.typ == "nats";
-    let nats_presence = config.presence_manager.enabled && config.presence_manager.typ == "nats";
+    let nats_broker = config.broker.enabled && config.broker.typ == gyre_node::config::BackendType::Nats;
+    let nats_presence =
+        config.presence_manager.enabled && config.presence_manager.typ == gyre_node::config::BackendType::Nats;
     if !nats_broker && !nats_presence {
         return Ok(Node::new(config, name)?);
     }
