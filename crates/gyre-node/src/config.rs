@@ -213,6 +213,8 @@ pub struct Config {
     pub presence_manager: PresenceManager,
     /// The HTTP server API.
     pub http_api: HttpApi,
+    /// The gRPC server API (own listener).
+    pub grpc_api: GrpcApi,
     /// Bidirectional WebSocket.
     pub websocket: WebSocket,
     /// SSE emulation.
@@ -235,7 +237,7 @@ pub struct Config {
     pub prometheus: Endpoint<MetricsPrefix>,
     /// `/connection/init`.
     pub init: Endpoint<InitPrefix>,
-    /// Admin web UI (not served by Gyre yet; keys accepted for compatibility).
+    /// Admin web UI and its API (`/admin/auth`, `/admin/api`).
     pub admin: Admin,
     /// Gyre's demo page at `/`.
     pub demo: Demo,
@@ -787,6 +789,54 @@ impl Default for HttpApi {
     }
 }
 
+default_fn!(d_grpc_port, u16, 10000);
+
+/// `grpc_api.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GrpcApi {
+    /// Serve the gRPC API.
+    pub enabled: bool,
+    /// Bind address ("" = all interfaces).
+    pub address: String,
+    /// Port.
+    #[serde(default = "d_grpc_port")]
+    pub port: u16,
+    /// API key: each call carries metadata `authorization: apikey <key>`. Empty = no check.
+    pub key: String,
+    /// "" (errors in the response's `error` field) or "transport" (gRPC status codes).
+    pub error_mode: String,
+    /// Largest request message in bytes; 0 = 4 MiB (the gRPC default).
+    pub max_receive_message_size: usize,
+    /// gRPC server reflection (not supported by this Gyre version; must stay false).
+    pub reflection: bool,
+    /// TLS object (not supported by this Gyre version; `enabled` must stay false).
+    /// Kept as raw JSON so a Centrifugo TLS block is recognised and refused by name.
+    pub tls: serde_json::Value,
+}
+
+impl Default for GrpcApi {
+    fn default() -> Self {
+        GrpcApi {
+            enabled: false,
+            address: String::new(),
+            port: d_grpc_port(),
+            key: String::new(),
+            error_mode: String::new(),
+            max_receive_message_size: 0,
+            reflection: false,
+            tls: serde_json::Value::Null,
+        }
+    }
+}
+
+impl GrpcApi {
+    /// The effective request size limit.
+    pub fn max_receive(&self) -> usize {
+        if self.max_receive_message_size == 0 { 4 * 1024 * 1024 } else { self.max_receive_message_size }
+    }
+}
+
 /// `websocket.*`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -989,14 +1039,18 @@ impl Default for SockJs {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct Admin {
-    /// Enable the admin UI (not served by Gyre yet).
+    /// Serve the admin web UI and its API.
     pub enabled: bool,
-    /// Admin password.
+    /// Password for `POST /admin/auth`.
     pub password: String,
-    /// Admin token secret.
+    /// HMAC secret signing admin tokens.
     pub secret: String,
-    /// No auth.
+    /// No password and no token (for a UI behind other protection only).
     pub insecure: bool,
+    /// Mount point of the UI ("" = `/`); the API is under `<prefix>/admin/`.
+    pub handler_prefix: String,
+    /// Serve on the external listener instead of the internal one.
+    pub external: bool,
 }
 
 /// `demo.*` (Gyre-specific)
@@ -1127,6 +1181,32 @@ impl Config {
         }
         if !self.http_api.error_mode.is_empty() && self.http_api.error_mode != "transport" {
             e("http_api.error_mode", "must be \"\" or \"transport\"".into());
+        }
+        if !self.grpc_api.error_mode.is_empty() && self.grpc_api.error_mode != "transport" {
+            e("grpc_api.error_mode", "must be \"\" or \"transport\"".into());
+        }
+        if self.grpc_api.reflection {
+            e("grpc_api.reflection", "gRPC reflection is not supported by this Gyre version".into());
+        }
+        match &self.grpc_api.tls {
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(m) if !m.get("enabled").and_then(serde_json::Value::as_bool).unwrap_or(false) => {}
+            serde_json::Value::Object(_) => e(
+                "grpc_api.tls.enabled",
+                "TLS on the gRPC API is not supported by this Gyre version (terminate TLS in front of it)".into(),
+            ),
+            _ => e("grpc_api.tls", "must be an object".into()),
+        }
+        if self.admin.enabled && !self.admin.insecure {
+            if self.admin.password.is_empty() {
+                e("admin.password", "must be set when admin.enabled (or set admin.insecure)".into());
+            }
+            if self.admin.secret.is_empty() {
+                e("admin.secret", "must be set when admin.enabled (or set admin.insecure)".into());
+            }
+        }
+        if !self.admin.handler_prefix.is_empty() && !self.admin.handler_prefix.starts_with('/') {
+            e("admin.handler_prefix", "must start with /".into());
         }
         if self.channel.max_length == 0 {
             e("channel.max_length", "must be positive".into());

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod config_load;
 pub mod demo;
+pub mod dispatch;
 pub mod driver;
 pub mod emulation;
 pub mod http;
