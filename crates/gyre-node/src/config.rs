@@ -1190,7 +1190,8 @@ impl Config {
         }
         match &self.grpc_api.tls {
             serde_json::Value::Null => {}
-            serde_json::Value::Object(m) if !m.get("enabled").and_then(serde_json::Value::as_bool).unwrap_or(false) => {}
+            serde_json::Value::Object(m) if !m.get("enabled").and_then(serde_json::Value::as_bool).unwrap_or(false) => {
+            }
             serde_json::Value::Object(_) => e(
                 "grpc_api.tls.enabled",
                 "TLS on the gRPC API is not supported by this Gyre version (terminate TLS in front of it)".into(),

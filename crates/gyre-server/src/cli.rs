@@ -531,6 +531,9 @@ fn serve(flags: ServerFlags) -> ExitCode {
             }
         };
         tracing::info!(addr = %running.addr, internal = %running.internal_addr, version = gyre_node::node::VERSION, "gyre serving");
+        if let Some(grpc) = running.grpc_addr {
+            tracing::info!(addr = %grpc, "gRPC API serving");
+        }
         let node = running.node.clone();
         let sig = tokio::select! {
             sig = shutdown_signal() => sig,

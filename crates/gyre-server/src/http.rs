@@ -119,6 +119,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Internal listener address (same as `addr` unless split).
     pub internal_addr: SocketAddr,
+    /// gRPC API listener address (`grpc_api.enabled`).
+    pub grpc_addr: Option<SocketAddr>,
     /// The node.
     pub node: Arc<Node>,
     app: Arc<App>,
@@ -132,7 +134,7 @@ impl Running {
     }
 }
 
-fn bind_addr(address: &str, port: u16) -> String {
+pub(crate) fn bind_addr(address: &str, port: u16) -> String {
     if address.is_empty() {
         format!("0.0.0.0:{port}")
     } else if address.contains(':') {
@@ -184,8 +186,13 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
         internal_addr = int.local_addr()?;
         app.tracker.spawn(accept_loop(app.clone(), int, Listener::Internal));
     }
+    let grpc_addr = if cfg.grpc_api.enabled {
+        Some(crate::grpc::start(node.clone(), &app.tracker, app.cancel.clone()).await?)
+    } else {
+        None
+    };
     app.tracker.spawn(accept_loop(app.clone(), ext, if split { Listener::External } else { Listener::Both }));
-    Ok(Running { addr, internal_addr, node, app })
+    Ok(Running { addr, internal_addr, grpc_addr, node, app })
 }
 
 impl Running {
@@ -523,9 +530,15 @@ fn api_key_ok(cfg: &gyre_node::config::Config, req: &Request<Incoming>) -> bool 
         req.uri().query().and_then(|q| query_param(q, "api_key")).map(str::to_string)
     };
     let Some(given) = given else { return false };
-    // Compare digests so neither content nor length leaks through timing.
+    secret_eq(given.as_bytes(), want)
+}
+
+/// Compares a presented secret (API key, admin password) with the configured
+/// one in constant time: digests are compared, so neither content nor length
+/// leaks through timing.
+pub(crate) fn secret_eq(given: &[u8], want: &[u8]) -> bool {
     use sha2::Digest;
-    let a = sha2::Sha256::digest(given.as_bytes());
+    let a = sha2::Sha256::digest(given);
     let b = sha2::Sha256::digest(want);
     a.ct_eq(&b).into()
 }

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod driver;
 pub mod emulation;
+pub mod grpc;
 pub mod http;
 pub mod sockjs;
 pub mod stream;
