@@ -50,6 +50,8 @@ pub struct App {
     conn_rate: Option<governor::DefaultDirectRateLimiter>,
     /// Listener serves the internal endpoints (API, health, metrics).
     split_internal: bool,
+    /// Rate limit of admin password attempts (`POST /admin/auth`).
+    pub(crate) admin_auth_limit: governor::DefaultDirectRateLimiter,
     /// Emulation sessions of this node.
     pub sessions: Arc<Sessions>,
     /// SockJS sessions of this node.
@@ -168,6 +170,7 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
             .and_then(std::num::NonZeroU32::new)
             .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n))),
         split_internal: split,
+        admin_auth_limit: crate::admin::auth_limiter(),
         sessions: Arc::new(Sessions::default()),
         sockjs: crate::sockjs::Registry::default(),
         conn_rt,
@@ -303,6 +306,13 @@ async fn route(app: Arc<App>, kind: Listener, req: Request<Incoming>) -> Respons
         if let Some((service, rest)) = crate::sockjs::service_for(&cfg, &path) {
             return crate::sockjs::handle(app, service, rest, req).await;
         }
+    }
+    // The admin UI sits with the other internal endpoints (metrics, health, API)
+    // unless `admin.external`; it is matched before the demo page, which also
+    // wants `/` when both are on one listener.
+    let admin_here = cfg.admin.enabled && (if cfg.admin.external || !app.split_internal { external } else { internal });
+    if admin_here && crate::admin::handles(&app, &path) {
+        return crate::admin::handle(app, req).await;
     }
     if api_here && (path == prefix || path.starts_with(&format!("{prefix}/"))) {
         return http_api(app, req, &prefix).await;
