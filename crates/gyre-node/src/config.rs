@@ -1331,6 +1331,35 @@ mod tests {
     }
 
     #[test]
+    fn grpc_api_and_admin_rules() {
+        // (patch, the key the error must name; None = valid)
+        let table: &[(serde_json::Value, Option<&str>)] = &[
+            (serde_json::json!({}), None),
+            (serde_json::json!({"grpc_api": {"enabled": true, "key": "k", "port": 0}}), None),
+            (serde_json::json!({"grpc_api": {"tls": {"enabled": false, "cert_pem": "x"}}}), None),
+            (serde_json::json!({"grpc_api": {"tls": {"enabled": true}}}), Some("grpc_api.tls.enabled")),
+            (serde_json::json!({"grpc_api": {"tls": true}}), Some("grpc_api.tls")),
+            (serde_json::json!({"grpc_api": {"reflection": true}}), Some("grpc_api.reflection")),
+            (serde_json::json!({"grpc_api": {"error_mode": "weird"}}), Some("grpc_api.error_mode")),
+            (serde_json::json!({"admin": {"enabled": true, "secret": "s"}}), Some("admin.password")),
+            (serde_json::json!({"admin": {"enabled": true, "password": "p"}}), Some("admin.secret")),
+            (serde_json::json!({"admin": {"enabled": true, "insecure": true}}), None),
+            (serde_json::json!({"admin": {"enabled": true, "password": "p", "secret": "s"}}), None),
+            (serde_json::json!({"admin": {"handler_prefix": "ops"}}), Some("admin.handler_prefix")),
+        ];
+        for (patch, want) in table {
+            let c: Config = serde_json::from_value(patch.clone()).unwrap();
+            match (c.validate(), want) {
+                (Ok(()), None) => {}
+                (Err(errs), Some(key)) => assert!(errs.iter().any(|e| e.key == *key), "{patch}: {errs:?}"),
+                (got, _) => panic!("{patch}: want {want:?}, got {got:?}"),
+            }
+        }
+        assert_eq!(Config::default().grpc_api.port, 10000);
+        assert_eq!(Config::default().grpc_api.max_receive(), 4 * 1024 * 1024);
+    }
+
+    #[test]
     fn validation_names_keys() {
         let mut c = Config::default();
         c.channel.namespaces.push(Namespace { name: "x".into(), ..Default::default() });
