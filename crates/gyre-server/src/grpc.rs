@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use gyre_node::{ClientError, Node};
 use gyre_proto::api;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,6 +29,14 @@ mod generated {
 }
 
 use generated::centrifugo_api_server::{CentrifugoApi, CentrifugoApiServer};
+
+/// How long a new connection may stay silent before its first byte.
+const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 PING interval on idle connections, and how long to wait for the answer.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent calls per connection.
+const MAX_STREAMS: u32 = 1024;
 
 /// The service implementation: a node and the error mode.
 struct Service {
@@ -417,6 +425,13 @@ pub async fn start(node: Arc<Node>, tracker: &TaskTracker, cancel: CancellationT
             let _ = stream.set_nodelay(true);
             let (svc, key, cancel) = (svc.clone(), key.clone(), cancel.clone());
             conns.spawn(async move {
+                // A socket that never sends its HTTP/2 preface is dropped instead
+                // of holding a descriptor forever (h2 itself waits without limit).
+                let mut probe = [0u8; 1];
+                match tokio::time::timeout(PREFACE_TIMEOUT, stream.peek(&mut probe)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
                 let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let mut svc = svc.clone();
                     let ok = authorized(&key, req.headers());
@@ -427,7 +442,13 @@ pub async fn start(node: Arc<Node>, tracker: &TaskTracker, cancel: CancellationT
                         tonic::codegen::Service::call(&mut svc, req).await
                     }
                 });
+                // Pings find peers that vanished without closing; the stream cap
+                // bounds what one connection can have in flight.
                 let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .max_concurrent_streams(MAX_STREAMS)
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
                 tokio::select! {

@@ -210,6 +210,23 @@ async def test_oversized_message_is_refused(stub):
     assert not res.HasField("error")
 
 
+async def test_silent_socket_is_closed(grpc_gyre):
+    """A TCP connection that never sends the HTTP/2 preface is dropped (after 10 s), not
+    held forever."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", grpc_gyre.grpc_port)
+    try:
+        start = asyncio.get_running_loop().time()
+
+        async def until_eof():
+            while await reader.read(4096):
+                pass
+
+        await asyncio.wait_for(until_eof(), 20)  # raises TimeoutError if the server holds it
+        assert asyncio.get_running_loop().time() - start >= 5
+    finally:
+        writer.close()
+
+
 # -- every method ------------------------------------------------------------------------
 
 
@@ -412,6 +429,9 @@ async def test_transport_error_mode_and_no_key():
         res = await call(s, "Batch", pb.BatchRequest(commands=[
             pb.Command(publish=pb.PublishRequest(channel="nope:x", data=b"{}"))]), metadata=())
         assert res.replies[0].error.code == 102
+        # SIGTERM with the channel still open: the gRPC listener drains like the others.
+        code = await asyncio.to_thread(server.stop)
+        assert code == 0, server.logs()[-2000:]
         await channel.close()
     finally:
         server.stop()
