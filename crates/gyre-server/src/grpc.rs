@@ -404,6 +404,10 @@ pub async fn start(node: Arc<Node>, tracker: &TaskTracker, cancel: CancellationT
         .await
         .map_err(|e| anyhow::anyhow!("grpc_api.port {}: {e}", cfg.port))?;
     let addr = listener.local_addr()?;
+    if cfg.key.is_empty() {
+        // Centrifugo's behaviour, but worth a line in the log: the port must then be private.
+        tracing::warn!(%addr, "grpc_api.key is empty: the gRPC API accepts calls without a key");
+    }
     let svc = CentrifugoApiServer::new(Service { node, transport_errors: cfg.error_mode == "transport" })
         .max_decoding_message_size(cfg.max_receive());
     let key: Arc<str> = cfg.key.into();
