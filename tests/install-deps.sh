@@ -8,7 +8,7 @@
 #   - tests/sdk/js: `npm ci` from the committed package-lock.json (centrifuge 5.x,
 #     ws, cent.js 6.1.0), skipped when node_modules already matches the lockfile.
 #   - tests/.deps/venv (gitignored): Python venv with tests/sdk/python/requirements.txt
-#     (centrifuge-python, cent, pytest, pytest-asyncio, PyJWT, all pinned),
+#     (centrifuge-python, cent, pytest, pytest-asyncio, PyJWT, grpcio-tools, all pinned),
 #     skipped when it already matches.
 set -euo pipefail
 

@@ -281,7 +281,7 @@ str_enum! {
 }
 
 str_enum! {
-    /// `http_api.error_mode`.
+    /// `http_api.error_mode` and `grpc_api.error_mode`.
     ErrorMode {
         /// Errors in the reply body with HTTP 200.
         #[default]
@@ -357,6 +357,8 @@ pub struct Config {
     pub presence_manager: PresenceManager,
     /// The HTTP server API.
     pub http_api: HttpApi,
+    /// The gRPC server API (own listener).
+    pub grpc_api: GrpcApi,
     /// Bidirectional WebSocket.
     pub websocket: WebSocket,
     /// SSE emulation.
@@ -379,7 +381,7 @@ pub struct Config {
     pub prometheus: Endpoint<MetricsPrefix>,
     /// `/connection/init`.
     pub init: Endpoint<InitPrefix>,
-    /// Admin web UI (not served yet: the loader refuses non-default values).
+    /// Admin web UI and its API (`/admin/auth`, `/admin/api`).
     pub admin: Admin,
     /// Gyre's demo page at `/`.
     pub demo: Demo,
@@ -949,6 +951,54 @@ impl Default for HttpApi {
     }
 }
 
+default_fn!(d_grpc_port, u16, 10000);
+
+/// `grpc_api.*`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GrpcApi {
+    /// Serve the gRPC API.
+    pub enabled: bool,
+    /// Bind address ("" = all interfaces).
+    pub address: String,
+    /// Port.
+    #[serde(default = "d_grpc_port")]
+    pub port: u16,
+    /// API key: each call carries metadata `authorization: apikey <key>`. Empty = no check.
+    pub key: String,
+    /// Errors in the response's `error` field (default) or as gRPC status codes (`transport`).
+    pub error_mode: ErrorMode,
+    /// Largest request message in bytes; 0 = 4 MiB (the gRPC default).
+    pub max_receive_message_size: usize,
+    /// gRPC server reflection (not supported by this Gyre version; must stay false).
+    pub reflection: bool,
+    /// TLS object (not supported by this Gyre version; `enabled` must stay false).
+    /// Kept as raw JSON so a Centrifugo TLS block is recognised and refused by name.
+    pub tls: serde_json::Value,
+}
+
+impl Default for GrpcApi {
+    fn default() -> Self {
+        GrpcApi {
+            enabled: false,
+            address: String::new(),
+            port: d_grpc_port(),
+            key: String::new(),
+            error_mode: ErrorMode::Default,
+            max_receive_message_size: 0,
+            reflection: false,
+            tls: serde_json::Value::Null,
+        }
+    }
+}
+
+impl GrpcApi {
+    /// The effective request size limit.
+    pub fn max_receive(&self) -> usize {
+        if self.max_receive_message_size == 0 { 4 * 1024 * 1024 } else { self.max_receive_message_size }
+    }
+}
+
 /// `websocket.*`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -1151,14 +1201,18 @@ impl Default for SockJs {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct Admin {
-    /// Enable the admin UI (not served by Gyre yet).
+    /// Serve the admin web UI and its API.
     pub enabled: bool,
-    /// Admin password.
+    /// Password for `POST /admin/auth`.
     pub password: String,
-    /// Admin token secret.
+    /// HMAC secret signing admin tokens.
     pub secret: String,
-    /// No auth.
+    /// No password and no token (for a UI behind other protection only).
     pub insecure: bool,
+    /// Mount point of the UI ("" = `/`); the API is under `<prefix>/admin/`.
+    pub handler_prefix: String,
+    /// Serve on the external listener instead of the internal one.
+    pub external: bool,
 }
 
 /// `demo.*` (Gyre-specific)
@@ -1253,6 +1307,30 @@ impl Config {
         }
         if self.websocket.message_size_limit == 0 {
             e("websocket.message_size_limit", "must be positive".into());
+        }
+        if self.grpc_api.reflection {
+            e("grpc_api.reflection", "gRPC reflection is not supported by this Gyre version".into());
+        }
+        match &self.grpc_api.tls {
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(m) if !m.get("enabled").and_then(serde_json::Value::as_bool).unwrap_or(false) => {
+            }
+            serde_json::Value::Object(_) => e(
+                "grpc_api.tls.enabled",
+                "TLS on the gRPC API is not supported by this Gyre version (terminate TLS in front of it)".into(),
+            ),
+            _ => e("grpc_api.tls", "must be an object".into()),
+        }
+        if self.admin.enabled && !self.admin.insecure {
+            if self.admin.password.is_empty() {
+                e("admin.password", "must be set when admin.enabled (or set admin.insecure)".into());
+            }
+            if self.admin.secret.is_empty() {
+                e("admin.secret", "must be set when admin.enabled (or set admin.insecure)".into());
+            }
+        }
+        if !self.admin.handler_prefix.is_empty() && !self.admin.handler_prefix.starts_with('/') {
+            e("admin.handler_prefix", "must start with /".into());
         }
         if self.channel.max_length == 0 {
             e("channel.max_length", "must be positive".into());
@@ -1364,6 +1442,34 @@ mod tests {
     }
 
     #[test]
+    fn grpc_api_and_admin_rules() {
+        // (patch, the key the error must name; None = valid)
+        let table: &[(serde_json::Value, Option<&str>)] = &[
+            (serde_json::json!({}), None),
+            (serde_json::json!({"grpc_api": {"enabled": true, "key": "k", "port": 0}}), None),
+            (serde_json::json!({"grpc_api": {"tls": {"enabled": false, "cert_pem": "x"}}}), None),
+            (serde_json::json!({"grpc_api": {"tls": {"enabled": true}}}), Some("grpc_api.tls.enabled")),
+            (serde_json::json!({"grpc_api": {"tls": true}}), Some("grpc_api.tls")),
+            (serde_json::json!({"grpc_api": {"reflection": true}}), Some("grpc_api.reflection")),
+            (serde_json::json!({"admin": {"enabled": true, "secret": "s"}}), Some("admin.password")),
+            (serde_json::json!({"admin": {"enabled": true, "password": "p"}}), Some("admin.secret")),
+            (serde_json::json!({"admin": {"enabled": true, "insecure": true}}), None),
+            (serde_json::json!({"admin": {"enabled": true, "password": "p", "secret": "s"}}), None),
+            (serde_json::json!({"admin": {"handler_prefix": "ops"}}), Some("admin.handler_prefix")),
+        ];
+        for (patch, want) in table {
+            let c: Config = serde_json::from_value(patch.clone()).unwrap();
+            match (c.validate(), want) {
+                (Ok(()), None) => {}
+                (Err(errs), Some(key)) => assert!(errs.iter().any(|e| e.key == *key), "{patch}: {errs:?}"),
+                (got, _) => panic!("{patch}: want {want:?}, got {got:?}"),
+            }
+        }
+        assert_eq!(Config::default().grpc_api.port, 10000);
+        assert_eq!(Config::default().grpc_api.max_receive(), 4 * 1024 * 1024);
+    }
+
+    #[test]
     fn validation_names_keys() {
         let mut c = Config::default();
         c.channel.namespaces.push(Namespace { name: "x".into(), ..Default::default() });
@@ -1387,6 +1493,8 @@ mod tests {
             (serde_json::json!({"presence_manager": {"type": "redis"}}), false),
             (serde_json::json!({"http_api": {"error_mode": "transport"}}), true),
             (serde_json::json!({"http_api": {"error_mode": "custom"}}), false),
+            (serde_json::json!({"grpc_api": {"error_mode": "transport"}}), true),
+            (serde_json::json!({"grpc_api": {"error_mode": "weird"}}), false),
             (serde_json::json!({"channel": {"publication_data_format": "json_object"}}), true),
             (serde_json::json!({"channel": {"publication_data_format": "xml"}}), false),
             (serde_json::json!({"channel": {"without_namespace": {"force_recovery_mode": ""}}}), true),

@@ -1,5 +1,7 @@
 //! The HTTP server API: `POST /api/<method>`, `POST /api/batch` and the legacy
-//! newline format on `POST /api`.
+//! newline format on `POST /api`. This module is the JSON edge only: bodies
+//! decode into [`dispatch::Request`]s and replies render from
+//! [`dispatch::Reply`]; the methods themselves live in [`dispatch`].
 //!
 //! A publish answers as soon as the node accepted the publication: with the
 //! memory engine the fan-out is a series of non-blocking queue pushes done
@@ -11,33 +13,32 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::Bytes;
 use gyre_node::auth::SubOverride;
-use gyre_node::engine::{HistoryQuery, StreamPosition};
-use gyre_node::node::{ApiPublish, ServerSubscribe, Target};
-use gyre_node::{ClientError, Disconnect, Node};
+use gyre_node::engine::StreamPosition;
+use gyre_node::node::Target;
+use gyre_node::{ClientError, Node};
 use gyre_proto::protocol::{ClientInfo, Publication};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-/// Outcome of one API call.
+use crate::dispatch::{self, History, Payload, PublishOpts, Reply, Request, Subscribe};
+
+/// Outcome of one API call, rendered as JSON.
 pub type ApiResult = Result<Value, ClientError>;
 
 fn err_json(e: &ClientError) -> Value {
     json!({"code": e.code, "message": e.message})
 }
 
-/// Raw JSON or base64 payload of a request.
-fn payload(data: &Option<Box<RawValue>>, b64: &Option<String>) -> Result<Bytes, ClientError> {
-    if let Some(b) = b64.as_ref().filter(|b| !b.is_empty()) {
-        return base64::engine::general_purpose::STANDARD
-            .decode(b)
-            .map(Bytes::from)
-            .map_err(|_| ClientError::BAD_REQUEST);
+/// Raw JSON (`null` = absent) and base64 payload fields of a request.
+fn payload(data: &Option<Box<RawValue>>, b64: &Option<String>) -> Payload {
+    Payload {
+        data: match data {
+            Some(raw) if raw.get() != "null" => Bytes::copy_from_slice(raw.get().as_bytes()),
+            _ => Bytes::new(),
+        },
+        b64: b64.clone().unwrap_or_default(),
     }
-    Ok(match data {
-        Some(raw) if raw.get() != "null" => Bytes::copy_from_slice(raw.get().as_bytes()),
-        _ => Bytes::new(),
-    })
 }
 
 /// Bytes that were raw JSON back into a JSON value (non-JSON bytes → base64 string).
@@ -104,6 +105,12 @@ struct Pos {
     epoch: String,
 }
 
+impl From<Pos> for StreamPosition {
+    fn from(p: Pos) -> Self {
+        StreamPosition { offset: p.offset, epoch: p.epoch }
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct SubscribeReq {
@@ -133,6 +140,16 @@ struct TargetReq {
     expired: bool,
     expire_at: i64,
     info: Option<Box<RawValue>>,
+}
+
+impl TargetReq {
+    fn target(&mut self) -> Target {
+        Target {
+            user: std::mem::take(&mut self.user),
+            client: std::mem::take(&mut self.client),
+            session: std::mem::take(&mut self.session),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -201,86 +218,137 @@ const PRO_METHODS: &[&str] = &[
     "cancel_push",
 ];
 
-/// Runs one API method. `Err(BadBody)` when the body does not decode for that method.
-pub async fn call(node: &Arc<Node>, method: &str, body: &[u8]) -> Result<ApiResult, BadBody> {
-    Ok(match method {
+/// Decodes a JSON body for `method`. `Ok(None)`: not a method Gyre serves
+/// (PRO or unknown: 104). `Err(BadBody)`: the body does not decode.
+fn decode(method: &str, body: &[u8]) -> Result<Option<Request>, BadBody> {
+    Ok(Some(match method {
         "publish" => {
             let r: PublishReq = parse(body)?;
-            publish(node, r).await
+            Request::Publish {
+                channel: r.channel,
+                opts: PublishOpts {
+                    data: payload(&r.data, &r.b64data),
+                    skip_history: r.skip_history,
+                    tags: r.tags,
+                    idempotency_key: r.idempotency_key,
+                    delta: r.delta,
+                },
+            }
         }
         "broadcast" => {
             let r: BroadcastReq = parse(body)?;
-            broadcast(node, r).await
+            Request::Broadcast {
+                channels: r.channels,
+                opts: PublishOpts {
+                    data: payload(&r.data, &r.b64data),
+                    skip_history: r.skip_history,
+                    tags: r.tags,
+                    idempotency_key: r.idempotency_key,
+                    delta: r.delta,
+                },
+            }
         }
         "subscribe" => {
             let r: SubscribeReq = parse(body)?;
-            subscribe(node, r).await
-        }
-        "unsubscribe" => {
-            let r: TargetReq = parse(body)?;
-            node.unsubscribe_user(&Target { user: r.user, client: r.client, session: r.session }, &r.channel)
-                .await
-                .map(|_| json!({}))
-        }
-        "disconnect" => {
-            let r: TargetReq = parse(body)?;
-            let d = match r.disconnect {
-                Some(d) if d.code != 0 => Disconnect::custom(d.code, d.reason),
-                _ => Disconnect::FORCE_NO_RECONNECT,
-            };
-            node.disconnect_user(&Target { user: r.user, client: r.client, session: r.session }, &r.whitelist, d)
-                .await
-                .map(|_| json!({}))
-        }
-        "refresh" => {
-            let r: TargetReq = parse(body)?;
-            let info =
-                r.info.as_ref().filter(|i| i.get() != "null").map(|i| Bytes::copy_from_slice(i.get().as_bytes()));
-            let at = (r.expire_at > 0).then_some(r.expire_at);
-            node.refresh_user(&Target { user: r.user, client: r.client, session: r.session }, r.expired, at, info)
-                .await
-                .map(|_| json!({}))
-        }
-        "presence" => {
-            let r: ChannelReq = parse(body)?;
-            presence(node, &r.channel).await
-        }
-        "presence_stats" => {
-            let r: ChannelReq = parse(body)?;
-            if r.channel.is_empty() {
-                Err(ClientError::BAD_REQUEST)
-            } else {
-                node.presence_stats(&r.channel)
-                    .await
-                    .map(|s| json!({"num_clients": s.num_clients, "num_users": s.num_users}))
-            }
-        }
-        "history" => {
-            let r: ChannelReq = parse(body)?;
-            history(node, r).await
-        }
-        "history_remove" => {
-            let r: ChannelReq = parse(body)?;
-            if r.channel.is_empty() {
-                Err(ClientError::BAD_REQUEST)
-            } else {
-                node.history_remove(&r.channel).await.map(|_| json!({}))
-            }
-        }
-        "channels" => {
-            let r: ChannelReq = parse(body)?;
-            node.channels(&r.pattern).await.map(|chans| {
-                let mut m = Map::new();
-                for (ch, n) in chans {
-                    m.insert(ch, json!({"num_clients": n}));
-                }
-                json!({"channels": m})
+            Request::Subscribe(Subscribe {
+                info: payload(&r.info, &r.b64info),
+                data: payload(&r.data, &r.b64data),
+                overrides: SubOverride::from_json(r.overrides.as_ref()),
+                target: Target { user: r.user, client: r.client, session: r.session },
+                channel: r.channel,
+                expire_at: r.expire_at,
+                recover_since: r.recover_since.map(Into::into),
             })
         }
-        "info" => {
-            let nodes: Vec<Value> = node
-                .nodes()
-                .into_iter()
+        "unsubscribe" => {
+            let mut r: TargetReq = parse(body)?;
+            Request::Unsubscribe { target: r.target(), channel: r.channel }
+        }
+        "disconnect" => {
+            let mut r: TargetReq = parse(body)?;
+            Request::Disconnect {
+                target: r.target(),
+                whitelist: r.whitelist,
+                disconnect: r.disconnect.map(|d| (d.code, d.reason)),
+            }
+        }
+        "refresh" => {
+            let mut r: TargetReq = parse(body)?;
+            Request::Refresh {
+                target: r.target(),
+                expired: r.expired,
+                expire_at: r.expire_at,
+                info: payload(&r.info, &None).data,
+            }
+        }
+        "presence" => Request::Presence { channel: parse::<ChannelReq>(body)?.channel },
+        "presence_stats" => Request::PresenceStats { channel: parse::<ChannelReq>(body)?.channel },
+        "history" => {
+            let r: ChannelReq = parse(body)?;
+            Request::History(History {
+                channel: r.channel,
+                limit: r.limit,
+                since: r.since.map(Into::into),
+                reverse: r.reverse,
+            })
+        }
+        "history_remove" => Request::HistoryRemove { channel: parse::<ChannelReq>(body)?.channel },
+        "channels" => Request::Channels { pattern: parse::<ChannelReq>(body)?.pattern },
+        "info" => Request::Info,
+        "rpc" => Request::Rpc { method: parse::<ChannelReq>(body)?.method },
+        _ => return Ok(None),
+    }))
+}
+
+/// Runs one API method through the shared dispatcher and renders it as JSON.
+/// `Err(BadBody)` when the body does not decode for that method.
+pub async fn call(node: &Arc<Node>, method: &str, body: &[u8]) -> Result<ApiResult, BadBody> {
+    match decode(method, body)? {
+        Some(req) => Ok(dispatch::call(node, req).await.map(|r| reply_json(&r))),
+        None => Ok(Err(ClientError::NOT_FOUND)),
+    }
+}
+
+fn position_json(p: &StreamPosition) -> Value {
+    if p.epoch.is_empty() && p.offset == 0 { json!({}) } else { json!({"offset": p.offset, "epoch": p.epoch}) }
+}
+
+/// The JSON `result` of a reply (the v6 HTTP API shapes).
+fn reply_json(r: &Reply) -> Value {
+    match r {
+        Reply::Publish(p) => position_json(p),
+        Reply::Broadcast(list) => {
+            let responses: Vec<Value> = list
+                .iter()
+                .map(|r| match r {
+                    Ok(p) => json!({"result": position_json(p)}),
+                    Err(e) => json!({"error": err_json(e)}),
+                })
+                .collect();
+            json!({"responses": responses})
+        }
+        Reply::Empty => json!({}),
+        Reply::Presence(p) => {
+            let mut m = Map::new();
+            for (k, v) in p {
+                m.insert(k.clone(), client_info_json(v));
+            }
+            json!({"presence": m})
+        }
+        Reply::PresenceStats(s) => json!({"num_clients": s.num_clients, "num_users": s.num_users}),
+        Reply::History(pubs, top) => {
+            json!({"publications": pubs.iter().map(publication_json).collect::<Vec<_>>(), "epoch": top.epoch, "offset": top.offset})
+        }
+        Reply::Channels(chans) => {
+            let mut m = Map::new();
+            for (ch, n) in chans {
+                m.insert(ch.clone(), json!({"num_clients": n}));
+            }
+            json!({"channels": m})
+        }
+        Reply::Info(nodes) => {
+            let nodes: Vec<Value> = nodes
+                .iter()
                 .map(|i| {
                     let mut n = json!({
                         "uid": i.uid, "name": i.name, "version": i.version, "num_clients": i.num_clients,
@@ -292,101 +360,9 @@ pub async fn call(node: &Arc<Node>, method: &str, body: &[u8]) -> Result<ApiResu
                     n
                 })
                 .collect();
-            Ok(json!({"nodes": nodes}))
+            json!({"nodes": nodes})
         }
-        "rpc" => {
-            let r: ChannelReq = parse(body)?;
-            if r.method.is_empty() { Err(ClientError::BAD_REQUEST) } else { Err(ClientError::NOT_FOUND) }
-        }
-        m if PRO_METHODS.contains(&m) => Err(ClientError::NOT_FOUND),
-        _ => Err(ClientError::NOT_FOUND),
-    })
-}
-
-async fn publish(node: &Arc<Node>, r: PublishReq) -> ApiResult {
-    if r.channel.is_empty() {
-        return Err(ClientError::BAD_REQUEST);
     }
-    let data = payload(&r.data, &r.b64data)?;
-    let opts =
-        ApiPublish { skip_history: r.skip_history, tags: r.tags, idempotency_key: r.idempotency_key, delta: r.delta };
-    let res = node.publish(&r.channel, data, None, &opts).await?;
-    Ok(position_json(&res.position))
-}
-
-fn position_json(p: &StreamPosition) -> Value {
-    if p.epoch.is_empty() && p.offset == 0 { json!({}) } else { json!({"offset": p.offset, "epoch": p.epoch}) }
-}
-
-async fn broadcast(node: &Arc<Node>, r: BroadcastReq) -> ApiResult {
-    if r.channels.is_empty() {
-        return Err(ClientError::BAD_REQUEST);
-    }
-    let data = payload(&r.data, &r.b64data)?;
-    let opts =
-        ApiPublish { skip_history: r.skip_history, tags: r.tags, idempotency_key: r.idempotency_key, delta: r.delta };
-    let mut responses = Vec::with_capacity(r.channels.len());
-    for ch in &r.channels {
-        let res = if ch.is_empty() {
-            Err(ClientError::BAD_REQUEST)
-        } else {
-            node.publish(ch, data.clone(), None, &opts).await.map(|r| position_json(&r.position))
-        };
-        responses.push(match res {
-            Ok(v) => json!({"result": v}),
-            Err(e) => json!({"error": err_json(&e)}),
-        });
-    }
-    Ok(json!({"responses": responses}))
-}
-
-async fn subscribe(node: &Arc<Node>, r: SubscribeReq) -> ApiResult {
-    let sub = ServerSubscribe {
-        channel: r.channel,
-        expire_at: (r.expire_at > 0).then_some(r.expire_at),
-        info: payload(&r.info, &r.b64info)?,
-        data: payload(&r.data, &r.b64data)?,
-        recover_since: r.recover_since.map(|p| StreamPosition { offset: p.offset, epoch: p.epoch }),
-        overrides: SubOverride::from_json(r.overrides.as_ref()),
-    };
-    node.subscribe_user(&Target { user: r.user, client: r.client, session: r.session }, sub).await.map(|_| json!({}))
-}
-
-async fn presence(node: &Arc<Node>, channel: &str) -> ApiResult {
-    if channel.is_empty() {
-        return Err(ClientError::BAD_REQUEST);
-    }
-    let p = node.presence(channel).await?;
-    let mut m = Map::new();
-    for (k, v) in p {
-        m.insert(k, client_info_json(&v));
-    }
-    Ok(json!({"presence": m}))
-}
-
-async fn history(node: &Arc<Node>, r: ChannelReq) -> ApiResult {
-    if r.channel.is_empty() {
-        return Err(ClientError::BAD_REQUEST);
-    }
-    if r.reverse && r.since.as_ref().is_some_and(|s| s.offset == 0) {
-        return Err(ClientError::INTERNAL);
-    }
-    let limit = match r.limit {
-        0 => Some(0),
-        l if l < 0 => None,
-        l => Some(l as usize),
-    };
-    let q = HistoryQuery { since: r.since.as_ref().map(|s| s.offset), limit, reverse: r.reverse, ..Default::default() };
-    let (pubs, top) = node.history(&r.channel, q).await?;
-    if let Some(s) = &r.since
-        && !s.epoch.is_empty()
-        && s.epoch != top.epoch
-    {
-        return Err(ClientError::UNRECOVERABLE_POSITION);
-    }
-    Ok(
-        json!({"publications": pubs.iter().map(publication_json).collect::<Vec<_>>(), "epoch": top.epoch, "offset": top.offset}),
-    )
 }
 
 /// Wraps a result as `{"result":…}` / `{"error":…}`.

@@ -65,6 +65,15 @@ struct ServerFlags {
     prometheus: bool,
     #[arg(long = "admin.enabled")]
     admin: bool,
+    #[arg(long = "admin.external")]
+    admin_external: bool,
+    #[arg(long = "admin.insecure")]
+    admin_insecure: bool,
+    #[arg(long = "grpc_api.enabled")]
+    grpc_api: bool,
+    /// gRPC API port (grpc_api.port, default 10000).
+    #[arg(long = "grpc_api.port")]
+    grpc_api_port: Option<u16>,
     #[arg(long = "client.insecure")]
     client_insecure: bool,
     #[arg(long = "http_api.insecure")]
@@ -116,12 +125,18 @@ impl ServerFlags {
         if let Some(v) = &self.presence_type {
             s("presence_manager.type", json!(v))
         }
+        if let Some(v) = self.grpc_api_port {
+            s("grpc_api.port", json!(v))
+        }
         for (on, key) in [
             (self.broker_enabled, "broker.enabled"),
             (self.presence_enabled, "presence_manager.enabled"),
             (self.health, "health.enabled"),
             (self.prometheus, "prometheus.enabled"),
             (self.admin, "admin.enabled"),
+            (self.admin_external, "admin.external"),
+            (self.admin_insecure, "admin.insecure"),
+            (self.grpc_api, "grpc_api.enabled"),
             (self.client_insecure, "client.insecure"),
             (self.api_insecure, "http_api.insecure"),
             (self.api_external, "http_api.external"),
@@ -541,6 +556,9 @@ fn serve(flags: ServerFlags) -> ExitCode {
             }
         };
         tracing::info!(addr = %running.addr, internal = %running.internal_addr, version = gyre_node::node::VERSION, "gyre serving");
+        if let Some(grpc) = running.grpc_addr {
+            tracing::info!(addr = %grpc, "gRPC API serving");
+        }
         let node = running.node.clone();
         let sig = tokio::select! {
             sig = shutdown_signal() => sig,

@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 /// Groups other branches are implementing: their keys are marked
 /// `refused:<group>` in the TSV, and listing the group here turns all of them
 /// into implemented keys (a one-line change when the feature lands).
-const LANDED_GROUPS: &[&str] = &[];
+const LANDED_GROUPS: &[&str] = &["grpc_api", "admin"];
 
 /// Keys Gyre has and Centrifugo v6 does not: (key, type, default, what it does).
 /// Types and defaults use the TSV's notation.
@@ -504,10 +504,12 @@ mod tests {
             (json!({"http_server": {"tls": {"enabled": false, "cert_pem": "x"}}}), None),
             (json!({"http_server": {"tls": {"enabled": true, "cert_pem": "x"}}}), Some("http_server.tls.cert_pem")),
             (json!({"grpc_api": {"port": 10001}}), None),
-            (json!({"grpc_api": {"enabled": true}}), Some("grpc_api.enabled")),
+            (json!({"grpc_api": {"enabled": true}}), None),
+            (json!({"grpc_api": {"enabled": true, "reflection": true}}), Some("grpc_api.reflection")),
             (json!({"grpc_api": {"enabled": false, "tls": {"enabled": true}}}), None),
             (json!({"admin": {"password": "p", "secret": "s"}}), None),
-            (json!({"admin": {"enabled": true}}), Some("admin.enabled")),
+            (json!({"admin": {"enabled": true}}), None),
+            (json!({"admin": {"enabled": true, "web_path": "/srv/ui"}}), Some("admin.web_path")),
             (json!({"engine": {"type": "memory", "redis": {"address": ["redis://x:1"]}}}), None),
             (json!({"engine": {"type": "redis", "redis": {"address": ["redis://x:1"]}}}), Some("engine.redis.address")),
             (json!({"engine": {"redis": {"address": "redis://127.0.0.1:6379"}}}), None),
@@ -555,7 +557,7 @@ mod tests {
     #[test]
     fn secrets_never_appear_in_errors() {
         let c = check(
-            &json!({"admin": {"enabled": true, "password": "hunter2-secret"}, "grpc_api": {"enabled": true, "key": "k-secret-42"}}),
+            &json!({"grpc_api": {"enabled": true, "tls": {"enabled": true, "key_pem": "hunter2-secret"}}, "client": {"proxy": {"connect": {"enabled": true, "endpoint": "http://k-secret-42"}}}}),
         );
         assert!(!c.errors.is_empty());
         for e in &c.errors {

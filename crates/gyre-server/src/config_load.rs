@@ -355,7 +355,8 @@ mod tests {
             "log.level" => return json!("debug"),
             "engine.type" => return json!("redis"),
             "broker.type" | "presence_manager.type" => return json!("nats"),
-            "http_api.error_mode" => return json!("transport"),
+            "http_api.error_mode" | "grpc_api.error_mode" => return json!("transport"),
+            "admin.handler_prefix" => return json!("/admin"),
             "http_server.internal_port" => return json!("9123"),
             "client.token.jwks_public_endpoint" | "client.subscription_token.jwks_public_endpoint" => {
                 return json!("https://example.com/jwks");
@@ -398,6 +399,9 @@ mod tests {
             if let Some(prefix) = key.strip_suffix(&format!(".{field}")) {
                 return opts(prefix);
             }
+        }
+        if key == "admin.enabled" {
+            return json!({"admin": {"password": "p", "secret": "s"}});
         }
         json!({})
     }

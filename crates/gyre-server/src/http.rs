@@ -50,6 +50,8 @@ pub struct App {
     conn_rate: Option<governor::DefaultDirectRateLimiter>,
     /// Listener serves the internal endpoints (API, health, metrics).
     split_internal: bool,
+    /// Rate limit of admin password attempts (`POST /admin/auth`).
+    pub(crate) admin_auth_limit: governor::DefaultDirectRateLimiter,
     /// Emulation sessions of this node.
     pub sessions: Arc<Sessions>,
     /// SockJS sessions of this node.
@@ -119,6 +121,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Internal listener address (same as `addr` unless split).
     pub internal_addr: SocketAddr,
+    /// gRPC API listener address (`grpc_api.enabled`).
+    pub grpc_addr: Option<SocketAddr>,
     /// The node.
     pub node: Arc<Node>,
     app: Arc<App>,
@@ -132,7 +136,7 @@ impl Running {
     }
 }
 
-fn bind_addr(address: &str, port: u16) -> String {
+pub(crate) fn bind_addr(address: &str, port: u16) -> String {
     if address.is_empty() {
         format!("0.0.0.0:{port}")
     } else if address.contains(':') {
@@ -166,6 +170,7 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
             .and_then(std::num::NonZeroU32::new)
             .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n))),
         split_internal: split,
+        admin_auth_limit: crate::admin::auth_limiter(),
         sessions: Arc::new(Sessions::default()),
         sockjs: crate::sockjs::Registry::default(),
         conn_rt,
@@ -184,8 +189,13 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
         internal_addr = int.local_addr()?;
         app.tracker.spawn(accept_loop(app.clone(), int, Listener::Internal));
     }
+    let grpc_addr = if cfg.grpc_api.enabled {
+        Some(crate::grpc::start(node.clone(), &app.tracker, app.cancel.clone()).await?)
+    } else {
+        None
+    };
     app.tracker.spawn(accept_loop(app.clone(), ext, if split { Listener::External } else { Listener::Both }));
-    Ok(Running { addr, internal_addr, node, app })
+    Ok(Running { addr, internal_addr, grpc_addr, node, app })
 }
 
 impl Running {
@@ -296,6 +306,13 @@ async fn route(app: Arc<App>, kind: Listener, req: Request<Incoming>) -> Respons
         if let Some((service, rest)) = crate::sockjs::service_for(&cfg, &path) {
             return crate::sockjs::handle(app, service, rest, req).await;
         }
+    }
+    // The admin UI sits with the other internal endpoints (metrics, health, API)
+    // unless `admin.external`; it is matched before the demo page, which also
+    // wants `/` when both are on one listener.
+    let admin_here = cfg.admin.enabled && (if cfg.admin.external || !app.split_internal { external } else { internal });
+    if admin_here && crate::admin::handles(&app, &path) {
+        return crate::admin::handle(app, req).await;
     }
     if api_here && (path == prefix || path.starts_with(&format!("{prefix}/"))) {
         return http_api(app, req, &prefix).await;
@@ -523,9 +540,15 @@ fn api_key_ok(cfg: &gyre_node::config::Config, req: &Request<Incoming>) -> bool 
         req.uri().query().and_then(|q| query_param(q, "api_key")).map(str::to_string)
     };
     let Some(given) = given else { return false };
-    // Compare digests so neither content nor length leaks through timing.
+    secret_eq(given.as_bytes(), want)
+}
+
+/// Compares a presented secret (API key, admin password) with the configured
+/// one in constant time: digests are compared, so neither content nor length
+/// leaks through timing.
+pub(crate) fn secret_eq(given: &[u8], want: &[u8]) -> bool {
     use sha2::Digest;
-    let a = sha2::Sha256::digest(given.as_bytes());
+    let a = sha2::Sha256::digest(given);
     let b = sha2::Sha256::digest(want);
     a.ct_eq(&b).into()
 }

@@ -4,13 +4,16 @@
 //! The binary is a thin `main`; everything is a library so integration tests
 //! start the real server in-process on `127.0.0.1:0` with [`http::start`].
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config_keys;
 pub mod config_load;
 pub mod demo;
+pub mod dispatch;
 pub mod driver;
 pub mod emulation;
+pub mod grpc;
 pub mod http;
 pub mod sockjs;
 pub mod stream;

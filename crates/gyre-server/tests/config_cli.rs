@@ -228,11 +228,11 @@ fn checkconfig_reports_refused_keys_as_errors() {
     let dir = Dir::new();
     let bad = dir.write(
         "bad.yaml",
-        "grpc_api:\n  enabled: true\nadmin:\n  enabled: true\nengine:\n  type: memory\nlog:\n  level: loud\n",
+        "grpc_api:\n  enabled: true\n  reflection: true\nadmin:\n  enabled: true\n  web_path: /srv/ui\nengine:\n  type: memory\nlog:\n  level: loud\n",
     );
     let (ok, out) = run(gyre(&dir, &["checkconfig", "-c", bad.to_str().unwrap()], &[]));
     assert!(!ok, "{out}");
-    for key in ["grpc_api.enabled: not supported", "admin.enabled: not supported", "log.level"] {
+    for key in ["grpc_api.reflection: not supported", "admin.web_path: not supported", "log.level"] {
         assert!(out.contains(key), "{key} missing:\n{out}");
     }
     // Refused keys at Centrifugo's defaults, or in switched-off sections, are valid and not "unknown".
