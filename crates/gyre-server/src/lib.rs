@@ -10,6 +10,7 @@ pub mod config_load;
 pub mod demo;
 pub mod driver;
 pub mod emulation;
+pub mod health;
 pub mod http;
 pub mod sockjs;
 pub mod stream;
@@ -53,8 +54,8 @@ pub fn nats_options(config: &Config, name: &str) -> NatsOptions {
 
 /// Builds the node for a validated config: the memory engine, or NATS for
 /// `broker.type: nats` / `presence_manager.type: nats` (see docs/nats.md).
-/// With NATS the node connects in the background (`/health` is 503 until
-/// connected) and starts its cluster heartbeats. Call inside a Tokio runtime.
+/// With NATS the node connects in the background (`/health/ready` is 503
+/// until connected; `/health` stays 200) and starts its cluster heartbeats. Call inside a Tokio runtime.
 pub fn build_node(config: Config) -> anyhow::Result<Arc<Node>> {
     let name = if config.node.name.is_empty() {
         let host =
