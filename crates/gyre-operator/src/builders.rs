@@ -241,10 +241,17 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
-fn health_probe(period: i32, failure_threshold: i32) -> Probe {
+/// Probes by failure domain (the server's `health.rs`): liveness and startup ask
+/// `/health/live`, which is 200 whenever the process serves HTTP, so a NATS outage never
+/// restarts pods (restarting cannot bring NATS back); readiness asks `/health/ready`, 503
+/// while NATS/JetStream is unavailable or the pod drains, so Services stop routing to it.
+pub const LIVENESS_PATH: &str = "/health/live";
+pub const READINESS_PATH: &str = "/health/ready";
+
+fn health_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
-            path: Some("/health".into()),
+            path: Some(path.into()),
             port: IntOrString::String("internal".into()),
             ..Default::default()
         }),
@@ -316,8 +323,10 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
             },
         ]),
         env: Some(env),
-        readiness_probe: Some(health_probe(5, 3)),
-        liveness_probe: Some(Probe { initial_delay_seconds: Some(5), ..health_probe(10, 3) }),
+        readiness_probe: Some(health_probe(READINESS_PATH, 5, 2)),
+        liveness_probe: Some(health_probe(LIVENESS_PATH, 10, 3)),
+        // Up to 60 s to start listening before liveness takes over (no initialDelay guesswork).
+        startup_probe: Some(health_probe(LIVENESS_PATH, 2, 30)),
         lifecycle: (pod.pre_stop_sleep_seconds > 0).then(|| Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction { seconds: pod.pre_stop_sleep_seconds }),

@@ -49,6 +49,8 @@ use crate::{
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// Retry interval while a user-provided Secret is missing or incomplete (it is not watched).
 pub const SECRET_RETRY: Duration = Duration::from_secs(30);
+/// Re-probe interval while `BrokerReady` is False (NATS is not watched).
+pub const BROKER_RETRY: Duration = Duration::from_secs(30);
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -419,16 +421,20 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
         Some(_) => {}
     }
 
+    let broker = crate::nats::check(cr.spec.nats.as_ref()).await;
     let obs = Observed {
         config: Some(Ok("Valid")),
         secrets: Some(Ok(secret_check)),
         deployment: Some(&deployment),
         config_hash: Some(pod_hash),
         image: Some(inputs.image.clone()),
+        broker: Some(broker.clone()),
         error: None,
     };
     write_status(ctx, cr, &obs).await?;
-    Ok(Action::requeue(RESYNC))
+    // Nothing watches NATS: look again soon while it is broken, so BrokerReady flips back.
+    let broker_down = matches!(crate::nats::condition(&broker).0, "False");
+    Ok(Action::requeue(if broker_down { BROKER_RETRY } else { RESYNC }))
 }
 
 async fn invalid(cr: &Centrifugo, ctx: &Context, e: &ConfigError) -> Result<Action, Error> {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod metrics;
+pub mod nats;
 pub mod rbac;
 pub mod status;
 
