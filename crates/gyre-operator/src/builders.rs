@@ -297,6 +297,13 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
     if let Some(sel) = spec.nats.as_ref().and_then(|n| n.url_from.as_ref()) {
         env.push(env_from_secret(NATS_URL_ENV, &sel.name, &sel.key, false));
     }
+    if crate::managed_nats::managed(cr).is_some() {
+        env.push(EnvVar {
+            name: NATS_URL_ENV.into(),
+            value: Some(crate::managed_nats::pod_url(cr)),
+            ..Default::default()
+        });
+    }
 
     let mut pod_labels = pod.labels.clone();
     pod_labels.extend(labels(cr, "server"));
@@ -623,6 +630,17 @@ pub fn render_all(
     let mut out = Vec::new();
     if let Some(values) = generated_secret {
         out.push(typed(&build_generated_secret(cr, values)));
+    }
+    // Managed NATS first: the server pods wait for it.
+    if let Some(n) = crate::managed_nats::managed(cr) {
+        use crate::managed_nats as m;
+        out.push(typed(&m::build_config_map(cr, &n)));
+        out.push(typed(&m::build_headless_service(cr)));
+        out.push(typed(&m::build_client_service(cr)));
+        out.push(typed(&m::build_stateful_set(cr, &n)));
+        if let Some(pdb) = m::build_pdb(cr, &n) {
+            out.push(typed(&pdb));
+        }
     }
     out.push(typed(&build_service_account(cr)));
     out.push(typed(&build_config_map(cr, inputs)));

@@ -5,6 +5,7 @@ pub mod builders;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod managed_nats;
 pub mod metrics;
 pub mod nats;
 pub mod rbac;

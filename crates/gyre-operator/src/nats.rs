@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::crd::NatsSpec;
+use crate::crd::{Centrifugo, NatsSpec};
 
 pub const BROKER_READY: &str = "BrokerReady";
 
@@ -183,7 +183,19 @@ pub async fn probe(addrs: &[Addr], timeout: Duration) -> BrokerState {
     BrokerState::Unreachable { errors }
 }
 
-/// The broker state of an instance's `spec.nats`.
+/// The broker state of an instance: its managed NATS's Service, or `spec.nats`.
+pub async fn check_instance(cr: &Centrifugo) -> BrokerState {
+    if crate::managed_nats::managed(cr).is_some() {
+        let url = crate::managed_nats::probe_url(cr);
+        return match parse_urls(&url) {
+            Ok(addrs) => probe(&addrs, PROBE_TIMEOUT).await,
+            Err(e) => BrokerState::NotProbed(e),
+        };
+    }
+    check(cr.spec.nats.as_ref()).await
+}
+
+/// The broker state of a `spec.nats` naming a URL (or a Secret holding one).
 pub async fn check(nats: Option<&NatsSpec>) -> BrokerState {
     let Some(nats) = nats else { return BrokerState::NotUsed };
     let Some(url) = nats.url.as_deref() else {
@@ -270,7 +282,8 @@ mod tests {
 
     #[test]
     fn info_lines() {
-        let table: &[(&[u8], Result<(bool, &str), &str>)] = &[
+        type Want = Result<(bool, &'static str), &'static str>;
+        let table: &[(&[u8], Want)] = &[
             (br#"INFO {"version":"2.10.1","jetstream":true}"#, Ok((true, "2.10.1"))),
             (br#"INFO {"version":"2.9.0"}"#, Ok((false, "2.9.0"))),
             (br#"INFO {"jetstream":false}"#, Ok((false, "unknown"))),

@@ -248,6 +248,12 @@ async fn create_from_scratch() {
     let writes = fake.writes();
     let expect = [
         (Method::POST, SECRETS.to_string()),
+        // No managed NATS: its objects are removed if a previous spec had them.
+        (Method::DELETE, "/apis/apps/v1/namespaces/prod/statefulsets/chat-nats".into()),
+        (Method::DELETE, "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/chat-nats".into()),
+        (Method::DELETE, "/api/v1/namespaces/prod/services/chat-nats".into()),
+        (Method::DELETE, "/api/v1/namespaces/prod/services/chat-nats-headless".into()),
+        (Method::DELETE, "/api/v1/namespaces/prod/configmaps/chat-nats-config".into()),
         (Method::PATCH, "/api/v1/namespaces/prod/serviceaccounts/chat".into()),
         (Method::PATCH, CONFIGMAP.into()),
         (Method::PATCH, DEPLOYMENT.into()),
