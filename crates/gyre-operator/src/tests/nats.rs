@@ -7,9 +7,9 @@ use std::time::Duration;
 use crate::crd::NatsSpec;
 use crate::nats::{BrokerState, check, condition};
 
-struct Nats {
+pub(super) struct Nats {
     child: Child,
-    port: u16,
+    pub(super) port: u16,
     dir: std::path::PathBuf,
 }
 
@@ -25,7 +25,7 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn nats_server(jetstream: bool) -> Nats {
+pub(super) fn nats_server(jetstream: bool) -> Nats {
     let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "/usr/sbin/nats-server".into());
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("gyre-op-nats-{}-{port}", std::process::id()));
