@@ -7,7 +7,8 @@
 #   2. the images are FROM scratch, name user 65532, and carry the chart's appVersion as tag;
 #   3. the server image answers /health/live, /health/ready (503 with the reason while its NATS is
 #      down, 200 once NATS is up), publishes through the HTTP API with the API key, refuses a
-#      wrong key, runs as uid 65532, and exits 0 on SIGTERM within the grace period;
+#      wrong key, runs as uid 65532, and exits 0 on SIGTERM within the grace period, a connected
+#      WebSocket client getting close code 3001 (shutdown, reconnect);
 #   4. the operator image runs (`render` of a sample gives the same YAML as the host binary).
 #
 # Images, containers, the nats-server and temp files are removed at the end, pass or fail.
@@ -59,6 +60,7 @@ print(*[s.getsockname()[1] for s in ss])'
 }
 
 app_version="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' charts/gyre-operator/Chart.yaml)"
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 build_flags=(--registry "$REGISTRY")
 [ "${GYRE_WORKSPACE_BUILT:-0}" = 1 ] && build_flags+=(--no-build)
 
@@ -162,19 +164,43 @@ assert call("publish", {"channel": "news", "data": {}}, "wrong")[0] == 401, "a w
 print(f"publish through the API: offset {offset}, in JetStream history; a wrong key is refused")
 PY
 
+# A connected WebSocket client sees the drain: close code 3001 ("shutdown", reconnect advised).
+VENV_PY="$ROOT/tests/.deps/venv/bin/python"
+[ -x "$VENV_PY" ] || die "$VENV_PY missing; run tests/install-deps.sh"
+token="$("$target_dir/$GYRE_IMAGE_PROFILE/gyre" gentoken -c "$work/etc/config.json" -u img-user -q)"
+"$VENV_PY" - "$http_port" "$token" > "$work/ws.txt" 2>&1 <<'PY' &
+import asyncio, json, sys, websockets
+async def main():
+    async with websockets.connect(f"ws://127.0.0.1:{sys.argv[1]}/connection/websocket") as ws:
+        await ws.send(json.dumps({"id": 1, "connect": {"token": sys.argv[2]}}))
+        reply = json.loads(await ws.recv())
+        assert "connect" in reply, reply
+        print("connected", flush=True)
+        try:
+            while True:
+                await asyncio.wait_for(ws.recv(), 60)
+        except websockets.ConnectionClosed as e:
+            print("closed", e.rcvd.code if e.rcvd else None, flush=True)
+asyncio.run(main())
+PY
+ws_pid=$!
+for _ in $(seq 100); do grep -q connected "$work/ws.txt" && break; sleep 0.1; done
+grep -q connected "$work/ws.txt" || die "WebSocket client did not connect: $(cat "$work/ws.txt")"
+
 t0=$(date +%s%N)
 "${PODMAN[@]}" kill --signal TERM "$name" >/dev/null
 code="$(timeout "$GRACE" "${PODMAN[@]}" wait "$name" || echo timeout)"
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 [ "$code" = 0 ] || { "${PODMAN[@]}" logs "$name" | tail -20 >&2; die "exit status after SIGTERM: $code (wanted 0 within ${GRACE}s)"; }
-echo "SIGTERM -> exit 0 in ${ms} ms (grace period ${GRACE}s)"
+wait "$ws_pid" || die "WebSocket client failed: $(cat "$work/ws.txt")"
+grep -q "closed 3001" "$work/ws.txt" || die "the client was not closed with 3001: $(cat "$work/ws.txt")"
+echo "SIGTERM -> exit 0 in ${ms} ms (grace period ${GRACE}s); the connected client got close code 3001"
 "${PODMAN[@]}" logs "$name" 2>&1 | grep -q "shutting down" || die "no shutdown line in the logs"
 
 step "operator image: render a sample like the host binary does"
 sample=manifests/examples/centrifugo-ha-nats.yaml
 cp "$sample" "$work/sample.yaml"
 chmod a+r "$work/sample.yaml"
-target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 host_op="$target_dir/$GYRE_IMAGE_PROFILE/gyre-operator"
 in_image() { "${PODMAN[@]}" run --rm "${RUN_FLAGS[@]}" -v "$work/sample.yaml:/sample.yaml:ro" "${refs[1]}" "$@"; }
 # The generated config is deterministic; the full render holds random credentials, so compare
