@@ -62,7 +62,8 @@ print(*[s.getsockname()[1] for s in ss])'
 app_version="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' charts/gyre-operator/Chart.yaml)"
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 build_flags=(--registry "$REGISTRY")
-[ "${GYRE_WORKSPACE_BUILT:-0}" = 1 ] && build_flags+=(--no-build)
+# The workspace build made debug binaries only; a release run builds its own.
+[ "${GYRE_WORKSPACE_BUILT:-0}" = 1 ] && [ "$GYRE_IMAGE_PROFILE" = debug ] && build_flags+=(--no-build)
 
 step "build both images (profile $GYRE_IMAGE_PROFILE) and again: same image IDs"
 t0=$(date +%s)
