@@ -46,7 +46,7 @@ cleanup() {
   local rc=$? c i
   for c in "${containers[@]}"; do "${PODMAN[@]}" rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
   for i in "${images[@]}"; do buildah rmi -f "$i" >/dev/null 2>&1 || true; done
-  [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null && wait "$nats_pid" 2>/dev/null
+  if [ -n "$nats_pid" ]; then kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true; fi
   rm -rf "$work"
   exit "$rc"
 }
