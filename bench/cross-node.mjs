@@ -73,7 +73,7 @@ async function startGyre(dir, name, extra) {
   const child = spawn(GYRE, ['--config', file], { stdio: 'ignore' });
   children.push(child);
   for (let i = 0; i < 300; i++) {
-    try { const r = await fetch(`http://127.0.0.1:${port}/health`); if (r.status === 200) return { port, pid: child.pid, child }; } catch { /* not yet */ }
+    try { const r = await fetch(`http://127.0.0.1:${port}/health/ready`); if (r.status === 200) return { port, pid: child.pid, child }; } catch { /* not yet */ }
     await sleep(50);
   }
   throw new Error(`${name} not healthy`);

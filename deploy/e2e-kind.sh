@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end check of the operator on a real cluster. NOT run in CI (no Docker engine or
-# Kubernetes API there); run it on a workstation with docker, kind, kubectl and helm:
+# Kubernetes API there); run it on a workstation with buildah, kind, kubectl and helm:
 #
 #   deploy/e2e-kind.sh            # creates cluster "gyre-e2e", runs, deletes it
 #   KEEP_CLUSTER=1 deploy/e2e-kind.sh
@@ -17,7 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CLUSTER="${CLUSTER:-gyre-e2e}"
 NS=gyre-e2e
 TAG=e2e
-for tool in docker kind kubectl helm; do
+for tool in buildah kind kubectl helm; do
   command -v "$tool" >/dev/null || { echo "e2e: $tool is required" >&2; exit 1; }
 done
 
@@ -33,15 +33,20 @@ if [ -z "${USE_EXISTING:-}" ]; then
 fi
 kubectl config use-context "kind-$CLUSTER"
 
-log "build and load images"
-docker build -f deploy/Dockerfile.server -t "gyre:$TAG" .
-docker build -f deploy/Dockerfile.operator -t "gyre-operator:$TAG" .
-kind load docker-image --name "$CLUSTER" "gyre:$TAG" "gyre-operator:$TAG"
+log "build and load images (deploy/build-images.sh, the images a release pushes)"
+REG=localhost/gyre-e2e
+bash deploy/build-images.sh --registry "$REG" --tag "$TAG"
+for name in gyre gyre-operator; do
+  archive="$(mktemp --suffix=.tar)"
+  buildah push --quiet "$REG/$name:$TAG" "docker-archive:$archive:$REG/$name:$TAG"
+  kind load image-archive --name "$CLUSTER" "$archive"
+  rm -f "$archive"
+done
 
 log "install the chart"
 helm upgrade --install gyre-operator charts/gyre-operator --namespace gyre-system --create-namespace \
-  --set image.repository=gyre-operator --set image.tag="$TAG" \
-  --set serverImage.repository=gyre --set serverImage.tag="$TAG" --wait --timeout 3m
+  --set image.repository="$REG/gyre-operator" --set image.tag="$TAG" \
+  --set serverImage.repository="$REG/gyre" --set serverImage.tag="$TAG" --wait --timeout 3m
 kubectl -n gyre-system rollout status deploy/gyre-operator --timeout=120s
 
 log "CEL rules refuse an invalid resource"

@@ -2,8 +2,9 @@
 # Installs everything the test suites need, idempotently, on a fresh Debian 12
 # machine as root (or on a machine that already has it all: then it only checks).
 #
-#   - Debian packages: nats-server (for later issues' tests), and chromium +
-#     chromium-driver for the demo-page browser tests (GYRE_NEED_CHROMIUM=0 skips them).
+#   - Debian packages: nats-server (for later issues' tests), chromium +
+#     chromium-driver for the demo-page browser tests (GYRE_NEED_CHROMIUM=0 skips them),
+#     buildah + podman + runc for the container image tests (GYRE_NEED_IMAGES=0 skips them).
 #     `apt-get update` runs only if something has to be installed.
 #   - tests/sdk/js: `npm ci` from the committed package-lock.json (centrifuge 5.x,
 #     ws, cent.js 6.1.0), skipped when node_modules already matches the lockfile.
@@ -43,6 +44,13 @@ have nats-server || missing+=(nats-server)
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
 have curl || missing+=(curl)
+# Container images (deploy/build-images.sh, tests/images/run.sh): buildah builds them, podman
+# runs them with runc (crun fails on some hosts' cgroups). GYRE_NEED_IMAGES=0 skips them.
+if [ "${GYRE_NEED_IMAGES:-1}" = 1 ]; then
+    have buildah || missing+=(buildah)
+    have podman || missing+=(podman)
+    have runc || missing+=(runc)
+fi
 # Browser tests (tests/sdk/js/test/browser.test.mjs) drive Debian's chromium.
 if [ "${GYRE_NEED_CHROMIUM:-1}" = 1 ]; then
     have chromium || missing+=(chromium)

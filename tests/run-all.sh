@@ -7,6 +7,7 @@
 #   5. real SDKs, JavaScript:  node --test  in tests/sdk/js   (centrifuge-js JSON+protobuf, cent.js)
 #   6. real SDKs, Python:      pytest       in tests/sdk/python (centrifuge-python JSON+protobuf, cent)
 #   7. tests/operator/{install,run}.sh, if tests/operator/run.sh exists
+#   8. tests/images/run.sh: deploy/build-images.sh (debug binaries), run with podman + runc
 # Stops at the first failing step, and always prints a summary.
 set -euo pipefail
 
@@ -100,3 +101,6 @@ if [ -f tests/operator/run.sh ]; then
     step "operator install" bash tests/operator/install.sh
     step "operator tests" env GYRE_WORKSPACE_BUILT=1 bash tests/operator/run.sh
 fi
+# Both container images, built from the debug binaries above (GYRE_IMAGE_PROFILE=release for
+# release ones) and run with podman + runc; removed again at the end.
+step "container images (build, run)" env GYRE_WORKSPACE_BUILT=1 bash tests/images/run.sh

@@ -82,6 +82,14 @@ E=("$PY" "${VALIDATE[@]}" expect)
 "${E[@]}" "$ART/chart/defaults-1.33.0.yaml" \
   --has CustomResourceDefinition ServiceAccount ClusterRole ClusterRoleBinding Deployment Service \
   --lacks Role RoleBinding Centrifugo ServiceMonitor NetworkPolicy
+# The defaults name the images deploy/build-images.sh builds and deploy/push-images.sh pushes.
+app_version="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' charts/gyre-operator/Chart.yaml)"
+registry="$(sed -n 's/^registry="${GYRE_IMAGE_REGISTRY:-\(.*\)}"$/\1/p' deploy/build-images.sh)"
+for want in "image: \"$registry/gyre-operator:$app_version\"" "--default-image=$registry/gyre:$app_version"; do
+  grep -qF -- "$want" "$ART/chart/defaults-1.33.0.yaml" || { echo "run.sh: chart defaults lack '$want'" >&2; exit 1; }
+  grep -qF -- "$want" manifests/operator.yaml || { echo "run.sh: manifests/operator.yaml lacks '$want'" >&2; exit 1; }
+done
+echo "chart defaults and manifests/operator.yaml name $registry/gyre-operator and $registry/gyre at $app_version"
 "${E[@]}" "$ART/chart/namespaced-1.33.0.yaml" --watch-namespace realtime \
   --has Role RoleBinding Deployment --lacks ClusterRole ClusterRoleBinding
 "${E[@]}" "$ART/chart/monitoring-1.33.0.yaml" --has ServiceMonitor NetworkPolicy

@@ -39,7 +39,7 @@
 //!
 //! - NATS unreachable at start-up: [`NatsEngine::start`] keeps retrying every
 //!   second and logs each failure; [`NatsEngine::health`] is `NotReady`, so
-//!   `/health` answers 503. A server without JetStream is a `Fatal` health.
+//!   `/health/ready` answers 503 (liveness, `/health`, stays 200). A server without JetStream is a `Fatal` health.
 //! - NATS lost mid-run: every publish, join/leave, history and presence call
 //!   fails with [`EngineError::Unavailable`] at once (never buffered for
 //!   later, never a false success). Publications stored while this node was
@@ -454,7 +454,7 @@ async fn connect_loop(weak: Weak<Inner>) {
             Err(SetupError::Retry(m)) => {
                 tracing::warn!(
                     attempt,
-                    "NATS at {} unreachable or not ready: {m}; retrying in 1s (not ready: /health answers 503 until connected)",
+                    "NATS at {} unreachable or not ready: {m}; retrying in 1s (not ready: /health/ready answers 503 until connected)",
                     inner.opts.url
                 );
                 inner.set_health(EngineHealth::NotReady(format!("NATS at {} unreachable: {m}", inner.opts.url)));

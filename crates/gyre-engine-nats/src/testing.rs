@@ -58,12 +58,20 @@ impl NatsServer {
 
     /// Starts it with or without JetStream.
     pub fn start_with(jetstream: bool) -> NatsServer {
+        let mut s = Self::reserved(jetstream);
+        s.spawn();
+        s
+    }
+
+    /// Chooses the port and store directory without starting the server
+    /// (for "NATS comes up after Gyre" tests): [`NatsServer::restart`] starts it.
+    /// The port is free when chosen; another process could take it meanwhile,
+    /// which makes the later start fail loudly rather than silently.
+    pub fn reserved(jetstream: bool) -> NatsServer {
         let dir = std::env::temp_dir().join(format!("gyre-nats-{}-{}", std::process::id(), rand::random::<u64>()));
         std::fs::create_dir_all(&dir).expect("nats store dir");
         let port = free_port();
-        let mut s = NatsServer { url: format!("nats://127.0.0.1:{port}"), port, dir, jetstream, child: None };
-        s.spawn();
-        s
+        NatsServer { url: format!("nats://127.0.0.1:{port}"), port, dir, jetstream, child: None }
     }
 
     fn spawn(&mut self) {

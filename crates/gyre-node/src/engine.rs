@@ -85,7 +85,7 @@ pub struct HistoryQuery {
     pub meta_ttl: Duration,
 }
 
-/// Whether an engine can serve requests (`/health`, start-up).
+/// Whether an engine can serve requests (`/health/ready`, start-up).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineHealth {
     /// Usable.

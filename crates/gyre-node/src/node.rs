@@ -252,7 +252,7 @@ impl Node {
         }))
     }
 
-    /// Whether the engines can serve (`/health`): the worse of broker and presence.
+    /// Whether the engines can serve (`/health/ready`): the worse of broker and presence.
     pub fn health(&self) -> EngineHealth {
         match (self.broker.health(), self.presence.health()) {
             (EngineHealth::Fatal(m), _) | (_, EngineHealth::Fatal(m)) => EngineHealth::Fatal(m),

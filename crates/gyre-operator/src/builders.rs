@@ -241,10 +241,17 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
-fn health_probe(period: i32, failure_threshold: i32) -> Probe {
+/// Probes by failure domain (the server's `health.rs`): liveness and startup ask
+/// `/health/live`, which is 200 whenever the process serves HTTP, so a NATS outage never
+/// restarts pods (restarting cannot bring NATS back); readiness asks `/health/ready`, 503
+/// while NATS/JetStream is unavailable or the pod drains, so Services stop routing to it.
+pub const LIVENESS_PATH: &str = "/health/live";
+pub const READINESS_PATH: &str = "/health/ready";
+
+fn health_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
-            path: Some("/health".into()),
+            path: Some(path.into()),
             port: IntOrString::String("internal".into()),
             ..Default::default()
         }),
@@ -290,6 +297,13 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
     if let Some(sel) = spec.nats.as_ref().and_then(|n| n.url_from.as_ref()) {
         env.push(env_from_secret(NATS_URL_ENV, &sel.name, &sel.key, false));
     }
+    if crate::managed_nats::managed(cr).is_some() {
+        env.push(EnvVar {
+            name: NATS_URL_ENV.into(),
+            value: Some(crate::managed_nats::pod_url(cr)),
+            ..Default::default()
+        });
+    }
 
     let mut pod_labels = pod.labels.clone();
     pod_labels.extend(labels(cr, "server"));
@@ -316,8 +330,10 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
             },
         ]),
         env: Some(env),
-        readiness_probe: Some(health_probe(5, 3)),
-        liveness_probe: Some(Probe { initial_delay_seconds: Some(5), ..health_probe(10, 3) }),
+        readiness_probe: Some(health_probe(READINESS_PATH, 5, 2)),
+        liveness_probe: Some(health_probe(LIVENESS_PATH, 10, 3)),
+        // Up to 60 s to start listening before liveness takes over (no initialDelay guesswork).
+        startup_probe: Some(health_probe(LIVENESS_PATH, 2, 30)),
         lifecycle: (pod.pre_stop_sleep_seconds > 0).then(|| Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction { seconds: pod.pre_stop_sleep_seconds }),
@@ -614,6 +630,17 @@ pub fn render_all(
     let mut out = Vec::new();
     if let Some(values) = generated_secret {
         out.push(typed(&build_generated_secret(cr, values)));
+    }
+    // Managed NATS first: the server pods wait for it.
+    if let Some(n) = crate::managed_nats::managed(cr) {
+        use crate::managed_nats as m;
+        out.push(typed(&m::build_config_map(cr, &n)));
+        out.push(typed(&m::build_headless_service(cr)));
+        out.push(typed(&m::build_client_service(cr)));
+        out.push(typed(&m::build_stateful_set(cr, &n)));
+        if let Some(pdb) = m::build_pdb(cr, &n) {
+            out.push(typed(&pdb));
+        }
     }
     out.push(typed(&build_service_account(cr)));
     out.push(typed(&build_config_map(cr, inputs)));

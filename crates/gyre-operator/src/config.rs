@@ -99,9 +99,20 @@ pub fn validate_spec(spec: &CentrifugoSpec) -> Result<(), ConfigError> {
         ));
     }
     if let Some(n) = &spec.nats
-        && n.url.is_some() == n.url_from.is_some()
+        && [n.url.is_some(), n.url_from.is_some(), n.is_managed()].iter().filter(|x| **x).count() != 1
     {
-        return Err(ConfigError::InvalidSpec("set exactly one of nats.url and nats.urlFrom".into()));
+        return Err(ConfigError::InvalidSpec(
+            "set exactly one of nats.url, nats.urlFrom and nats.managed: true".into(),
+        ));
+    }
+    if let Some(server) = spec.nats.as_ref().filter(|n| n.is_managed()).and_then(|n| n.server.as_ref())
+        && server.replicas > 1
+        && server.replicas % 2 == 0
+    {
+        return Err(ConfigError::InvalidSpec(format!(
+            "nats.server.replicas must be 1 or odd (JetStream needs a majority), got {}",
+            server.replicas
+        )));
     }
     Ok(())
 }
@@ -409,7 +420,12 @@ mod tests {
     fn nats_sets_broker_and_presence_manager() {
         let spec = CentrifugoSpec {
             replicas: 3,
-            nats: Some(NatsSpec { url: Some("nats://nats:4222".into()), url_from: None, prefix: "tenant-a".into() }),
+            nats: Some(NatsSpec {
+                url: Some("nats://nats:4222".into()),
+                url_from: None,
+                prefix: "tenant-a".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let v = parse(&build_config(&spec).unwrap());
@@ -431,6 +447,7 @@ mod tests {
                     optional: None,
                 }),
                 prefix: "centrifugo".into(),
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -444,7 +461,7 @@ mod tests {
         let multi = CentrifugoSpec { replicas: 2, ..Default::default() };
         assert_eq!(build_config(&multi).unwrap_err().reason(), "InvalidSpec");
         let both = CentrifugoSpec {
-            nats: Some(NatsSpec { url: None, url_from: None, prefix: "p".into() }),
+            nats: Some(NatsSpec { url: None, url_from: None, prefix: "p".into(), ..Default::default() }),
             ..Default::default()
         };
         assert!(build_config(&both).unwrap_err().to_string().contains("exactly one"));

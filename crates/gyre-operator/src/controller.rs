@@ -13,7 +13,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::{
     api::{
-        apps::v1::Deployment,
+        apps::v1::{Deployment, StatefulSet},
         autoscaling::v2::HorizontalPodAutoscaler,
         core::v1::{ConfigMap, Secret, Service, ServiceAccount},
         networking::v1::{Ingress, NetworkPolicy},
@@ -49,6 +49,8 @@ use crate::{
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// Retry interval while a user-provided Secret is missing or incomplete (it is not watched).
 pub const SECRET_RETRY: Duration = Duration::from_secs(30);
+/// Re-probe interval while `BrokerReady` is False (NATS is not watched).
+pub const BROKER_RETRY: Duration = Duration::from_secs(30);
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -342,6 +344,7 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
         secret_hash,
     };
 
+    apply_managed_nats(cr, &client, &ns).await?;
     apply(&Api::namespaced(client.clone(), &ns), &builders::build_service_account(cr), "ServiceAccount").await?;
     apply(&Api::namespaced(client.clone(), &ns), &builders::build_config_map(cr, &inputs), "ConfigMap").await?;
     let deployment: Deployment =
@@ -419,16 +422,44 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
         Some(_) => {}
     }
 
+    let broker = crate::nats::check_instance(cr).await;
     let obs = Observed {
         config: Some(Ok("Valid")),
         secrets: Some(Ok(secret_check)),
         deployment: Some(&deployment),
         config_hash: Some(pod_hash),
         image: Some(inputs.image.clone()),
+        broker: Some(broker.clone()),
         error: None,
     };
     write_status(ctx, cr, &obs).await?;
-    Ok(Action::requeue(RESYNC))
+    // Nothing watches NATS: look again soon while it is broken, so BrokerReady flips back.
+    let broker_down = matches!(crate::nats::condition(&broker).0, "False");
+    Ok(Action::requeue(if broker_down { BROKER_RETRY } else { RESYNC }))
+}
+
+/// The NATS the operator runs for `spec.nats.managed: true` (managed_nats.rs), or its removal
+/// when switched off (the volumes stay: Kubernetes retains StatefulSet claims).
+async fn apply_managed_nats(cr: &Centrifugo, client: &Client, ns: &str) -> Result<(), Error> {
+    use crate::managed_nats as m;
+    let spec = m::managed(cr);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    let Some(spec) = spec else {
+        // Never managed (the common case) or switched off: DELETE of an absent object is a 404.
+        remove(&sts, &m::name(cr), "StatefulSet").await?;
+        remove(&pdbs, &m::name(cr), "PodDisruptionBudget").await?;
+        remove(&svcs, &m::name(cr), "Service").await?;
+        remove(&svcs, &m::headless_name(cr), "Service").await?;
+        return remove(&cms, &m::config_name(cr), "ConfigMap").await;
+    };
+    apply(&cms, &m::build_config_map(cr, &spec), "ConfigMap").await?;
+    apply(&svcs, &m::build_headless_service(cr), "Service").await?;
+    apply(&svcs, &m::build_client_service(cr), "Service").await?;
+    apply(&sts, &m::build_stateful_set(cr, &spec), "StatefulSet").await?;
+    apply_or_remove(&pdbs, &m::name(cr), m::build_pdb(cr, &spec), "PodDisruptionBudget").await
 }
 
 async fn invalid(cr: &Centrifugo, ctx: &Context, e: &ConfigError) -> Result<Action, Error> {

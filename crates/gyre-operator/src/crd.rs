@@ -253,8 +253,8 @@ pub struct ChannelNamespace {
 /// NATS broker settings.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[x_kube(
-    validation = Rule::new("has(self.url) != has(self.urlFrom)")
-        .message("set exactly one of nats.url and nats.urlFrom")
+    validation = Rule::new("(has(self.url) ? 1 : 0) + (has(self.urlFrom) ? 1 : 0) + (has(self.managed) && self.managed ? 1 : 0) == 1")
+        .message("set exactly one of nats.url, nats.urlFrom and nats.managed: true")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NatsSpec {
@@ -269,6 +269,68 @@ pub struct NatsSpec {
     #[serde(default = "default_nats_prefix")]
     #[schemars(length(min = 1))]
     pub prefix: String,
+    /// The operator runs NATS for this instance: a StatefulSet of the official `nats` image with
+    /// JetStream on PersistentVolumeClaims, a headless Service for its cluster routes and a
+    /// client Service `<name>-nats`. For users without a NATS of their own (docs/operator.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<bool>,
+    /// Settings of the managed NATS (used with `managed: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ManagedNatsSpec>,
+}
+
+impl NatsSpec {
+    pub fn is_managed(&self) -> bool {
+        self.managed == Some(true)
+    }
+}
+
+/// The NATS StatefulSet the operator runs for `nats.managed: true`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedNatsSpec {
+    /// NATS servers: 1, or an odd number (3, 5) so JetStream keeps a quorum through one loss.
+    #[serde(default = "default_nats_replicas")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+    /// The official NATS image.
+    #[serde(default = "default_nats_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Size of each server's JetStream volume (history and presence live there).
+    #[serde(default = "default_nats_storage")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$"))]
+    pub storage_size: String,
+    /// StorageClass of the volumes; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Resources of each NATS container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for ManagedNatsSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_nats_replicas(),
+            image: default_nats_image(),
+            storage_size: default_nats_storage(),
+            storage_class_name: None,
+            resources: None,
+        }
+    }
+}
+
+fn default_nats_replicas() -> i32 {
+    3
+}
+/// Pinned so an operator upgrade is what changes NATS, never a re-pulled tag.
+pub const DEFAULT_NATS_IMAGE: &str = "nats:2.10.29-alpine";
+fn default_nats_image() -> String {
+    DEFAULT_NATS_IMAGE.into()
+}
+fn default_nats_storage() -> String {
+    "10Gi".into()
 }
 
 fn default_nats_prefix() -> String {

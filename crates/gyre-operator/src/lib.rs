@@ -5,7 +5,9 @@ pub mod builders;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod managed_nats;
 pub mod metrics;
+pub mod nats;
 pub mod rbac;
 pub mod status;
 

@@ -26,6 +26,8 @@ pub const REQUIRED: &[Permission] = &[
     Permission { group: "", resource: "services", verbs: OWNED },
     Permission { group: "", resource: "serviceaccounts", verbs: OWNED },
     Permission { group: "apps", resource: "deployments", verbs: OWNED },
+    // Managed NATS (spec.nats.managed).
+    Permission { group: "apps", resource: "statefulsets", verbs: OWNED },
     Permission { group: "networking.k8s.io", resource: "ingresses", verbs: OWNED },
     Permission { group: "networking.k8s.io", resource: "networkpolicies", verbs: OWNED },
     Permission { group: "policy", resource: "poddisruptionbudgets", verbs: OWNED },

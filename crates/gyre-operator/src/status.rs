@@ -14,6 +14,7 @@ use kube::ResourceExt;
 use crate::{
     builders::{internal_service_name, secret_name, selector_string},
     crd::{Centrifugo, CentrifugoStatus, Endpoints},
+    nats::{self, BROKER_READY, BrokerState},
 };
 
 pub const READY: &str = "Ready";
@@ -34,6 +35,8 @@ pub struct Observed<'a> {
     pub deployment: Option<&'a Deployment>,
     pub config_hash: Option<String>,
     pub image: Option<String>,
+    /// What the operator's own probe of `spec.nats` found (`BrokerReady`).
+    pub broker: Option<BrokerState>,
     /// `Some` when the pass failed: (reason, message).
     pub error: Option<(String, String)>,
 }
@@ -53,7 +56,11 @@ struct Conditions<'a> {
 
 impl Conditions<'_> {
     fn set(&mut self, type_: &str, status: bool, reason: &str, message: String) {
-        let status = if status { "True" } else { "False" };
+        self.set_status(type_, if status { "True" } else { "False" }, reason, message);
+    }
+
+    /// `status` is `True`, `False` or `Unknown`.
+    fn set_status(&mut self, type_: &str, status: &str, reason: &str, message: String) {
         let last_transition_time = match find(self.prev, type_) {
             Some(p) if p.status == status => p.last_transition_time.clone(),
             _ => self.now.clone(),
@@ -118,6 +125,18 @@ pub fn compute_status(cr: &Centrifugo, obs: &Observed<'_>, now: &Time) -> Centri
     let mut conds = Conditions { out: Vec::new(), prev: &prev.conditions, generation, now };
     conds.check(CONFIG_VALID, &obs.config, "configuration generated");
     conds.check(SECRETS_READY, &obs.secrets, "credentials available");
+    // A broken broker is why pods are unready: Ready names it rather than only counting pods.
+    let broker_problem = match &obs.broker {
+        Some(state) => {
+            let (st, reason, message) = nats::condition(state);
+            conds.set_status(BROKER_READY, st, reason, message.clone());
+            (st == "False").then_some(message)
+        }
+        None => {
+            conds.keep(BROKER_READY, "not checked yet");
+            None
+        }
+    };
 
     let mut status = CentrifugoStatus {
         observed_generation: prev.observed_generation,
@@ -153,12 +172,12 @@ pub fn compute_status(cr: &Centrifugo, obs: &Observed<'_>, now: &Time) -> Centri
             conds.set(PROGRESSING, true, "RollingOut", progress.clone());
         }
         let ready = done && available >= desired;
-        let reason = match (ready, desired) {
-            (true, 0) => "ScaledToZero",
-            (true, _) => "AllReplicasReady",
-            (false, _) => "ReplicasNotReady",
-        };
-        conds.set(READY, ready, reason, progress);
+        match (ready, desired, broker_problem) {
+            (true, 0, _) => conds.set(READY, true, "ScaledToZero", progress),
+            (true, _, _) => conds.set(READY, true, "AllReplicasReady", progress),
+            (false, _, Some(m)) => conds.set(READY, false, "BrokerNotReady", format!("{progress}; {m}")),
+            (false, _, None) => conds.set(READY, false, "ReplicasNotReady", progress),
+        }
     } else {
         conds.keep(PROGRESSING, "nothing deployed yet");
         let (reason, msg) = match (blocked, &obs.error) {

@@ -317,14 +317,13 @@ async fn route(app: Arc<App>, kind: Listener, req: Request<Incoming>) -> Respons
     if api_here && (path == prefix || path.starts_with(&format!("{prefix}/"))) {
         return http_api(app, req, &prefix).await;
     }
-    if internal && cfg.health.enabled && path == cfg.health.handler_prefix {
-        // Not ready while an engine is (e.g. NATS connecting or lost): 503 with the reason.
-        return match app.node.health() {
-            gyre_node::engine::EngineHealth::Ready => json_response(StatusCode::OK, Bytes::from_static(b"{}")),
-            gyre_node::engine::EngineHealth::NotReady(m) | gyre_node::engine::EngineHealth::Fatal(m) => {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(serde_json::json!({"error": m}).to_string()))
-            }
-        };
+    if internal
+        && cfg.health.enabled
+        && let Some(probe) = crate::health::probe_for(&cfg.health.handler_prefix, &path)
+    {
+        // Liveness is independent of NATS; readiness says why it is 503 (see health.rs).
+        let (status, body) = crate::health::answer(probe, &app.node.health(), app.node.is_shutting_down());
+        return json_response(status, Bytes::from(body));
     }
     if internal && cfg.prometheus.enabled && path == cfg.prometheus.handler_prefix {
         let mut r = text(StatusCode::OK, "");

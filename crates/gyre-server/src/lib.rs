@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod driver;
 pub mod emulation;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod sockjs;
 pub mod stream;
@@ -57,8 +58,8 @@ pub fn nats_options(config: &Config, name: &str) -> NatsOptions {
 
 /// Builds the node for a validated config: the memory engine, or NATS for
 /// `broker.type: nats` / `presence_manager.type: nats` (see docs/nats.md).
-/// With NATS the node connects in the background (`/health` is 503 until
-/// connected) and starts its cluster heartbeats. Call inside a Tokio runtime.
+/// With NATS the node connects in the background (`/health/ready` is 503
+/// until connected; `/health` stays 200) and starts its cluster heartbeats. Call inside a Tokio runtime.
 pub fn build_node(config: Config) -> anyhow::Result<Arc<Node>> {
     let name = if config.node.name.is_empty() {
         let host =

@@ -82,7 +82,7 @@ impl Drop for TempDir {
 }
 
 impl Gyre {
-    /// Starts the binary with `base_config` + `patch` and waits for `/health`.
+    /// Starts the binary with `base_config` + `patch` and waits for `/health/ready`.
     pub async fn start(patch: Value) -> Gyre {
         Self::start_with_env(patch, &[]).await
     }
@@ -110,12 +110,12 @@ impl Gyre {
     async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(Ok((200, _))) = tokio::time::timeout(WAIT, http_get(self.addr, "/health")).await {
+            if let Ok(Ok((200, _))) = tokio::time::timeout(WAIT, http_get(self.addr, "/health/ready")).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("gyre did not answer /health on {} within 20 s", self.addr);
+        panic!("gyre did not answer /health/ready on {} within 20 s", self.addr);
     }
 
     /// The child's pid.

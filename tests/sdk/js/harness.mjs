@@ -1,5 +1,5 @@
 // Test harness for the real-SDK suites: starts the real `gyre` binary on a free
-// port with a temporary JSON config, waits for /health, and kills it on teardown.
+// port with a temporary JSON config, waits for /health/ready, and kills it on teardown.
 // Also mints HS256 tokens and calls the HTTP server API.
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -166,7 +166,7 @@ async function startOnce(port, overrides, startTimeoutMs) {
   while (Date.now() < deadline) {
     if (exited) break;
     try {
-      const res = await fetch(`${httpUrl}/health`, { signal: AbortSignal.timeout(1000) });
+      const res = await fetch(`${httpUrl}/health/ready`, { signal: AbortSignal.timeout(1000) });
       await res.arrayBuffer();
       if (res.status === 200) { healthy = true; break; }
     } catch { /* not listening yet */ }

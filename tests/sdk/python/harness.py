@@ -1,7 +1,7 @@
 """Harness for the Python real-SDK suites.
 
 Starts the real ``gyre`` binary ($GYRE_BIN, default <repo>/target/debug/gyre) on a
-free port with a temporary JSON config, waits for ``GET /health`` to answer 200 and
+free port with a temporary JSON config, waits for ``GET /health/ready`` to answer 200 and
 kills it on teardown. Also mints HS256 tokens (PyJWT), calls the HTTP server API and
 records SDK events so tests can await them with timeouts.
 """
@@ -144,7 +144,7 @@ class GyreServer:
             if self.proc.poll() is not None:
                 break
             try:
-                with urllib.request.urlopen(f"{self.http_url}/health", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.http_url}/health/ready", timeout=1) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError, ConnectionError):

@@ -194,7 +194,7 @@ def test_nats_without_jetstream_stops_gyre_with_a_message_that_says_so():
         nats.stop()
 
 
-def test_unreachable_nats_at_startup_is_retried_and_health_is_503_until_connected():
+def test_unreachable_nats_at_startup_is_retried_and_ready_is_503_until_connected():
     import os
     import signal
     import subprocess
@@ -218,9 +218,9 @@ def test_unreachable_nats_at_startup_is_retried_and_health_is_503_until_connecte
     proc = subprocess.Popen([GYRE_BIN, "--config", path], stdout=log, stderr=subprocess.STDOUT)
     log.close()
 
-    def health():
+    def health(path="/health/ready"):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code
@@ -234,6 +234,9 @@ def test_unreachable_nats_at_startup_is_retried_and_health_is_503_until_connecte
             time.sleep(0.1)
         time.sleep(1.5)
         assert health() == 503
+        # Liveness is independent of NATS: a kubelet would not restart this process.
+        assert health("/health") == 200 and health("/health/live") == 200
+        assert proc.poll() is None, "gyre exited while NATS was unreachable"
         logs = open(log_path, "rb").read().decode()
         assert "unreachable" in logs and "retrying" in logs, logs[-2000:]
         nats.start()

@@ -14,6 +14,7 @@ use crate::{
     builders::*,
     config::build_config,
     crd::{AutoscalingSpec, CentrifugoSpec, PodDisruptionBudgetSpec, SecretsSpec},
+    nats::BrokerState,
     status::{Observed, compute_status, endpoints},
 };
 
@@ -180,9 +181,14 @@ fn deployment_defaults() {
     let ports: Vec<(String, i32)> =
         ctr.ports.as_ref().unwrap().iter().map(|p| (p.name.clone().unwrap(), p.container_port)).collect();
     assert_eq!(ports, [("http".into(), 8000), ("internal".into(), 9000)]);
-    for probe in [ctr.readiness_probe.as_ref().unwrap(), ctr.liveness_probe.as_ref().unwrap()] {
-        let g = probe.http_get.as_ref().unwrap();
-        assert_eq!(g.path.as_deref(), Some("/health"));
+    // Probes by failure domain: only readiness depends on NATS; a startupProbe guards liveness.
+    for (probe, path) in [
+        (&ctr.readiness_probe, "/health/ready"),
+        (&ctr.liveness_probe, "/health/live"),
+        (&ctr.startup_probe, "/health/live"),
+    ] {
+        let g = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(g.path.as_deref(), Some(path));
         assert_eq!(g.port, IntOrString::String("internal".into()));
     }
     assert_eq!(ctr.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().sleep.as_ref().unwrap().seconds, 5);
@@ -445,10 +451,12 @@ fn status_ready_progressing_and_transition_times() {
         deployment: Some(&rolling),
         config_hash: Some("h1".into()),
         image: Some("gyre:test".into()),
+        broker: Some(BrokerState::Ready { addr: "nats:4222".into(), version: "2.10.24".into() }),
         error: None,
     };
     let st = compute_status(&c, &obs, &t("2026-01-01T00:00:00Z"));
     assert_eq!(st.observed_generation, Some(1));
+    assert_eq!(cond(&st, "BrokerReady").status, "True");
     assert_eq!(cond(&st, "Ready").status, "False");
     assert_eq!(cond(&st, "Ready").reason, "ReplicasNotReady");
     assert_eq!(cond(&st, "Progressing").status, "True");
@@ -476,6 +484,39 @@ fn status_ready_progressing_and_transition_times() {
     let stale = deployment_with(3, 3, 3, 1);
     let obs = Observed { deployment: Some(&stale), ..obs };
     assert_eq!(cond(&compute_status(&c2, &obs, &t("2026-01-01T00:06:00Z")), "Progressing").status, "True");
+}
+
+#[test]
+fn status_names_the_broker_problem() {
+    let c = cr(CentrifugoSpec { replicas: 2, nats: nats(), ..Default::default() });
+    let unready = deployment_with(2, 2, 0, 1);
+    let down = BrokerState::Unreachable { errors: vec!["nats.messaging.svc:4222: connection refused".into()] };
+    let obs = Observed {
+        config: Some(Ok("Valid")),
+        secrets: Some(Ok("Generated")),
+        deployment: Some(&unready),
+        broker: Some(down),
+        ..Default::default()
+    };
+    let st = compute_status(&c, &obs, &t("2026-01-01T00:00:00Z"));
+    let b = cond(&st, "BrokerReady");
+    assert_eq!((b.status.as_str(), b.reason.as_str()), ("False", "BrokerUnreachable"));
+    assert!(b.message.contains("connection refused"), "{}", b.message);
+    let r = cond(&st, "Ready");
+    assert_eq!((r.status.as_str(), r.reason.as_str()), ("False", "BrokerNotReady"));
+    assert!(r.message.contains("nats.messaging.svc:4222"), "{}", r.message);
+
+    let no_js = BrokerState::NoJetStream { addr: "nats:4222".into(), version: "2.10.24".into() };
+    let obs = Observed { broker: Some(no_js), ..obs };
+    let st = compute_status(&c, &obs, &t("2026-01-01T00:01:00Z"));
+    assert_eq!(cond(&st, "BrokerReady").reason, "NoJetStream");
+    assert_eq!(cond(&st, "Ready").reason, "BrokerNotReady");
+
+    // URL from a Secret: Unknown, and Ready falls back to counting pods.
+    let obs = Observed { broker: Some(BrokerState::NotProbed("urlFrom".into())), ..obs };
+    let st = compute_status(&c, &obs, &t("2026-01-01T00:02:00Z"));
+    assert_eq!(cond(&st, "BrokerReady").status, "Unknown");
+    assert_eq!(cond(&st, "Ready").reason, "ReplicasNotReady");
 }
 
 #[test]

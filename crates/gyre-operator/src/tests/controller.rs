@@ -248,6 +248,12 @@ async fn create_from_scratch() {
     let writes = fake.writes();
     let expect = [
         (Method::POST, SECRETS.to_string()),
+        // No managed NATS: its objects are removed if a previous spec had them.
+        (Method::DELETE, "/apis/apps/v1/namespaces/prod/statefulsets/chat-nats".into()),
+        (Method::DELETE, "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/chat-nats".into()),
+        (Method::DELETE, "/api/v1/namespaces/prod/services/chat-nats".into()),
+        (Method::DELETE, "/api/v1/namespaces/prod/services/chat-nats-headless".into()),
+        (Method::DELETE, "/api/v1/namespaces/prod/configmaps/chat-nats-config".into()),
         (Method::PATCH, "/api/v1/namespaces/prod/serviceaccounts/chat".into()),
         (Method::PATCH, CONFIGMAP.into()),
         (Method::PATCH, DEPLOYMENT.into()),
@@ -576,4 +582,26 @@ async fn autoscaling_leaves_replicas_out_of_the_apply() {
     let hpa = fake.get("/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/chat").unwrap();
     assert_eq!(hpa["spec"]["maxReplicas"], 5);
     assert!(fake.get("/apis/policy/v1/namespaces/prod/poddisruptionbudgets/chat").is_some());
+}
+
+/// `BrokerReady` through a whole pass, against a real nats-server: True while it runs; once it
+/// is gone, False with `BrokerUnreachable`, `Ready` says `BrokerNotReady`, and the operator
+/// looks again after `BROKER_RETRY` rather than the 5-minute resync.
+#[tokio::test]
+async fn broker_condition_follows_a_real_nats() {
+    let nats = super::nats::nats_server(true);
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let spec: CentrifugoSpec = serde_json::from_value(json!({"replicas": 2, "nats": {"url": url}})).unwrap();
+    let action = run(fake.store_cr(&fixtures::cr(spec)), &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(RESYNC));
+    assert_eq!(condition(&fake, "BrokerReady"), ("True".into(), "JetStreamAvailable".into()));
+    assert_eq!(condition(&fake, "Ready"), ("False".into(), "ReplicasNotReady".into()));
+
+    drop(nats);
+    let action = run(fake.cr(), &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(crate::controller::BROKER_RETRY));
+    assert_eq!(condition(&fake, "BrokerReady"), ("False".into(), "BrokerUnreachable".into()));
+    assert_eq!(condition(&fake, "Ready"), ("False".into(), "BrokerNotReady".into()));
 }

@@ -92,7 +92,9 @@ fn cel_refuses_bad_specs() {
             "minReplicas must not exceed",
         ),
         (json!({"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}), "at most one of"),
-        (json!({"nats": {"prefix": "x"}}), "exactly one of nats.url and nats.urlFrom"),
+        (json!({"nats": {"prefix": "x"}}), "exactly one of nats.url, nats.urlFrom and nats.managed"),
+        (json!({"nats": {"managed": false}}), "exactly one of"),
+        (json!({"nats": {"managed": true, "url": "nats://n"}}), "exactly one of"),
         (json!({"nats": {"url": "nats://n", "urlFrom": {"name": "s", "key": "k"}}}), "exactly one of"),
     ] {
         let errs = cel_errors(spec.clone());

@@ -24,7 +24,12 @@ pub fn cr(spec: CentrifugoSpec) -> Centrifugo {
 }
 
 pub fn nats() -> Option<NatsSpec> {
-    Some(NatsSpec { url: Some("nats://nats.messaging.svc:4222".into()), url_from: None, prefix: "centrifugo".into() })
+    Some(NatsSpec {
+        url: Some("nats://nats.messaging.svc:4222".into()),
+        url_from: None,
+        prefix: "centrifugo".into(),
+        ..Default::default()
+    })
 }
 
 /// Fixed credentials, so hashes in tests are stable.

@@ -5,3 +5,4 @@ mod builders;
 mod controller;
 mod crd;
 pub mod fixtures;
+mod nats;

@@ -53,7 +53,7 @@ async function startOnPort(port) {
       throw new Error(`gyre did not start on ${port}:\n${output.slice(-4000)}`);
     }
     try {
-      const res = await fetch(`${httpUrl}/health`, { signal: AbortSignal.timeout(1000) });
+      const res = await fetch(`${httpUrl}/health/ready`, { signal: AbortSignal.timeout(1000) });
       await res.arrayBuffer();
       if (res.status === 200) break;
     } catch { /* not yet */ }
