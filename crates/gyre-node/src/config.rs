@@ -259,11 +259,30 @@ pub struct HttpServer {
     pub internal_address: String,
     /// Internal port; 0 = same as `port`.
     pub internal_port: u16,
+    /// Gyre: a new socket must deliver its first request's headers (HTTP/1)
+    /// or open its first stream (HTTP/2) within this, and an idle HTTP/1
+    /// keep-alive socket its next request's headers; else it is closed. 0 = no limit.
+    pub read_header_timeout: Dur,
+    /// Gyre: a request body (connection endpoints, `/emulation`, the server
+    /// API, SockJS sends) must arrive in full within this; else 408 and the
+    /// socket is closed. 0 = no limit.
+    pub read_body_timeout: Dur,
+    /// Gyre: accepted sockets that are not (yet) a client connection, at most;
+    /// sockets over the cap are closed at once. 0 = no cap.
+    pub max_pending_connections: usize,
 }
 
 impl Default for HttpServer {
     fn default() -> Self {
-        HttpServer { address: String::new(), port: d_port(), internal_address: String::new(), internal_port: 0 }
+        HttpServer {
+            address: String::new(),
+            port: d_port(),
+            internal_address: String::new(),
+            internal_port: 0,
+            read_header_timeout: Dur::secs(10),
+            read_body_timeout: Dur::secs(10),
+            max_pending_connections: 2048,
+        }
     }
 }
 

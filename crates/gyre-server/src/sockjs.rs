@@ -881,7 +881,7 @@ async fn send(app: &Arc<App>, key: &str, req: Request<Incoming>, jsonp: bool) ->
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
     let limit = app.node.config.websocket.message_size_limit;
-    let body = match h::read_body(req.into_body(), limit).await {
+    let body = match h::read_body(req.into_body(), limit, app.node.config.http_server.read_body_timeout.0).await {
         Ok(b) => b,
         Err(r) => return r,
     };
