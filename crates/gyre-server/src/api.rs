@@ -201,8 +201,21 @@ const PRO_METHODS: &[&str] = &[
     "cancel_push",
 ];
 
-/// Runs one API method. `Err(BadBody)` when the body does not decode for that method.
+/// The metrics label of a method: its static name, or "other" (the label set stays bounded).
+fn method_label(method: &str) -> &'static str {
+    METHODS.iter().chain(PRO_METHODS).find(|m| **m == method).copied().unwrap_or("other")
+}
+
+/// Runs one API method (single, batch and legacy calls all come here, so
+/// each is counted once in the API metrics). `Err(BadBody)` when the body
+/// does not decode for that method.
 pub async fn call(node: &Arc<Node>, method: &str, body: &[u8]) -> Result<ApiResult, BadBody> {
+    let r = run(node, method, body).await;
+    node.counters.record_api(method_label(method), !matches!(r, Ok(Ok(_))));
+    r
+}
+
+async fn run(node: &Arc<Node>, method: &str, body: &[u8]) -> Result<ApiResult, BadBody> {
     Ok(match method {
         "publish" => {
             let r: PublishReq = parse(body)?;

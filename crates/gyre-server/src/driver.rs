@@ -156,6 +156,8 @@ pub fn drive<T: Transport>(
                 call.await
             }
         };
+        // `connections_accepted` counts connects that succeeded, once per connection.
+        let mut counted = count_accepted(&node, &client, false);
         // Why the loop ended: Some(d) = close with d; None = peer gone, nothing to send.
         let end: Option<Disconnect> = match first {
             Err(d) => Some(d),
@@ -174,7 +176,9 @@ pub fn drive<T: Transport>(
                     }
                     Event::Peer(Inbound::Data(data)) => {
                         let call = Box::pin(client.handle_data(&data));
-                        call.await.map_err(Some)
+                        let r = call.await.map_err(Some);
+                        counted = count_accepted(&node, &client, counted);
+                        r
                     }
                     Event::Peer(Inbound::Gone) => Err(None),
                     Event::Peer(Inbound::Close(d)) => Err(Some(d)),
@@ -197,6 +201,16 @@ pub fn drive<T: Transport>(
         let call = Box::pin(client.close());
         call.await;
     }
+}
+
+/// Counts the connection in `connections_accepted` the first time it is
+/// connected; returns whether it has been counted.
+fn count_accepted(node: &Node, client: &Client, counted: bool) -> bool {
+    if counted || !client.is_connected() {
+        return counted;
+    }
+    gyre_node::metrics::Counters::add(&node.counters.connections_accepted, 1);
+    true
 }
 
 /// What woke an idle connection.
