@@ -986,6 +986,37 @@ pub struct SockJs {
     pub test_services: bool,
     /// Prefix of the test services.
     pub test_services_prefix: String,
+    /// Gyre: the `JSESSIONID` cookie (with `cookie_needed`) is `HttpOnly`.
+    pub cookie_http_only: bool,
+    /// Gyre: the `JSESSIONID` cookie's `SameSite` attribute.
+    pub cookie_same_site: SameSite,
+    /// Gyre: the `JSESSIONID` cookie is `Secure` (HTTPS only; required by
+    /// browsers for `SameSite=None`).
+    pub cookie_secure: bool,
+}
+
+/// A cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    /// Sent on top-level navigations from other sites, not on their subrequests.
+    #[default]
+    Lax,
+    /// Never sent from other sites.
+    Strict,
+    /// Always sent (browsers require `Secure` with it).
+    None,
+}
+
+impl SameSite {
+    /// The attribute value as written in `Set-Cookie`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
 }
 
 impl Default for SockJs {
@@ -1000,6 +1031,9 @@ impl Default for SockJs {
             cookie_needed: false,
             test_services: false,
             test_services_prefix: "/sockjs_test".into(),
+            cookie_http_only: true,
+            cookie_same_site: SameSite::Lax,
+            cookie_secure: false,
         }
     }
 }
@@ -1116,6 +1150,12 @@ impl Config {
             && ping <= pong
         {
             e("client.ping_interval", "must be greater than client.pong_timeout".into());
+        }
+        if self.sockjs.cookie_same_site == SameSite::None && !self.sockjs.cookie_secure {
+            e(
+                "sockjs.cookie_same_site",
+                "none requires sockjs.cookie_secure: true (browsers drop the cookie otherwise)".into(),
+            );
         }
         if self.client.queue_max_size == 0 {
             e("client.queue_max_size", "must be positive".into());
