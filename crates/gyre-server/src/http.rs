@@ -153,14 +153,6 @@ impl App {
         }
     }
 
-    /// Spawns a tracked background task (not a connection).
-    pub(crate) fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
-        match &self.conn_rt {
-            Some(h) => drop(self.tracker.spawn_on(f, h)),
-            None => drop(self.tracker.spawn(f)),
-        }
-    }
-
     /// Cancelled when the server shuts down.
     pub(crate) fn cancelled(&self) -> CancellationToken {
         self.cancel.clone()

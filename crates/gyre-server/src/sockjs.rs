@@ -712,13 +712,10 @@ pub async fn handle(app: Arc<App>, svc: Service, rest: String, mut req: Request<
 }
 
 async fn websocket(app: Arc<App>, svc: Service, req: &mut Request<Incoming>, raw: bool) -> Response<Body> {
-    if svc.app == AppKind::Centrifugo
-        && let Err(r) = app.admit(req.headers())
-    {
+    // Test services too: each session is a task holding a socket, so they
+    // pass the same admission (origin, limits, shutdown) as real clients.
+    if let Err(r) = app.admit(req.headers()) {
         return r;
-    }
-    if !h::origin_allowed(&app.node.config.client.allowed_origins, req.headers()) {
-        return plain(StatusCode::FORBIDDEN, "Forbidden\n");
     }
     if req.method() != Method::GET {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
@@ -863,9 +860,7 @@ async fn session_request(
             return respond(ChannelBody::fixed(b.freeze()));
         }
         Lookup::Missing => {
-            if svc.app == AppKind::Centrifugo
-                && let Err(r) = app.admit(&headers)
-            {
+            if let Err(r) = app.admit(&headers) {
                 return r;
             }
             match app.sockjs.create(&key) {
@@ -938,7 +933,8 @@ fn start_session(
         }),
         other => {
             let cancel = app.cancelled();
-            app.spawn(async move {
+            // Counted like a client connection (see `websocket`).
+            app.spawn_conn(async move {
                 if t.open().await.is_ok() {
                     run_test_app(other, &mut t, cancel).await;
                 }

@@ -110,3 +110,17 @@ async fn same_site_none_without_secure_is_a_config_error() {
     assert!(!out.status.success(), "accepted: {text}");
     assert!(text.contains("sockjs.cookie_same_site"), "error does not name the key: {text}");
 }
+
+/// SockJS's protocol test services (`sockjs.test_services`) used to skip
+/// admission: their sessions counted toward no limit. Now an echo session is
+/// a connection like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_service_sessions_count_toward_the_connection_limit() {
+    let g = Gyre::start(json!({"sockjs": {"test_services": true}, "client": {"connection_limit": 2}})).await;
+    for i in 0..2 {
+        let (status, head, _) = request(g.addr, "POST", &format!("/sockjs_test/echo/000/e{i}/xhr"), None, "").await;
+        assert_eq!(status, 200, "session {i}:\n{head}");
+    }
+    let (status, head, _) = request(g.addr, "POST", "/sockjs_test/echo/000/e9/xhr", None, "").await;
+    assert_eq!(status, 503, "a third echo session over connection_limit 2 was opened:\n{head}");
+}
