@@ -51,7 +51,7 @@ async fn sockjs_honours_allowed_origins_on_every_request() {
     let base = "/connection/sockjs/000/sess-origin";
 
     // A page of another origin cannot open a session, and gets no CORS grant.
-    let (status, head, _) = request(g.addr, "POST", &format!("/connection/sockjs/000/evil1/xhr"), Some(EVIL), "").await;
+    let (status, head, _) = request(g.addr, "POST", "/connection/sockjs/000/evil1/xhr", Some(EVIL), "").await;
     assert_eq!(status, 403, "session opened for a disallowed origin:\n{head}");
     let (_, head, _) = request(g.addr, "OPTIONS", &format!("{base}/xhr_send"), Some(EVIL), "").await;
     assert_eq!(header(&head, "access-control-allow-origin"), None, "CORS granted to {EVIL}:\n{head}");
