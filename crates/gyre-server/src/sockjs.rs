@@ -884,6 +884,9 @@ async fn session_request(
             }
         }
     };
+    // This socket now carries a session's frames (counted in the connection
+    // count), so it no longer counts as pending.
+    h::promote(req.extensions());
     let (body, tx) = ChannelBody::new(prelude);
     let receiver = Receiver { tx, wrap, polling, sent: 0 };
     if handle.attach.send(receiver).await.is_err() {

@@ -167,3 +167,45 @@ async fn sockets_over_the_pending_cap_are_closed_at_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Sockets that carry a client (a SockJS streaming receiver, an SSE stream)
+/// are not pending: many of them do not fill the pending cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_clients_do_not_fill_the_pending_cap() {
+    let g = Gyre::start(streaming(json!({
+        "http_server": {"max_pending_connections": 3},
+        "sockjs": {"enabled": true}
+    })))
+    .await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut s = TcpStream::connect(g.addr).await.expect("connect");
+        let req = format!(
+            "POST /connection/sockjs/000/stream{i}/xhr_streaming HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+            g.addr
+        );
+        s.write_all(req.as_bytes()).await.expect("request");
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(gyre_abuse::WAIT, s.read(&mut buf)).await.expect("answer in time").expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "stream {i} refused");
+        held.push(s);
+    }
+    for i in 0..2 {
+        let tok = gyre_abuse::user_token(&format!("sse-{i}"));
+        let cmd = json!({"id": 1, "connect": {"token": tok}}).to_string();
+        let mut s = TcpStream::connect(g.addr).await.expect("connect");
+        let req = format!(
+            "POST /connection/http_stream HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n{cmd}",
+            g.addr,
+            cmd.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("request");
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(gyre_abuse::WAIT, s.read(&mut buf)).await.expect("answer in time").expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "http_stream {i} refused");
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = gyre_abuse::http_get(g.addr, "/health").await.expect("/health answered while 6 streams are open");
+    assert_eq!(status, 200);
+}
