@@ -212,6 +212,26 @@ fn bind_addr(address: &str, port: u16) -> String {
     }
 }
 
+/// Accept queue length asked for (the kernel caps it at `net.core.somaxconn`).
+/// Larger than tokio's default 1024, as Go's listeners use somaxconn: in a
+/// burst of connects (a reconnect storm) a full queue drops handshakes, and a
+/// client whose final ACK was dropped believes it is connected to a server
+/// that never saw it.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` ("host:port") with [`LISTEN_BACKLOG`].
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let sa = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "address resolves to nothing"))?;
+    let socket = if sa.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As std's and tokio's own bind do on Unix: a restarted server can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(sa)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds the listeners and starts serving, all on the current runtime.
 pub async fn start(node: Arc<Node>) -> anyhow::Result<Running> {
     start_with(node, None).await
@@ -221,7 +241,7 @@ pub async fn start(node: Arc<Node>) -> anyhow::Result<Running> {
 /// when given, HTTP request handling stays on the current runtime.
 pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>) -> anyhow::Result<Running> {
     let cfg = node.config.clone();
-    let ext = TcpListener::bind(bind_addr(&cfg.http_server.address, cfg.http_server.port))
+    let ext = listen(&bind_addr(&cfg.http_server.address, cfg.http_server.port))
         .await
         .map_err(|e| anyhow::anyhow!("http_server.port {}: {e}", cfg.http_server.port))?;
     let addr = ext.local_addr()?;
@@ -249,7 +269,7 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
         } else {
             &cfg.http_server.internal_address
         };
-        let int = TcpListener::bind(bind_addr(iaddr, cfg.http_server.internal_port))
+        let int = listen(&bind_addr(iaddr, cfg.http_server.internal_port))
             .await
             .map_err(|e| anyhow::anyhow!("http_server.internal_port {}: {e}", cfg.http_server.internal_port))?;
         internal_addr = int.local_addr()?;
