@@ -409,11 +409,30 @@ pub struct HttpServer {
     /// (`""` = unset), so a string or a number is accepted.
     #[serde(deserialize_with = "port_or_string")]
     pub internal_port: u16,
+    /// Gyre: a new socket must deliver its first request's headers (HTTP/1)
+    /// or open its first stream (HTTP/2) within this, and an idle HTTP/1
+    /// keep-alive socket its next request's headers; else it is closed. 0 = no limit.
+    pub read_header_timeout: Dur,
+    /// Gyre: a request body (connection endpoints, `/emulation`, the server
+    /// API, SockJS sends) must arrive in full within this; else 408 and the
+    /// socket is closed. 0 = no limit.
+    pub read_body_timeout: Dur,
+    /// Gyre: accepted sockets that are not (yet) a client connection, at most;
+    /// sockets over the cap are closed at once. 0 = no cap.
+    pub max_pending_connections: usize,
 }
 
 impl Default for HttpServer {
     fn default() -> Self {
-        HttpServer { address: String::new(), port: d_port(), internal_address: String::new(), internal_port: 0 }
+        HttpServer {
+            address: String::new(),
+            port: d_port(),
+            internal_address: String::new(),
+            internal_port: 0,
+            read_header_timeout: Dur::secs(10),
+            read_body_timeout: Dur::secs(10),
+            max_pending_connections: 2048,
+        }
     }
 }
 
@@ -1179,6 +1198,37 @@ pub struct SockJs {
     pub test_services: bool,
     /// Prefix of the test services.
     pub test_services_prefix: String,
+    /// Gyre: the `JSESSIONID` cookie (with `cookie_needed`) is `HttpOnly`.
+    pub cookie_http_only: bool,
+    /// Gyre: the `JSESSIONID` cookie's `SameSite` attribute.
+    pub cookie_same_site: SameSite,
+    /// Gyre: the `JSESSIONID` cookie is `Secure` (HTTPS only; required by
+    /// browsers for `SameSite=None`).
+    pub cookie_secure: bool,
+}
+
+/// A cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    /// Sent on top-level navigations from other sites, not on their subrequests.
+    #[default]
+    Lax,
+    /// Never sent from other sites.
+    Strict,
+    /// Always sent (browsers require `Secure` with it).
+    None,
+}
+
+impl SameSite {
+    /// The attribute value as written in `Set-Cookie`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
 }
 
 impl Default for SockJs {
@@ -1193,6 +1243,9 @@ impl Default for SockJs {
             cookie_needed: false,
             test_services: false,
             test_services_prefix: "/sockjs_test".into(),
+            cookie_http_only: true,
+            cookie_same_site: SameSite::Lax,
+            cookie_secure: false,
         }
     }
 }
@@ -1301,6 +1354,12 @@ impl Config {
             && ping <= pong
         {
             e("client.ping_interval", "must be greater than client.pong_timeout".into());
+        }
+        if self.sockjs.cookie_same_site == SameSite::None && !self.sockjs.cookie_secure {
+            e(
+                "sockjs.cookie_same_site",
+                "none requires sockjs.cookie_secure: true (browsers drop the cookie otherwise)".into(),
+            );
         }
         if self.client.queue_max_size == 0 {
             e("client.queue_max_size", "must be positive".into());

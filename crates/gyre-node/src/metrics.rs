@@ -28,12 +28,27 @@ pub struct Counters {
     pub connections_accepted: AtomicU64,
     /// Times a publisher waited because the fan-out thread was a full queue behind.
     pub fanout_backpressure: AtomicU64,
+    /// Server API calls by method: (calls, failed). The server only records
+    /// method names it knows, so the label set stays bounded.
+    api_by_method: parking_lot::Mutex<std::collections::BTreeMap<&'static str, (u64, u64)>>,
 }
 
 impl Counters {
     /// Adds `n` to a counter.
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records one server API command (`failed`: answered with an error).
+    pub fn record_api(&self, method: &'static str, failed: bool) {
+        Self::add(&self.api_calls, 1);
+        if failed {
+            Self::add(&self.api_errors, 1);
+        }
+        let mut m = self.api_by_method.lock();
+        let e = m.entry(method).or_default();
+        e.0 += 1;
+        e.1 += u64::from(failed);
     }
 }
 
@@ -87,6 +102,15 @@ pub fn render(node: &Node) -> String {
         "Server API commands that failed.",
         c.api_errors.load(Ordering::Relaxed),
     );
+    let by_method: Vec<(&'static str, (u64, u64))> = c.api_by_method.lock().iter().map(|(k, v)| (*k, *v)).collect();
+    let _ = writeln!(
+        out,
+        "# HELP gyre_api_command_count Server API commands by method and outcome.\n# TYPE gyre_api_command_count counter"
+    );
+    for (method, (calls, failed)) in by_method {
+        let _ = writeln!(out, "gyre_api_command_count{{method=\"{method}\",failed=\"false\"}} {}", calls - failed);
+        let _ = writeln!(out, "gyre_api_command_count{{method=\"{method}\",failed=\"true\"}} {failed}");
+    }
     counter(
         &mut out,
         "centrifugo_client_connections_accepted",

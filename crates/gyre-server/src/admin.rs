@@ -142,10 +142,11 @@ async fn auth(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         return h::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
     }
     let headers = req.headers().clone();
-    let body = match h::read_body(req.into_body(), AUTH_BODY_LIMIT).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body =
+        match h::read_body(req.into_body(), AUTH_BODY_LIMIT, app.node.config.http_server.read_body_timeout.0).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
     let Some(given) = password_of(&headers, &body) else {
         return h::text(StatusCode::BAD_REQUEST, "Bad Request\n");
     };
@@ -165,10 +166,11 @@ async fn admin_api(app: Arc<App>, req: Request<Incoming>, method: Option<&str>) 
     if !authorized(&app, &req) {
         return h::text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
     }
-    let body = match h::read_body(req.into_body(), API_BODY_LIMIT).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body =
+        match h::read_body(req.into_body(), API_BODY_LIMIT, app.node.config.http_server.read_body_timeout.0).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
     let node = &app.node;
     match method {
         None => match api::legacy(node, &body).await {

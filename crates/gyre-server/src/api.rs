@@ -218,6 +218,11 @@ const PRO_METHODS: &[&str] = &[
     "cancel_push",
 ];
 
+/// The metrics label of a method: its static name, or "other" (the label set stays bounded).
+fn method_label(method: &str) -> &'static str {
+    METHODS.iter().chain(PRO_METHODS).find(|m| **m == method).copied().unwrap_or("other")
+}
+
 /// Decodes a JSON body for `method`. `Ok(None)`: not a method Gyre serves
 /// (PRO or unknown: 104). `Err(BadBody)`: the body does not decode.
 fn decode(method: &str, body: &[u8]) -> Result<Option<Request>, BadBody> {
@@ -301,11 +306,20 @@ fn decode(method: &str, body: &[u8]) -> Result<Option<Request>, BadBody> {
 }
 
 /// Runs one API method through the shared dispatcher and renders it as JSON.
-/// `Err(BadBody)` when the body does not decode for that method.
+/// `Err(BadBody)` when the body does not decode for that method. Single,
+/// batch and legacy calls all come here; a decoded command is counted in the
+/// API metrics by the dispatcher, one that never reaches it is counted here.
 pub async fn call(node: &Arc<Node>, method: &str, body: &[u8]) -> Result<ApiResult, BadBody> {
-    match decode(method, body)? {
-        Some(req) => Ok(dispatch::call(node, req).await.map(|r| reply_json(&r))),
-        None => Ok(Err(ClientError::NOT_FOUND)),
+    match decode(method, body) {
+        Ok(Some(req)) => Ok(dispatch::call(node, req).await.map(|r| reply_json(&r))),
+        Ok(None) => {
+            node.counters.record_api(method_label(method), true);
+            Ok(Err(ClientError::NOT_FOUND))
+        }
+        Err(bad) => {
+            node.counters.record_api(method_label(method), true);
+            Err(bad)
+        }
     }
 }
 

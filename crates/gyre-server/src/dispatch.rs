@@ -232,9 +232,9 @@ pub async fn call(node: &Arc<Node>, req: Request) -> Outcome {
 }
 
 /// Per-command accounting hook: called once for every command of every API
-/// front end, with the method name and whether it failed. API call counters
-/// (`Counters::api_command(failed)`) belong here, not in the front ends.
-fn count(_node: &Arc<Node>, method: &'static str, out: &Outcome) {
+/// front end (HTTP, gRPC, admin), with the method name and whether it failed.
+fn count(node: &Arc<Node>, method: &'static str, out: &Outcome) {
+    node.counters.record_api(method, out.is_err());
     if let Err(e) = out {
         tracing::debug!(method, code = e.code, "api command failed");
     }

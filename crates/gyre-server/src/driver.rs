@@ -156,6 +156,11 @@ pub fn drive<T: Transport>(
                 call.await
             }
         };
+        // `connections_accepted` counts connects that succeeded, once per
+        // connection: here, or where a command first makes it connected.
+        // (Checked around each command rather than kept in a flag, so the
+        // idle state of every parked connection does not grow.)
+        count_accepted(&node, &client, false);
         // Why the loop ended: Some(d) = close with d; None = peer gone, nothing to send.
         let end: Option<Disconnect> = match first {
             Err(d) => Some(d),
@@ -173,8 +178,11 @@ pub fn drive<T: Transport>(
                         }
                     }
                     Event::Peer(Inbound::Data(data)) => {
+                        let was_connected = client.is_connected();
                         let call = Box::pin(client.handle_data(&data));
-                        call.await.map_err(Some)
+                        let r = call.await.map_err(Some);
+                        count_accepted(&node, &client, was_connected);
+                        r
                     }
                     Event::Peer(Inbound::Gone) => Err(None),
                     Event::Peer(Inbound::Close(d)) => Err(Some(d)),
@@ -196,6 +204,14 @@ pub fn drive<T: Transport>(
         shared.close_with(Disconnect::CONNECTION_CLOSED);
         let call = Box::pin(client.close());
         call.await;
+    }
+}
+
+/// Counts the connection in `connections_accepted` when it became connected
+/// (it is now, and `was_connected` says it was not before).
+fn count_accepted(node: &Node, client: &Client, was_connected: bool) {
+    if !was_connected && client.is_connected() {
+        gyre_node::metrics::Counters::add(&node.counters.connections_accepted, 1);
     }
 }
 

@@ -262,6 +262,7 @@ pub(crate) fn spawn_stream(
 pub(crate) async fn connection(app: Arc<App>, req: Request<Incoming>, sse: bool) -> Response<Body> {
     let cfg = app.node.config.clone();
     let headers = req.headers().clone();
+    let socket = h::socket_of(req.extensions());
     if req.method() == Method::OPTIONS {
         return h::preflight(&cfg, &headers, "GET, POST, OPTIONS");
     }
@@ -278,7 +279,7 @@ pub(crate) async fn connection(app: Arc<App>, req: Request<Incoming>, sse: bool)
                 _ => return h::text(StatusCode::BAD_REQUEST, "Bad Request\n"),
             }
         }
-        (Method::POST, _) => match h::read_body(req.into_body(), limit).await {
+        (Method::POST, _) => match h::read_body(req.into_body(), limit, cfg.http_server.read_body_timeout.0).await {
             Ok(b) => b,
             Err(r) => return r,
         },
@@ -301,6 +302,9 @@ pub(crate) async fn connection(app: Arc<App>, req: Request<Incoming>, sse: bool)
     let session = uuid::Uuid::new_v4().to_string();
     let (rx, guard) = app.sessions.register(session.clone());
     let http_user = h::http_user(&cfg, &headers);
+    if let Some(s) = &socket {
+        s.promote();
+    }
     spawn_stream(
         &app,
         name,
@@ -337,10 +341,13 @@ pub(crate) async fn emulation(app: Arc<App>, req: Request<Incoming>) -> Response
     if !h::origin_allowed(&cfg.client.allowed_origins, &headers) {
         return h::text(StatusCode::FORBIDDEN, "Forbidden\n");
     }
-    let body = match h::read_body(req.into_body(), cfg.emulation.max_request_body_size).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body =
+        match h::read_body(req.into_body(), cfg.emulation.max_request_body_size, cfg.http_server.read_body_timeout.0)
+            .await
+        {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
     let parsed = if h::is_octet_stream(&headers) {
         use prost::Message;
         gyre_proto::protocol::EmulationRequest::decode(body.as_ref()).ok().map(|r| (r.session, r.node, r.data))

@@ -4,12 +4,24 @@
 //! [`CancellationToken`]. Shutdown is drain-with-deadline: stop accepting,
 //! tell every client 3001 "shutdown" (reconnect advised), let HTTP requests in
 //! flight finish, then wait for the tracker until `shutdown.timeout`.
+//!
+//! Failure modes handled here: a socket that never sends a request (nothing at
+//! all, a half HTTP/1 header, or only the HTTP/2 preface) is closed after
+//! `http_server.read_header_timeout`, counted from accept — hyper-util's
+//! protocol detection and HTTP/2 handshake have no timeout of their own; an
+//! idle HTTP/1 keep-alive socket after the same time (hyper's header timer);
+//! a dead HTTP/2 peer by keep-alive pings; a request body that stalls after
+//! `http_server.read_body_timeout` (408). Until it becomes a client
+//! connection a socket is "pending": pending sockets count toward
+//! `client.connection_limit`, and over `http_server.max_pending_connections`
+//! new sockets are closed at once, so descriptors cannot be run out by
+//! sockets that never become clients.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,6 +50,67 @@ fn full(b: Bytes) -> Body {
 /// Max HTTP API body.
 const API_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
+/// HTTP/2 keep-alive: a PING this often on an idle connection, and the
+/// connection is closed when its ack is this late (a vanished peer).
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One accepted socket, shared by its connection task and (through request
+/// extensions) its requests. It counts as pending until a request on it
+/// becomes a client connection ([`promote`]) or it closes.
+pub(crate) struct SocketSlot {
+    pending: Arc<AtomicUsize>,
+    /// A request arrived (HTTP/1 headers parsed, or an HTTP/2 stream opened).
+    started: AtomicBool,
+    promoted: AtomicBool,
+}
+
+impl SocketSlot {
+    fn new(pending: Arc<AtomicUsize>) -> Arc<Self> {
+        pending.fetch_add(1, Ordering::Relaxed);
+        Arc::new(SocketSlot { pending, started: AtomicBool::new(false), promoted: AtomicBool::new(false) })
+    }
+
+    /// No longer pending: it carries a client connection (counted in `App::conns`).
+    pub(crate) fn promote(&self) {
+        if !self.promoted.swap(true, Ordering::Relaxed) {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.promote();
+    }
+}
+
+/// Marks the socket a request came on as carrying a client connection, so it
+/// stops counting as pending (and is not counted twice against the limit).
+pub(crate) fn promote(ext: &http::Extensions) {
+    if let Some(slot) = socket_of(ext) {
+        slot.promote();
+    }
+}
+
+/// The socket a request came on (kept by handlers that consume the request
+/// before they know whether it becomes a connection).
+pub(crate) fn socket_of(ext: &http::Extensions) -> Option<Arc<SocketSlot>> {
+    ext.get::<Arc<SocketSlot>>().cloned()
+}
+
+/// Resolves once `timeout` passed without a first request on the socket;
+/// never if one came, or if `timeout` is zero (no limit).
+async fn first_request_deadline(slot: &SocketSlot, timeout: Duration) {
+    if !timeout.is_zero() {
+        tokio::time::sleep(timeout).await;
+        if !slot.started.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
 /// Shared state of the HTTP layer.
 pub struct App {
     /// The node.
@@ -45,6 +118,8 @@ pub struct App {
     tracker: TaskTracker,
     cancel: CancellationToken,
     conns: AtomicUsize,
+    /// Accepted sockets of the client listener not (yet) carrying a client.
+    pending: Arc<AtomicUsize>,
     /// `client.connection_rate_limit`: new connections per second, with a
     /// burst of one second's worth (a token bucket, as Centrifugo's).
     conn_rate: Option<governor::DefaultDirectRateLimiter>,
@@ -80,14 +155,6 @@ impl App {
         }
     }
 
-    /// Spawns a tracked background task (not a connection).
-    pub(crate) fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
-        match &self.conn_rt {
-            Some(h) => drop(self.tracker.spawn_on(f, h)),
-            None => drop(self.tracker.spawn(f)),
-        }
-    }
-
     /// Cancelled when the server shuts down.
     pub(crate) fn cancelled(&self) -> CancellationToken {
         self.cancel.clone()
@@ -104,7 +171,10 @@ impl App {
             return Err(text(StatusCode::FORBIDDEN, "Forbidden\n"));
         }
         let limit = self.node.config.client.connection_limit;
-        if limit > 0 && self.conns.load(Ordering::Relaxed) >= limit {
+        // Pending sockets count from accept; the asking socket is one of
+        // them and about to become the connection, so it is not counted twice.
+        let pending = self.pending.load(Ordering::Relaxed).saturating_sub(1);
+        if limit > 0 && self.conns.load(Ordering::Relaxed) + pending >= limit {
             return Err(text(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached\n"));
         }
         // Checked last, so a refused request does not spend a token.
@@ -146,6 +216,26 @@ pub(crate) fn bind_addr(address: &str, port: u16) -> String {
     }
 }
 
+/// Accept queue length asked for (the kernel caps it at `net.core.somaxconn`).
+/// Larger than tokio's default 1024, as Go's listeners use somaxconn: in a
+/// burst of connects (a reconnect storm) a full queue drops handshakes, and a
+/// client whose final ACK was dropped believes it is connected to a server
+/// that never saw it.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` ("host:port") with [`LISTEN_BACKLOG`].
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let sa = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "address resolves to nothing"))?;
+    let socket = if sa.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As std's and tokio's own bind do on Unix: a restarted server can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(sa)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds the listeners and starts serving, all on the current runtime.
 pub async fn start(node: Arc<Node>) -> anyhow::Result<Running> {
     start_with(node, None).await
@@ -155,7 +245,7 @@ pub async fn start(node: Arc<Node>) -> anyhow::Result<Running> {
 /// when given, HTTP request handling stays on the current runtime.
 pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>) -> anyhow::Result<Running> {
     let cfg = node.config.clone();
-    let ext = TcpListener::bind(bind_addr(&cfg.http_server.address, cfg.http_server.port))
+    let ext = listen(&bind_addr(&cfg.http_server.address, cfg.http_server.port))
         .await
         .map_err(|e| anyhow::anyhow!("http_server.port {}: {e}", cfg.http_server.port))?;
     let addr = ext.local_addr()?;
@@ -165,6 +255,7 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
         tracker: TaskTracker::new(),
         cancel: CancellationToken::new(),
         conns: AtomicUsize::new(0),
+        pending: Arc::new(AtomicUsize::new(0)),
         conn_rate: u32::try_from(cfg.client.connection_rate_limit)
             .ok()
             .and_then(std::num::NonZeroU32::new)
@@ -183,18 +274,21 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
         } else {
             &cfg.http_server.internal_address
         };
-        let int = TcpListener::bind(bind_addr(iaddr, cfg.http_server.internal_port))
+        let int = listen(&bind_addr(iaddr, cfg.http_server.internal_port))
             .await
             .map_err(|e| anyhow::anyhow!("http_server.internal_port {}: {e}", cfg.http_server.internal_port))?;
         internal_addr = int.local_addr()?;
-        app.tracker.spawn(accept_loop(app.clone(), int, Listener::Internal));
+        // Its own pending count: a flood of the client port must not lock
+        // health checks and the API out of the internal one.
+        app.tracker.spawn(accept_loop(app.clone(), int, Listener::Internal, Arc::new(AtomicUsize::new(0))));
     }
     let grpc_addr = if cfg.grpc_api.enabled {
         Some(crate::grpc::start(node.clone(), &app.tracker, app.cancel.clone()).await?)
     } else {
         None
     };
-    app.tracker.spawn(accept_loop(app.clone(), ext, if split { Listener::External } else { Listener::Both }));
+    let kind = if split { Listener::External } else { Listener::Both };
+    app.tracker.spawn(accept_loop(app.clone(), ext, kind, app.pending.clone()));
     Ok(Running { addr, internal_addr, grpc_addr, node, app })
 }
 
@@ -216,7 +310,12 @@ enum Listener {
     Both,
 }
 
-async fn accept_loop(app: Arc<App>, listener: TcpListener, kind: Listener) {
+async fn accept_loop(app: Arc<App>, listener: TcpListener, kind: Listener, pending: Arc<AtomicUsize>) {
+    let hs = &app.node.config.http_server;
+    let (header_timeout, max_pending) = (hs.read_header_timeout.0, hs.max_pending_connections);
+    // Sockets closed over the cap since the last warning (warned at most every 10 s).
+    let mut refused = 0u64;
+    let mut warned_at: Option<tokio::time::Instant> = None;
     loop {
         let (stream, _) = tokio::select! {
             _ = app.cancel.cancelled() => return,
@@ -230,20 +329,46 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, kind: Listener) {
                 }
             },
         };
+        if max_pending > 0 && pending.load(Ordering::Relaxed) >= max_pending {
+            drop(stream);
+            refused += 1;
+            if warned_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(refused, max_pending, "http_server.max_pending_connections reached: new sockets closed");
+                warned_at = Some(tokio::time::Instant::now());
+                refused = 0;
+            }
+            continue;
+        }
+        let slot = SocketSlot::new(pending.clone());
         let _ = stream.set_nodelay(true);
         let app2 = app.clone();
         let cancel = app.cancel.clone();
         app.tracker.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let slot2 = slot.clone();
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let app = app2.clone();
+                slot2.started.store(true, Ordering::Relaxed);
+                req.extensions_mut().insert(slot2.clone());
                 async move { Ok::<_, Infallible>(route(app, kind, req).await) }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+            let header_read_timeout = (!header_timeout.is_zero()).then_some(header_timeout);
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
+                // Protocol detection and the HTTP/2 handshake wait for bytes
+                // with no timer of their own: a socket that never gets to a
+                // request is dropped here.
+                () = first_request_deadline(&slot, header_timeout) => {
+                    tracing::debug!("no request within http_server.read_header_timeout; socket closed");
+                }
                 _ = cancel.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
@@ -375,13 +500,25 @@ pub(crate) fn is_octet_stream(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/octet-stream"))
 }
 
-/// Reads a request body of at most `limit` bytes; more is 413, a broken body 400.
-pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+/// Reads a request body of at most `limit` bytes within `timeout`
+/// (`http_server.read_body_timeout`, zero = none): more is 413, a broken body
+/// 400, a body that stalls 408 (hyper then closes the socket, since the rest
+/// of the body was never read).
+pub(crate) async fn read_body(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, Response<Body>> {
     use hyper::body::Body as _;
     if body.size_hint().lower() > limit as u64 {
         return Err(text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large\n"));
     }
-    match Limited::new(body, limit).collect().await {
+    let collect = Limited::new(body, limit).collect();
+    let collected = if timeout.is_zero() {
+        collect.await
+    } else {
+        match tokio::time::timeout(timeout, collect).await {
+            Ok(r) => r,
+            Err(_) => return Err(text(StatusCode::REQUEST_TIMEOUT, "Request Timeout\n")),
+        }
+    };
+    match collected {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             Err(text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large\n"))
@@ -495,6 +632,7 @@ where
         return text(StatusCode::BAD_REQUEST, "Bad Request\n");
     }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    promote(req.extensions());
     let on_upgrade = hyper::upgrade::on(req);
     app.spawn_conn(async move {
         match on_upgrade.await {
@@ -564,9 +702,10 @@ async fn http_api(app: Arc<App>, req: Request<Incoming>, prefix: &str) -> Respon
     let method = req.uri().path()[prefix.len()..].trim_start_matches('/').to_string();
     let transport_mode = cfg.http_api.error_mode == gyre_node::config::ErrorMode::Transport
         || req.headers().get("x-centrifugo-error-mode").and_then(|v| v.to_str().ok()) == Some("transport");
-    let body = match Limited::new(req.into_body(), API_BODY_LIMIT).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n"),
+    let body_timeout = cfg.http_server.read_body_timeout.0;
+    let body = match read_body(req.into_body(), API_BODY_LIMIT, body_timeout).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     if method.is_empty() {
         if node.is_shutting_down() {

@@ -206,16 +206,44 @@ enum Entry {
     Closed { frame: Bytes, until: Instant },
 }
 
-/// Node-local SockJS sessions.
-#[derive(Default, Clone)]
-pub struct Registry {
-    inner: Arc<Mutex<RegistryInner>>,
+impl Entry {
+    fn expired(&self, now: Instant) -> bool {
+        matches!(self, Entry::Closed { until, .. } if *until <= now)
+    }
 }
 
-#[derive(Default)]
+/// Shards of the registry: a lookup locks one, never all sessions.
+const SHARDS: usize = 64;
+
+/// Node-local SockJS sessions, keyed by session id in [`SHARDS`] maps.
+///
+/// A lookup locks and reads only its session's shard. Closed sessions (kept
+/// for `disconnect_delay` so late polls still get the close frame) are
+/// removed when looked up after expiry, and each new session sweeps the
+/// expired entries of its own shard, so they cannot pile up while sessions
+/// are being created. The shard is chosen with a per-process random hash, so
+/// clients cannot aim all their session ids at one shard.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<RegistryInner>,
+}
+
 struct RegistryInner {
-    map: HashMap<String, Entry>,
-    next_id: u64,
+    shards: Box<[Mutex<HashMap<String, Entry>>]>,
+    hasher: std::collections::hash_map::RandomState,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            inner: Arc::new(RegistryInner {
+                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                hasher: std::collections::hash_map::RandomState::new(),
+                next_id: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
 }
 
 type NewSession = (Handle, mpsc::Receiver<Receiver>, mpsc::Receiver<Vec<String>>);
@@ -227,12 +255,20 @@ enum Lookup {
 }
 
 impl Registry {
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Entry>> {
+        use std::hash::BuildHasher;
+        let i = self.inner.hasher.hash_one(key) as usize % SHARDS;
+        &self.inner.shards[i]
+    }
+
     fn lookup(&self, key: &str) -> Lookup {
-        let mut g = self.inner.lock();
-        let now = Instant::now();
-        g.map.retain(|_, e| !matches!(e, Entry::Closed { until, .. } if *until <= now));
-        match g.map.get(key) {
+        let mut g = self.shard(key).lock();
+        match g.get(key) {
             Some(Entry::Live(h)) => Lookup::Live(h.clone()),
+            Some(e) if e.expired(Instant::now()) => {
+                g.remove(key);
+                Lookup::Missing
+            }
             Some(Entry::Closed { frame, .. }) => Lookup::Closed(frame.clone()),
             None => Lookup::Missing,
         }
@@ -240,38 +276,39 @@ impl Registry {
 
     /// Creates the session unless it exists; `Err` carries what exists.
     fn create(&self, key: &str) -> Result<NewSession, Lookup> {
-        let mut g = self.inner.lock();
+        let mut g = self.shard(key).lock();
         let now = Instant::now();
-        match g.map.get(key) {
+        g.retain(|_, e| !e.expired(now));
+        match g.get(key) {
             Some(Entry::Live(h)) => return Err(Lookup::Live(h.clone())),
-            Some(Entry::Closed { frame, until }) if *until > now => return Err(Lookup::Closed(frame.clone())),
-            _ => {}
+            Some(Entry::Closed { frame, .. }) => return Err(Lookup::Closed(frame.clone())),
+            None => {}
         }
         let (atx, arx) = mpsc::channel(4);
         let (itx, irx) = mpsc::channel(64);
-        g.next_id += 1;
-        let h = Handle { attach: atx, inbound: itx, id: g.next_id };
-        g.map.insert(key.to_string(), Entry::Live(h.clone()));
+        let id = self.inner.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let h = Handle { attach: atx, inbound: itx, id };
+        g.insert(key.to_string(), Entry::Live(h.clone()));
         Ok((h, arx, irx))
     }
 
     fn mark_closed(&self, key: &str, id: u64, frame: Bytes, keep: Duration) {
-        let mut g = self.inner.lock();
-        if matches!(g.map.get(key), Some(Entry::Live(h)) if h.id == id) {
-            g.map.insert(key.to_string(), Entry::Closed { frame, until: Instant::now() + keep });
+        let mut g = self.shard(key).lock();
+        if matches!(g.get(key), Some(Entry::Live(h)) if h.id == id) {
+            g.insert(key.to_string(), Entry::Closed { frame, until: Instant::now() + keep });
         }
     }
 
     fn remove_live(&self, key: &str, id: u64) {
-        let mut g = self.inner.lock();
-        if matches!(g.map.get(key), Some(Entry::Live(h)) if h.id == id) {
-            g.map.remove(key);
+        let mut g = self.shard(key).lock();
+        if matches!(g.get(key), Some(Entry::Live(h)) if h.id == id) {
+            g.remove(key);
         }
     }
 
     /// Live and recently closed sessions.
     pub fn len(&self) -> usize {
-        self.inner.lock().map.len()
+        self.inner.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     /// Whether there are none.
@@ -480,13 +517,30 @@ async fn run_test_app<T: Transport>(app: AppKind, t: &mut T, cancel: tokio_util:
 
 const NO_CACHE: &str = "no-store, no-cache, no-transform, must-revalidate, max-age=0";
 
-fn common_headers(svc: &Service, req: &HeaderMap, resp: &mut Response<Body>) {
+/// CORS and cookie headers of every SockJS response.
+///
+/// CORS follows `client.allowed_origins` as every other transport does: an
+/// allowed Origin is reflected with credentials; a request without Origin
+/// (not a browser's cross-origin request) or with `Origin: null` gets `*`
+/// without credentials when `null` is allowed; an Origin that is not allowed
+/// gets no CORS headers at all, so a browser does not hand the response to
+/// that page.
+fn common_headers(cfg: &Config, svc: &Service, req: &HeaderMap, resp: &mut Response<Body>) {
     let h = resp.headers_mut();
-    let origin = req.get(header::ORIGIN).cloned().filter(|o| o.as_bytes() != b"null");
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.unwrap_or_else(|| HeaderValue::from_static("*")));
-    h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-    if let Some(rh) = req.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned() {
-        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, rh);
+    let origin = req.get(header::ORIGIN).cloned();
+    if h::origin_allowed(&cfg.client.allowed_origins, req) {
+        match origin.filter(|o| o.as_bytes() != b"null") {
+            Some(o) => {
+                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+                h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            }
+            None => {
+                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            }
+        }
+        if let Some(rh) = req.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned() {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, rh);
+        }
     }
     if svc.cookie_needed {
         let value = req
@@ -497,7 +551,17 @@ fn common_headers(svc: &Service, req: &HeaderMap, resp: &mut Response<Body>) {
             .find_map(|c| c.trim().strip_prefix("JSESSIONID=").map(str::to_string))
             .filter(|v| v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
             .unwrap_or_else(|| "dummy".to_string());
-        if let Ok(v) = HeaderValue::from_str(&format!("JSESSIONID={value}; Path=/")) {
+        let mut cookie = format!("JSESSIONID={value}; Path=/");
+        let sj = &cfg.sockjs;
+        if sj.cookie_http_only {
+            cookie.push_str("; HttpOnly");
+        }
+        cookie.push_str("; SameSite=");
+        cookie.push_str(sj.cookie_same_site.as_str());
+        if sj.cookie_secure {
+            cookie.push_str("; Secure");
+        }
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
             h.insert(header::SET_COOKIE, v);
         }
     }
@@ -512,7 +576,7 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
     h::text(status, body)
 }
 
-fn options(svc: &Service, req: &HeaderMap, methods: &'static str) -> Response<Body> {
+fn options(cfg: &Config, svc: &Service, req: &HeaderMap, methods: &'static str) -> Response<Body> {
     let mut r = h::empty(StatusCode::NO_CONTENT);
     let hs = r.headers_mut();
     hs.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(methods));
@@ -521,7 +585,7 @@ fn options(svc: &Service, req: &HeaderMap, methods: &'static str) -> Response<Bo
     if let Ok(v) = HeaderValue::from_str(&httpdate_in_a_year()) {
         hs.insert(header::EXPIRES, v);
     }
-    common_headers(svc, req, &mut r);
+    common_headers(cfg, svc, req, &mut r);
     r
 }
 
@@ -610,7 +674,7 @@ pub async fn handle(app: Arc<App>, svc: Service, rest: String, mut req: Request<
             r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_CACHE));
             r
         }
-        "/info" if method == Method::OPTIONS => return options(&svc, &headers, "OPTIONS, GET"),
+        "/info" if method == Method::OPTIONS => return options(&cfg, &svc, &headers, "OPTIONS, GET"),
         p if p.starts_with("/iframe") && p.ends_with(".html") && !p[1..].contains('/') => {
             let page = iframe_page(&cfg.sockjs.sockjs_url);
             let etag = format!("\"{:x}\"", {
@@ -643,14 +707,14 @@ pub async fn handle(app: Arc<App>, svc: Service, rest: String, mut req: Request<
             return session_request(app, svc, key, parts[2].to_string(), query, req).await;
         }
     };
-    common_headers(&svc, &headers, &mut r);
+    common_headers(&cfg, &svc, &headers, &mut r);
     r
 }
 
 async fn websocket(app: Arc<App>, svc: Service, req: &mut Request<Incoming>, raw: bool) -> Response<Body> {
-    if svc.app == AppKind::Centrifugo
-        && let Err(r) = app.admit(req.headers())
-    {
+    // Test services too: each session is a task holding a socket, so they
+    // pass the same admission (origin, limits, shutdown) as real clients.
+    if let Err(r) = app.admit(req.headers()) {
         return r;
     }
     if req.method() != Method::GET {
@@ -720,8 +784,15 @@ async fn session_request(
     query: String,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let cfg = app.node.config.clone();
     let headers = req.headers().clone();
     let method = req.method().clone();
+    // Every request of a session passes the origin check, not only the one
+    // that created it: a page of a disallowed origin that learns a session id
+    // must not be able to read from it or send into it.
+    if method != Method::OPTIONS && !h::origin_allowed(&cfg.client.allowed_origins, &headers) {
+        return plain(StatusCode::FORBIDDEN, "Forbidden\n");
+    }
     let kind = match (transport.as_str(), &method) {
         ("websocket", _) => {
             if !svc.websocket {
@@ -730,17 +801,17 @@ async fn session_request(
             return websocket(app, svc, &mut req, false).await;
         }
         ("xhr" | "xhr_streaming" | "xhr_send", &Method::OPTIONS) => {
-            return options(&svc, &headers, "OPTIONS, POST");
+            return options(&cfg, &svc, &headers, "OPTIONS, POST");
         }
-        ("jsonp_send", &Method::OPTIONS) => return options(&svc, &headers, "OPTIONS, POST"),
+        ("jsonp_send", &Method::OPTIONS) => return options(&cfg, &svc, &headers, "OPTIONS, POST"),
         ("xhr_send", &Method::POST) => {
             let mut r = send(&app, &key, req, false).await;
-            common_headers(&svc, &headers, &mut r);
+            common_headers(&cfg, &svc, &headers, &mut r);
             return r;
         }
         ("jsonp_send", &Method::POST) => {
             let mut r = send(&app, &key, req, true).await;
-            common_headers(&svc, &headers, &mut r);
+            common_headers(&cfg, &svc, &headers, &mut r);
             return r;
         }
         ("xhr", &Method::POST) => Kind::Xhr,
@@ -775,7 +846,7 @@ async fn session_request(
         let mut r = Response::new(body);
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
         r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_CACHE));
-        common_headers(&svc, &headers, &mut r);
+        common_headers(&cfg, &svc, &headers, &mut r);
         r
     };
     let handle = match app.sockjs.lookup(&key) {
@@ -789,9 +860,7 @@ async fn session_request(
             return respond(ChannelBody::fixed(b.freeze()));
         }
         Lookup::Missing => {
-            if svc.app == AppKind::Centrifugo
-                && let Err(r) = app.admit(&headers)
-            {
+            if let Err(r) = app.admit(&headers) {
                 return r;
             }
             match app.sockjs.create(&key) {
@@ -815,6 +884,9 @@ async fn session_request(
             }
         }
     };
+    // This socket now carries a session's frames (counted in the connection
+    // count), so it no longer counts as pending.
+    h::promote(req.extensions());
     let (body, tx) = ChannelBody::new(prelude);
     let receiver = Receiver { tx, wrap, polling, sent: 0 };
     if handle.attach.send(receiver).await.is_err() {
@@ -864,7 +936,8 @@ fn start_session(
         }),
         other => {
             let cancel = app.cancelled();
-            app.spawn(async move {
+            // Counted like a client connection (see `websocket`).
+            app.spawn_conn(async move {
                 if t.open().await.is_ok() {
                     run_test_app(other, &mut t, cancel).await;
                 }
@@ -881,7 +954,7 @@ async fn send(app: &Arc<App>, key: &str, req: Request<Incoming>, jsonp: bool) ->
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
     let limit = app.node.config.websocket.message_size_limit;
-    let body = match h::read_body(req.into_body(), limit).await {
+    let body = match h::read_body(req.into_body(), limit, app.node.config.http_server.read_body_timeout.0).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -928,6 +1001,33 @@ mod tests {
         let mut out = Vec::new();
         frames::quote(&mut out, "\u{2028}\u{1}é");
         assert_eq!(String::from_utf8(out).unwrap(), "\"\\u2028\\u0001é\"");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registry_keeps_closed_sessions_for_the_delay_then_forgets_them() {
+        let r = Registry::default();
+        let (h, _a, _i) = r.create("svc/s1").ok().expect("created");
+        assert!(matches!(r.lookup("svc/s1"), Lookup::Live(_)));
+        assert!(matches!(r.create("svc/s1"), Err(Lookup::Live(_))));
+        r.mark_closed("svc/s1", h.id, Bytes::from_static(b"c[3000,\"x\"]"), Duration::from_secs(5));
+        assert!(matches!(r.lookup("svc/s1"), Lookup::Closed(_)));
+        // A stale owner (another id) cannot remove or close what is there now.
+        r.remove_live("svc/s1", h.id);
+        assert_eq!(r.len(), 1);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(matches!(r.lookup("svc/s1"), Lookup::Missing));
+        assert_eq!(r.len(), 0);
+        // Expired entries that nobody looks up are swept when sessions are created.
+        for i in 0..200 {
+            let key = format!("svc/c{i}");
+            let (h, _a, _i) = r.create(&key).ok().expect("created");
+            r.mark_closed(&key, h.id, Bytes::new(), Duration::from_secs(1));
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for i in 0..2000 {
+            let _ = r.create(&format!("svc/n{i}"));
+        }
+        assert_eq!(r.len(), 2000, "expired closed sessions were not swept");
     }
 
     #[test]

@@ -80,7 +80,8 @@ pub enum StreamFormat {
     Lines,
     /// HTTP-streaming Protobuf: varint-delimited messages back to back.
     Protobuf,
-    /// SSE: each message as `data: <json>\n\n`.
+    /// SSE: each message as `data: <json>\n\n`; a message with line breaks
+    /// in it as several `data:` lines (see [`put_sse_event`]).
     Sse,
 }
 
@@ -100,15 +101,33 @@ impl StreamFormat {
                     b.put_u8(b'\n');
                 }
                 StreamFormat::Protobuf => b.put_slice(m),
-                StreamFormat::Sse => {
-                    b.put_slice(b"data: ");
-                    b.put_slice(m);
-                    b.put_slice(b"\n\n");
-                }
+                StreamFormat::Sse => put_sse_event(&mut b, m),
             }
         }
         b.freeze()
     }
+}
+
+/// Writes one SSE event carrying `m`.
+///
+/// An SSE parser ends a line at CR, LF or CRLF. JSON payloads reach here with
+/// LF removed but may still hold a bare CR as whitespace between tokens (and
+/// any payload may hold either), which would end the `data:` line early and
+/// turn the rest into a garbage field. So every line break starts a new
+/// `data:` line: the client joins them with LF, which JSON reads as the
+/// whitespace it was. Empty pieces (from CRLF) are dropped.
+fn put_sse_event(b: &mut BytesMut, m: &[u8]) {
+    let mut wrote = false;
+    for line in m.split(|&c| c == b'\r' || c == b'\n').filter(|l| !l.is_empty()) {
+        b.put_slice(b"data: ");
+        b.put_slice(line);
+        b.put_u8(b'\n');
+        wrote = true;
+    }
+    if !wrote {
+        b.put_slice(b"data: \n");
+    }
+    b.put_u8(b'\n');
 }
 
 /// An HTTP-streaming or SSE connection (bidirectional emulation or uni).
@@ -171,5 +190,25 @@ impl Transport for StreamTransport {
         let _ = self.write(&[push]).await;
         // Dropping the sender ends the response body.
         self.out = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_never_carry_a_bare_line_break() {
+        for (input, want) in [
+            (&b"{\"a\":1}"[..], "data: {\"a\":1}\n\n"),
+            (b"{\"a\":\r1}", "data: {\"a\":\ndata: 1}\n\n"),
+            (b"{\"a\":\r\n1}", "data: {\"a\":\ndata: 1}\n\n"),
+            (b"[1,\n2,\r\r3]", "data: [1,\ndata: 2,\ndata: 3]\n\n"),
+            (b"", "data: \n\n"),
+            (b"\r", "data: \n\n"),
+        ] {
+            let got = StreamFormat::Sse.chunk(&[Bytes::copy_from_slice(input)]);
+            assert_eq!(std::str::from_utf8(&got).unwrap(), want, "input {:?}", String::from_utf8_lossy(input));
+        }
     }
 }

@@ -38,6 +38,7 @@ pub fn parse_connect(data: &[u8]) -> Option<ConnectRequest> {
 pub(crate) async fn http(app: Arc<App>, req: Request<Incoming>, sse: bool) -> Response<Body> {
     let cfg = app.node.config.clone();
     let headers = req.headers().clone();
+    let socket = h::socket_of(req.extensions());
     if req.method() == Method::OPTIONS {
         return h::preflight(&cfg, &headers, if sse { "GET, POST, OPTIONS" } else { "POST, OPTIONS" });
     }
@@ -49,7 +50,7 @@ pub(crate) async fn http(app: Arc<App>, req: Request<Incoming>, sse: bool) -> Re
         Method::GET if sse => {
             Bytes::from(h::query_decoded(req.uri().query().unwrap_or(""), "cf_connect").unwrap_or_default())
         }
-        Method::POST => match h::read_body(req.into_body(), limit).await {
+        Method::POST => match h::read_body(req.into_body(), limit, cfg.http_server.read_body_timeout.0).await {
             Ok(b) => b,
             Err(r) => return r,
         },
@@ -64,6 +65,9 @@ pub(crate) async fn http(app: Arc<App>, req: Request<Incoming>, sse: bool) -> Re
     let (format, name) = if sse { (StreamFormat::Sse, "uni_sse") } else { (StreamFormat::Lines, "uni_http_stream") };
     let session = uuid::Uuid::new_v4().to_string();
     let http_user = h::http_user(&cfg, &headers);
+    if let Some(s) = &socket {
+        s.promote();
+    }
     crate::emulation::spawn_stream(
         &app,
         name,

@@ -13,9 +13,14 @@
 //! Failure modes handled here: a peer that stops reading (the driver's write
 //! timeout → 3009, and a queue overflow → 3008 without waiting for the socket),
 //! an oversize message (close 1009, which centrifuge-js treats as terminal), a
-//! missing pong frame on uni (3012), and a peer that vanishes (read error →
-//! cleanup, no close frame).
+//! missing pong frame on uni (3012), a peer that vanishes (read error →
+//! cleanup, no close frame), and a message for a JSON client that is not
+//! UTF-8 (so cannot be text, let alone JSON: bytes stored through the
+//! Protobuf side or the API's `b64data`): it is left out, the rest of its
+//! frame is delivered, and the connection then ends with 3506, as a live
+//! non-JSON publication does (client-protocol.md §4).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,6 +119,8 @@ pub struct WsTransport {
     /// SockJS: messages of one client frame not yet handed to the driver.
     pending: VecDeque<Bytes>,
     encoding: Encoding,
+    /// A message that could not be text was left out: end with 3506 next.
+    not_text: bool,
 }
 
 impl WsTransport {
@@ -124,7 +131,16 @@ impl WsTransport {
             WsMode::SockJs { heartbeat } => Some(Instant::now() + *heartbeat),
             _ => None,
         };
-        WsTransport { ws, mode, write_timeout, next_ping, pong_deadline: None, pending: VecDeque::new(), encoding }
+        WsTransport {
+            ws,
+            mode,
+            write_timeout,
+            next_ping,
+            pong_deadline: None,
+            pending: VecDeque::new(),
+            encoding,
+            not_text: false,
+        }
     }
 
     /// Sends and flushes one message.
@@ -160,8 +176,42 @@ impl WsTransport {
         .await;
     }
 
+    /// A text message of bytes this module built from ASCII (heartbeats,
+    /// close frames, disconnect pushes): never lossy in practice.
     fn text(data: Vec<u8>) -> Message {
-        Message::Text(String::from_utf8(data).unwrap_or_default().into())
+        Message::Text(String::from_utf8_lossy(&data).into_owned().into())
+    }
+
+    /// The messages a text frame can carry. Normally all of them, checked by
+    /// the caller's one UTF-8 check of the whole frame; only when that fails
+    /// are they checked one by one, the bad ones left out (logged) and the
+    /// connection marked to end with 3506.
+    fn text_only<'a>(&mut self, messages: &'a [Bytes]) -> Cow<'a, [Bytes]> {
+        let good: Vec<Bytes> = messages.iter().filter(|m| std::str::from_utf8(m).is_ok()).cloned().collect();
+        if good.len() == messages.len() {
+            return Cow::Borrowed(messages);
+        }
+        tracing::warn!(
+            left_out = messages.len() - good.len(),
+            "message for a JSON client is not UTF-8: left out, connection ends with 3506"
+        );
+        self.not_text = true;
+        Cow::Owned(good)
+    }
+
+    /// One text message of `messages` laid out by `layout` (which must keep
+    /// valid UTF-8 valid), or `None` when no message can be text.
+    fn text_frame(&mut self, messages: &[Bytes], layout: impl Fn(&[Bytes]) -> Vec<u8>) -> Option<Message> {
+        match String::from_utf8(layout(messages)) {
+            Ok(s) => Some(Message::Text(s.into())),
+            Err(_) => {
+                let good = self.text_only(messages);
+                if good.is_empty() {
+                    return None;
+                }
+                String::from_utf8(layout(&good)).ok().map(|s| Message::Text(s.into()))
+            }
+        }
     }
 
     /// Due timer work (uni ping frames, SockJS heartbeats); a missed pong ends the connection.
@@ -197,31 +247,44 @@ impl Transport for WsTransport {
 
     async fn write(&mut self, messages: &[Bytes]) -> Result<(), PeerGone> {
         match &self.mode {
-            WsMode::Bidi { binary } => {
+            WsMode::Bidi { binary: true } => {
                 let data = gyre_proto::frame_messages(self.encoding.protocol(), messages);
-                let m = if *binary { Message::Binary(data.into()) } else { Self::text(data) };
                 // One message, written and flushed: a stuck socket blocks here
                 // while the bounded queue, not a buffer, absorbs what arrives.
-                self.send(m).await
+                self.send(Message::Binary(data.into())).await
             }
-            WsMode::Uni { join: true, .. } | WsMode::Raw => {
-                let data = gyre_proto::frame_messages(gyre_proto::ProtocolType::Json, messages);
-                self.send(Self::text(data)).await
+            WsMode::Bidi { binary: false } | WsMode::Uni { join: true, .. } | WsMode::Raw => {
+                let json = |ms: &[Bytes]| gyre_proto::frame_messages(gyre_proto::ProtocolType::Json, ms);
+                match self.text_frame(messages, json) {
+                    Some(m) => self.send(m).await,
+                    None => Ok(()),
+                }
             }
             WsMode::Uni { join: false, .. } => {
                 for m in messages {
-                    self.ws.feed(Self::text(m.to_vec())).await.map_err(|_| PeerGone)?;
+                    match String::from_utf8(m.to_vec()) {
+                        Ok(text) => self.ws.feed(Message::Text(text.into())).await.map_err(|_| PeerGone)?,
+                        Err(_) => drop(self.text_only(std::slice::from_ref(m))),
+                    }
                 }
                 self.ws.flush().await.map_err(|_| PeerGone)
             }
             WsMode::SockJs { .. } => {
-                let data = gyre_proto::frame_messages(gyre_proto::ProtocolType::Json, messages);
-                self.send(Self::text(frames::messages(&[&data]))).await
+                // SockJS quotes the frame as a JSON string, which would turn
+                // bad bytes into U+FFFD silently; check before quoting.
+                let json = |ms: &[Bytes]| gyre_proto::frame_messages(gyre_proto::ProtocolType::Json, ms);
+                match self.text_frame(messages, json) {
+                    Some(Message::Text(t)) => self.send(Self::text(frames::messages(&[t.as_bytes()]))).await,
+                    _ => Ok(()),
+                }
             }
         }
     }
 
     async fn read(&mut self) -> Inbound {
+        if std::mem::take(&mut self.not_text) {
+            return Inbound::Close(Disconnect::INAPPROPRIATE_PROTOCOL);
+        }
         if let Some(m) = self.pending.pop_front() {
             return Inbound::Data(m);
         }

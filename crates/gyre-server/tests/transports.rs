@@ -755,7 +755,7 @@ async fn sockjs_test_services_echo_close_and_cookie() {
         404
     );
     let st = HttpStream::open(s.addr, "GET", "/sockjs_test/cookie_needed_echo/info", &[], b"").await;
-    assert_eq!(st.header("set-cookie").as_deref(), Some("JSESSIONID=dummy; Path=/"));
+    assert_eq!(st.header("set-cookie").as_deref(), Some("JSESSIONID=dummy; Path=/; HttpOnly; SameSite=Lax"));
     assert_eq!(serde_json::from_str::<Value>(&st.body_text().await).unwrap()["cookie_needed"], true);
     let st = HttpStream::open(
         s.addr,
@@ -765,7 +765,7 @@ async fn sockjs_test_services_echo_close_and_cookie() {
         b"",
     )
     .await;
-    assert_eq!(st.header("set-cookie").as_deref(), Some("JSESSIONID=abc; Path=/"));
+    assert_eq!(st.header("set-cookie").as_deref(), Some("JSESSIONID=abc; Path=/; HttpOnly; SameSite=Lax"));
     // Off unless enabled.
     let plain = TestServer::start(json!({"sockjs": {"enabled": true}})).await;
     assert_eq!(HttpStream::open(plain.addr, "GET", "/sockjs_test/echo/info", &[], b"").await.status, 404);

@@ -303,6 +303,29 @@ impl Ws {
         }
     }
 
+    /// Sends one text frame as given (for payloads a JSON value cannot hold).
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.to_string().into())).await.expect("send");
+    }
+
+    /// Next text frame as it came (no JSON parsing: for payloads a JSON
+    /// parser with a depth limit would refuse); `Err` carries a close or a
+    /// binary frame as an [`Event`]. `None` if nothing came within `within`.
+    pub async fn next_text_within(&mut self, within: Duration) -> Option<Result<String, Event>> {
+        loop {
+            let m = tokio::time::timeout(within, self.ws.next()).await.ok()?;
+            return Some(match m {
+                Some(Ok(Message::Text(t))) => Ok(t.to_string()),
+                Some(Ok(Message::Binary(b))) => Err(Event::Binary(b.to_vec())),
+                Some(Ok(Message::Close(Some(f)))) => Err(Event::Close(f.code.into(), f.reason.to_string())),
+                Some(Ok(Message::Close(None))) => Err(Event::Close(1005, String::new())),
+                None => Err(Event::Close(1006, String::new())),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => Err(Event::Close(1006, e.to_string())),
+            });
+        }
+    }
+
     /// Next event within [`WAIT`]; panics if none.
     pub async fn next(&mut self) -> Event {
         self.next_within(WAIT).await.expect("server answered in time")
