@@ -683,7 +683,13 @@ async fn handle_live(inner: &Arc<Inner>, channel: &str, st: &mut ChanState, msg:
 async fn fill(inner: &Arc<Inner>, channel: &str, st: &mut ChanState) {
     let Ok(conn) = inner.conn() else { return };
     let since = st.last.as_ref().map(|(o, _)| *o).unwrap_or(0);
-    let q = HistoryQuery { since: Some(since), limit: None, reverse: false, meta_ttl: Duration::ZERO };
+    let q = HistoryQuery {
+        since: Some(since),
+        limit: None,
+        reverse: false,
+        meta_ttl: Duration::ZERO,
+        ensure_stream: false,
+    };
     let (pubs, top) = match history::read(inner, &conn, channel, &q, false).await {
         Ok(x) => x,
         Err(e) => {
@@ -696,7 +702,8 @@ async fn fill(inner: &Arc<Inner>, channel: &str, st: &mut ChanState) {
         (pubs, ())
     } else {
         // A new epoch: deliver all of it (subscribers see the epoch change).
-        let q = HistoryQuery { since: None, limit: None, reverse: false, meta_ttl: Duration::ZERO };
+        let q =
+            HistoryQuery { since: None, limit: None, reverse: false, meta_ttl: Duration::ZERO, ensure_stream: false };
         match history::read(inner, &conn, channel, &q, false).await {
             Ok((p, _)) => (p, ()),
             Err(_) => return,

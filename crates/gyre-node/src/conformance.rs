@@ -128,7 +128,7 @@ fn opts(size: usize, ttl: Duration, meta: Duration) -> PublishOptions {
 }
 
 fn all(meta: Duration) -> HistoryQuery {
-    HistoryQuery { since: None, limit: None, reverse: false, meta_ttl: meta }
+    HistoryQuery { since: None, limit: None, reverse: false, meta_ttl: meta, ensure_stream: true }
 }
 
 fn offsets(p: &[Publication]) -> Vec<u64> {

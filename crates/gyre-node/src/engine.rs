@@ -7,9 +7,11 @@
 //! reach subscribers in order, which the recovery logic depends on.
 //!
 //! Engines call back into the node through [`BrokerEventHandler`] and never
-//! touch clients directly. The memory engine calls the handler synchronously
-//! inside `publish`, so a publisher's own publication is queued to local
-//! subscribers before the publish call returns.
+//! touch clients directly. The memory engine calls the handler inside
+//! `publish` (under the channel's shard lock, so offsets arrive in order);
+//! the handler hands the event to the node's fan-out, which delivers small
+//! channels at once and large ones on the fan-out thread, after `publish`
+//! has returned (see `fanout.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,6 +85,11 @@ pub struct HistoryQuery {
     pub reverse: bool,
     /// Stream meta retention (a read keeps the stream alive).
     pub meta_ttl: Duration,
+    /// Start the stream (fix its epoch) if there is none. Only subscriptions
+    /// that track a position need that; a plain read of a channel without a
+    /// stream answers offset 0 and an empty epoch and leaves nothing behind,
+    /// so reading many channels cannot grow the engine.
+    pub ensure_stream: bool,
 }
 
 /// Whether an engine can serve requests (`/health`, start-up).
