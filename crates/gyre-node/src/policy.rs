@@ -288,7 +288,8 @@ mod tests {
         };
         let server = SubscribeAsk { server_side: true, recover: pos(), ..Default::default() };
         // (options, ask) -> (recoverable, positioned, recover kept, auto_cache)
-        let rows: Vec<(ChannelOptions, SubscribeAsk, (bool, bool, bool, bool))> = vec![
+        type Row = (ChannelOptions, SubscribeAsk, (bool, bool, bool, bool));
+        let rows: Vec<Row> = vec![
             // No history: nothing stateful whatever is asked.
             (opts(|o| o.force_recovery = true), client(|a| a.recoverable = true), (false, false, false, false)),
             // Asked, but neither allow_recovery nor history access.

@@ -151,7 +151,8 @@ mod tests {
     #[test]
     fn stream_recovery_table() {
         // (client position, history after it, top) -> (recovered, offset, publications)
-        let rows: Vec<(StreamPosition, Vec<u64>, StreamPosition, (bool, u64, usize))> = vec![
+        type Row = (StreamPosition, Vec<u64>, StreamPosition, (bool, u64, usize));
+        let rows: Vec<Row> = vec![
             (pos(3, "e"), vec![4, 5], pos(5, "e"), (true, 3, 2)),
             (pos(5, "e"), vec![], pos(5, "e"), (true, 5, 0)),
             // Another epoch: the stream was reset.
@@ -180,7 +181,8 @@ mod tests {
     #[test]
     fn cache_recovery_table() {
         // (client position, latest, top) -> (recovered, publications)
-        let rows: Vec<(Option<StreamPosition>, Option<u64>, StreamPosition, (bool, usize))> = vec![
+        type Row = (Option<StreamPosition>, Option<u64>, StreamPosition, (bool, usize));
+        let rows: Vec<Row> = vec![
             (Some(pos(5, "e")), Some(5), pos(5, "e"), (true, 0)),
             (Some(pos(3, "e")), Some(5), pos(5, "e"), (true, 1)),
             (Some(pos(3, "x")), Some(5), pos(5, "e"), (true, 1)),

@@ -1,6 +1,7 @@
 //! Commands other than connect and subscribe.
 
 use super::*;
+use crate::policy;
 
 impl Client {
     // ------------------------------------------------------------------
@@ -15,13 +16,8 @@ impl Client {
         let ns = node.rules.namespace(&req.channel)?.clone();
         node.rules.check_name(&req.channel, &ns)?;
         node.check_data_format(&ns, &req.data)?;
-        let o = &ns.options;
-        let anon = self.user.is_empty();
         let subscribed = self.channels.get(&req.channel);
-        let ok = allowed(o.allow_publish_for_client, o.allow_publish_for_anonymous, anon)
-            || (o.allow_publish_for_subscriber && subscribed.is_some() && (!anon || o.allow_publish_for_anonymous))
-            || node.config.client.insecure;
-        if !ok {
+        if !policy::may_publish(&ns.options, self.actor(), subscribed.is_some()) {
             return Err(ClientError::PERMISSION_DENIED.into());
         }
         let chan_info = subscribed.map(|c| c.chan_info.clone()).unwrap_or_default();
@@ -38,7 +34,7 @@ impl Client {
         if !ns.options.presence {
             return Err(ClientError::NOT_AVAILABLE.into());
         }
-        if !self.presence_access(&ns, self.channels.contains_key(&req.channel)) {
+        if !policy::may_read_presence(&ns.options, self.actor(), self.channels.contains_key(&req.channel)) {
             return Err(ClientError::PERMISSION_DENIED.into());
         }
         Ok(PresenceResult { presence: self.node.presence(&req.channel).await? })
@@ -55,7 +51,7 @@ impl Client {
         if !ns.options.presence {
             return Err(ClientError::NOT_AVAILABLE.into());
         }
-        if !self.presence_access(&ns, self.channels.contains_key(&req.channel)) {
+        if !policy::may_read_presence(&ns.options, self.actor(), self.channels.contains_key(&req.channel)) {
             return Err(ClientError::PERMISSION_DENIED.into());
         }
         let s = self.node.presence_stats(&req.channel).await?;
@@ -71,14 +67,7 @@ impl Client {
         if !ns.options.history_enabled() {
             return Err(ClientError::NOT_AVAILABLE.into());
         }
-        let o = &ns.options;
-        let anon = self.user.is_empty();
-        let ok = allowed(o.allow_history_for_client, o.allow_history_for_anonymous, anon)
-            || (o.allow_history_for_subscriber
-                && self.channels.contains_key(&req.channel)
-                && (!anon || o.allow_history_for_anonymous))
-            || node.config.client.insecure;
-        if !ok {
+        if !policy::may_read_history(&ns.options, self.actor(), self.channels.contains_key(&req.channel)) {
             return Err(ClientError::PERMISSION_DENIED.into());
         }
         if req.reverse && req.since.as_ref().is_some_and(|s| s.offset == 0) {
@@ -137,6 +126,10 @@ impl Client {
             self.conn_info = c.info;
         }
         let at = if self.node.config.client.insecure { None } else { c.expire_at };
+        if at.is_some_and(|at| at <= now) {
+            // A refresh cannot move the expiry into the past: expired now.
+            return Err(Disconnect::EXPIRED.into());
+        }
         self.set_expiry(at);
         Ok(RefreshResult {
             client: self.shared.id.to_string(),
@@ -163,6 +156,9 @@ impl Client {
         })?;
         if c.channel != req.channel || c.user != self.user || (!c.client.is_empty() && *c.client != *self.shared.id) {
             return Err(Disconnect::INVALID_TOKEN.into());
+        }
+        if c.expire_at.is_some_and(|at| at <= now) {
+            return Err(ClientError::TOKEN_EXPIRED.into());
         }
         let ctx = self.channels.get_mut(&req.channel).expect("checked above");
         ctx.expire_at = c.expire_at;

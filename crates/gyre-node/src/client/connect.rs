@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::policy::{self, Actor, Grant, SubPlan, SubscribeAsk};
 
 impl Client {
     // ------------------------------------------------------------------
@@ -113,38 +114,35 @@ impl Client {
         {
             return Err(ClientError::EXPIRED.into());
         }
-        if cfg.user_connection_limit > 0
-            && !self.user.is_empty()
-            && node.hub.user_clients(&self.user).len() >= cfg.user_connection_limit
-        {
-            return Err(Disconnect::CONNECTION_LIMIT.into());
-        }
-        self.shared.set_user(&self.user);
-        self.state = State::Connected;
-        node.hub.add_client(&self.shared);
-
-        // Server-side subscriptions: token, personal channel, permitted connect.subs keys.
+        // Plan every server-side subscription before anything is registered:
+        // a connect refused here leaves nothing behind (no hub entry that
+        // would count against `client.user_connection_limit`).
+        let actor = Actor::new(&self.user, cfg.insecure);
         let mut wanted: Vec<(String, SubPlan)> = Vec::new();
+        let ask = |ch: &str| SubscribeAsk {
+            server_side: true,
+            recover: req
+                .subs
+                .get(ch)
+                .filter(|r| r.recover)
+                .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch.clone() }),
+            ..Default::default()
+        };
         for (ch, opts) in token_subs {
-            let ns = node.rules.namespace(&ch).map_err(CommandError::Reply)?.clone();
-            let plan = self.server_plan(&ns, opts.info, opts.data, None, &opts.overrides, req.subs.get(&ch));
+            node.check_channel(&ch)?;
+            let ns = node.rules.namespace(&ch)?.clone();
+            let grant = Grant { chan_info: opts.info, data: opts.data, expire_at: None, overrides: opts.overrides };
+            let plan = policy::plan(&ns.options, actor, grant, ask(&ch));
             wanted.push((ch, plan));
         }
         let pc = &cfg.subscribe_to_user_personal_channel;
         if pc.enabled && !self.user.is_empty() {
             let ch = node.rules.personal_channel(&pc.personal_channel_namespace, &self.user);
             if !wanted.iter().any(|(c, _)| *c == ch) {
-                let ns = node.rules.namespace(&ch).map_err(CommandError::Reply)?.clone();
-                let plan =
-                    self.server_plan(&ns, Bytes::new(), Bytes::new(), None, &SubOverride::default(), req.subs.get(&ch));
+                node.check_channel(&ch)?;
+                let ns = node.rules.namespace(&ch)?.clone();
+                let plan = policy::plan(&ns.options, actor, Grant::default(), ask(&ch));
                 wanted.push((ch, plan));
-            }
-            if pc.single_connection {
-                for other in node.hub.user_clients(&self.user) {
-                    if other.id != self.shared.id {
-                        other.close_with(Disconnect::CONNECTION_LIMIT);
-                    }
-                }
             }
         }
         let mut keys: Vec<&String> = req.subs.keys().collect();
@@ -154,21 +152,40 @@ impl Client {
                 continue;
             }
             let ns = node.rules.namespace(ch).map_err(|_| CommandError::Disconnect(Disconnect::BAD_REQUEST))?.clone();
-            if self.can_subscribe_without_token(ch, &ns) {
-                let plan =
-                    self.server_plan(&ns, Bytes::new(), Bytes::new(), None, &SubOverride::default(), req.subs.get(ch));
+            if node.rules.check_name(ch, &ns).is_ok()
+                && policy::may_subscribe_without_token(&node.rules, ch, &ns, &self.user, actor)
+            {
+                let plan = policy::plan(&ns.options, actor, Grant::default(), ask(ch));
                 wanted.push((ch.clone(), plan));
             }
         }
         if wanted.len() > cfg.channel_limit {
             return Err(Disconnect::CHANNEL_LIMIT.into());
         }
+
+        self.shared.set_user(&self.user);
+        node.register_client(&self.shared)?;
+        self.state = State::Connected;
+        if pc.enabled && pc.single_connection && !self.user.is_empty() {
+            for other in node.hub().user_clients(&self.user) {
+                if other.id != self.shared.id {
+                    other.close_with(Disconnect::CONNECTION_LIMIT);
+                }
+            }
+        }
         let mut subs = HashMap::new();
         let mut pendings = Vec::new();
         for (ch, plan) in wanted {
-            let (res, pending) = self.register(&ch, plan).await?;
-            subs.insert(ch, res);
-            pendings.push(pending);
+            match self.register(&ch, plan).await {
+                Ok((res, pending)) => {
+                    subs.insert(ch, res);
+                    pendings.push(pending);
+                }
+                Err(e) => {
+                    self.abandon_connect().await;
+                    return Err(e);
+                }
+            }
         }
         let mut result = ConnectResult {
             client: self.shared.id.to_string(),
@@ -218,15 +235,33 @@ impl Client {
             .map(|(ch, c)| (ch.clone(), c.chan_info.clone()))
             .collect();
         for (ch, info) in joins {
-            let _ = self.node.broker.publish_join(&ch, self.client_info(&info)).await;
+            self.node.join(&ch, self.client_info(&info)).await;
         }
+    }
+
+    /// Undoes a connect that failed after registering (a server-side
+    /// subscription failed): every subscription made so far, and the hub
+    /// entry. The client is then unusable, as after any failed connect.
+    pub(super) async fn abandon_connect(&mut self) {
+        let chans: Vec<String> = self.channels.keys().cloned().collect();
+        for ch in chans {
+            self.remove_subscription(&ch).await;
+        }
+        self.node.unregister_client(&self.shared);
+        self.state = State::Unusable;
     }
 
     pub(super) fn set_expiry(&mut self, at: Option<i64>) {
         self.expire_at = at;
+        // Tokens keep |expire_at| <= 1e12 (auth::MAX_TIMESTAMP); the API and
+        // control plane are clamped the same way, so no deadline overflows
+        // and none is pushed out of reach.
+        let max = crate::auth::MAX_TIMESTAMP as i64;
         self.expire_deadline = at.map(|at| {
-            let left = (at - self.now_unix()).max(0) as u64;
-            Instant::now() + Duration::from_secs(left) + self.node.config.client.expired_close_delay.0
+            let left = at.saturating_sub(self.now_unix()).clamp(0, max) as u64;
+            let now = Instant::now();
+            now.checked_add(Duration::from_secs(left) + self.node.config.client.expired_close_delay.0)
+                .unwrap_or(now + Duration::from_secs(u32::MAX as u64))
         });
     }
 }

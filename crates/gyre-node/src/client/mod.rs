@@ -22,6 +22,8 @@
 mod commands;
 mod connect;
 mod subscribe;
+#[cfg(test)]
+mod tests;
 
 use crate::small_map::SmallMap;
 use std::sync::Arc;
@@ -32,8 +34,7 @@ use gyre_proto::protocol::*;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::auth::{SubOverride, TokenError};
-use crate::channel::{NamespaceRules, allowed};
+use crate::auth::TokenError;
 use crate::engine::{HistoryQuery, StreamPosition};
 use crate::errors::{ClientError, CommandError, Disconnect, unsubscribe};
 use crate::node::{ApiPublish, Node, ServerSubscribe, VERSION, unix_now};
@@ -61,26 +62,6 @@ struct ChannelCtx {
     positioned: bool,
     /// A stream top seen by the last position check that we had not reached.
     check_top: Option<u64>,
-}
-
-/// Subscription options decided before registering.
-#[derive(Debug, Clone, Default)]
-struct SubPlan {
-    server_side: bool,
-    presence: bool,
-    join_leave: bool,
-    push_join_leave: bool,
-    positioned: bool,
-    recoverable: bool,
-    chan_info: Bytes,
-    data: Bytes,
-    expire_at: Option<i64>,
-    recover: Option<StreamPosition>,
-    reject_unrecovered: bool,
-    delta: bool,
-    tags_filter: Option<FilterNode>,
-    cache_mode: bool,
-    auto_cache: bool,
 }
 
 /// A subscription registered but not yet live: goes live with its reply.
@@ -117,7 +98,7 @@ impl std::fmt::Debug for Client {
 }
 
 fn ttl_secs(at: i64, now: i64) -> u32 {
-    (at - now).clamp(0, u32::MAX as i64) as u32
+    at.saturating_sub(now).clamp(0, u32::MAX as i64) as u32
 }
 
 impl Client {
@@ -159,6 +140,10 @@ impl Client {
 
     pub(super) fn now_unix(&self) -> i64 {
         unix_now()
+    }
+
+    pub(super) fn actor(&self) -> crate::policy::Actor {
+        crate::policy::Actor::new(&self.user, self.node.config.client.insecure)
     }
 
     pub(super) fn client_info(&self, chan_info: &Bytes) -> ClientInfo {
@@ -414,7 +399,7 @@ impl Client {
         let mut expired = Vec::new();
         for (ch, ctx) in &self.channels {
             if ctx.presence {
-                let _ = node.presence.add_presence(ch, &self.shared.id, self.client_info(&ctx.chan_info)).await;
+                node.refresh_presence(ch, &self.shared.id, self.client_info(&ctx.chan_info)).await;
             }
             if let Some(at) = ctx.expire_at
                 && at + grace <= now
@@ -445,7 +430,7 @@ impl Client {
             self.remove_subscription(&ch).await;
         }
         if was_connected {
-            self.node.hub.remove_client(&self.shared);
+            self.node.unregister_client(&self.shared);
         }
     }
 }

@@ -1,79 +1,13 @@
 //! Subscriptions: registering, going live, removing.
 
 use super::*;
+use crate::policy::{self, Actor, Grant, SubPlan, SubscribeAsk};
+use crate::recovery;
 
 impl Client {
     // ------------------------------------------------------------------
     // Subscriptions
     // ------------------------------------------------------------------
-
-    pub(super) fn history_access(&self, ns: &NamespaceRules) -> bool {
-        let o = &ns.options;
-        let anon = self.user.is_empty();
-        allowed(o.allow_history_for_client, o.allow_history_for_anonymous, anon)
-            || allowed(o.allow_history_for_subscriber, o.allow_history_for_anonymous, anon)
-            || self.node.config.client.insecure
-    }
-
-    pub(super) fn presence_access(&self, ns: &NamespaceRules, subscribed: bool) -> bool {
-        let o = &ns.options;
-        let anon = self.user.is_empty();
-        allowed(o.allow_presence_for_client, o.allow_presence_for_anonymous, anon)
-            || (subscribed && allowed(o.allow_presence_for_subscriber, o.allow_presence_for_anonymous, anon))
-            || self.node.config.client.insecure
-    }
-
-    pub(super) fn can_subscribe_without_token(&self, channel: &str, ns: &NamespaceRules) -> bool {
-        let rules = &self.node.rules;
-        if rules.is_private(channel) || rules.check_name(channel, ns).is_err() {
-            return false;
-        }
-        match rules.user_allowed(channel, ns, &self.user) {
-            Some(ok) => ok,
-            None => {
-                allowed(
-                    ns.options.allow_subscribe_for_client,
-                    ns.options.allow_subscribe_for_anonymous,
-                    self.user.is_empty(),
-                ) || self.node.config.client.insecure
-            }
-        }
-    }
-
-    pub(super) fn server_plan(
-        &self,
-        ns: &NamespaceRules,
-        chan_info: Bytes,
-        data: Bytes,
-        expire_at: Option<i64>,
-        ov: &SubOverride,
-        recover: Option<&SubscribeRequest>,
-    ) -> SubPlan {
-        let o = &ns.options;
-        let history = o.history_enabled();
-        let recoverable = history && ov.force_recovery.unwrap_or(o.force_recovery);
-        let positioned = history && (recoverable || ov.force_positioning.unwrap_or(o.force_positioning));
-        let presence = ov.presence.unwrap_or(o.presence);
-        SubPlan {
-            server_side: true,
-            presence,
-            join_leave: ov.join_leave.unwrap_or(o.join_leave),
-            push_join_leave: ov.force_push_join_leave.unwrap_or(o.force_push_join_leave),
-            positioned,
-            recoverable,
-            chan_info,
-            data,
-            expire_at,
-            recover: recover
-                .filter(|r| r.recover && recoverable)
-                .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch.clone() }),
-            reject_unrecovered: false,
-            delta: false,
-            tags_filter: None,
-            cache_mode: o.force_recovery_mode == "cache",
-            auto_cache: o.auto_cache_recover && o.force_recovery_mode == "cache",
-        }
-    }
 
     pub(super) async fn cmd_subscribe(&mut self, id: u32, req: SubscribeRequest) -> Result<(), CommandError> {
         if req.channel.is_empty() || !matches!(req.delta.as_str(), "" | "fossil") {
@@ -94,15 +28,8 @@ impl Client {
         {
             return Err(ClientError::BAD_REQUEST.into());
         }
-        let o = &ns.options;
-        let anon = self.user.is_empty();
-        let mut chan_info = Bytes::new();
-        let mut data = Bytes::new();
-        let mut expire_at = None;
-        let mut ov = SubOverride::default();
-        if node.rules.is_private(&ch) && req.token.is_empty() {
-            return Err(ClientError::PERMISSION_DENIED.into());
-        }
+        let actor = Actor::new(&self.user, node.config.client.insecure);
+        let mut grant = Grant::default();
         if !req.token.is_empty() {
             let c =
                 node.sub_verifier.verify_subscribe_async(&req.token, self.now_unix()).await.map_err(|e| match e {
@@ -115,64 +42,33 @@ impl Client {
             if c.channel != ch || c.user != self.user || (!c.client.is_empty() && *c.client != *self.shared.id) {
                 return Err(Disconnect::INVALID_TOKEN.into());
             }
-            chan_info = c.info;
-            data = c.data;
-            expire_at = c.expire_at;
-            ov = c.overrides;
-        } else {
-            let ok = match node.rules.user_allowed(&ch, &ns, &self.user) {
-                Some(ok) => ok,
-                None => {
-                    allowed(o.allow_subscribe_for_client, o.allow_subscribe_for_anonymous, anon)
-                        || node.config.client.insecure
-                }
-            };
-            if !ok {
-                return Err(ClientError::PERMISSION_DENIED.into());
-            }
+            grant = Grant { chan_info: c.info, data: c.data, expire_at: c.expire_at, overrides: c.overrides };
+        } else if !policy::may_subscribe_without_token(&node.rules, &ch, &ns, &self.user, actor) {
+            return Err(ClientError::PERMISSION_DENIED.into());
         }
-        if let Some(at) = expire_at
+        if let Some(at) = grant.expire_at
             && at <= self.now_unix()
         {
             return Err(ClientError::TOKEN_EXPIRED.into());
         }
-        let history = o.history_enabled();
-        let hist_access = self.history_access(&ns);
-        let recoverable = history
-            && (ov.force_recovery.unwrap_or(o.force_recovery)
-                || (req.recoverable && (o.allow_recovery || hist_access)));
-        let positioned = history
-            && (recoverable
-                || ov.force_positioning.unwrap_or(o.force_positioning)
-                || (req.positioned && (o.allow_positioning || hist_access)));
-        let join_leave = ov.join_leave.unwrap_or(o.join_leave);
-        let push_join_leave = ov.force_push_join_leave.unwrap_or(o.force_push_join_leave)
-            || (req.join_leave && join_leave && self.presence_access(&ns, true));
-        let plan = SubPlan {
+        let ask = SubscribeAsk {
             server_side: false,
-            presence: ov.presence.unwrap_or(o.presence),
-            join_leave,
-            push_join_leave,
-            positioned,
-            recoverable,
-            chan_info,
-            data,
-            expire_at,
-            recover: (req.recover && recoverable)
-                .then(|| StreamPosition { offset: req.offset, epoch: req.epoch.clone() }),
+            recoverable: req.recoverable,
+            positioned: req.positioned,
+            join_leave: req.join_leave,
+            recover: req.recover.then(|| StreamPosition { offset: req.offset, epoch: req.epoch.clone() }),
             reject_unrecovered: req.flag & 2 != 0,
-            delta: req.delta == "fossil" && o.allowed_delta_types.iter().any(|t| t == "fossil"),
+            delta_fossil: req.delta == "fossil",
             tags_filter: req.tf.clone(),
-            cache_mode: o.force_recovery_mode == "cache",
-            auto_cache: o.auto_cache_recover && o.force_recovery_mode == "cache" && recoverable,
         };
+        let plan = policy::plan(&ns.options, actor, grant, ask);
         let join = plan.join_leave;
         let info = plan.chan_info.clone();
         let (result, pending) = self.register(&ch, plan).await?;
         let reply = Reply { id, subscribe: Some(result), ..Default::default() };
         self.go_live(&reply, vec![pending]);
         if join {
-            let _ = node.broker.publish_join(&ch, self.client_info(&info)).await;
+            node.join(&ch, self.client_info(&info)).await;
         }
         Ok(())
     }
@@ -195,27 +91,16 @@ impl Client {
                 tags_filter: plan.tags_filter.clone(),
             },
         );
-        if node.hub.add_sub(ch, &self.shared)
-            && let Err(e) = node.broker.subscribe(ch).await
-        {
-            tracing::warn!(channel = ch, error = %e, "broker subscribe failed");
-            self.rollback(ch).await;
-            return Err(ClientError::INTERNAL.into());
+        if let Err(e) = node.add_subscription(ch, &self.shared).await {
+            self.shared.end_sub(ch);
+            return Err(e.into());
         }
         let mut result = SubscribeResult { data: plan.data.clone(), delta: plan.delta, ..Default::default() };
         let mut pending =
             Pending { channel: ch.to_string(), delta: plan.delta, position: None, append_to_result: false };
         if stateful {
             let limit = node.config.client.recovery_max_publication_limit;
-            let cache = plan.cache_mode && (plan.recover.is_some() || plan.auto_cache);
-            let q = if cache {
-                // Cache mode needs only the latest publication.
-                HistoryQuery { limit: Some(1), reverse: true, ..Default::default() }
-            } else if let Some(since) = &plan.recover {
-                HistoryQuery { since: Some(since.offset), limit: Some(limit + 1), ..Default::default() }
-            } else {
-                HistoryQuery { limit: Some(0), ..Default::default() }
-            };
+            let (q, cache) = recovery::subscribe_query(&plan, limit);
             let (pubs, top) = match node.history(ch, q).await {
                 Ok(x) => x,
                 Err(e) => {
@@ -224,52 +109,19 @@ impl Client {
                     return Err(e.into());
                 }
             };
+            let out = recovery::outcome(plan.recover.as_ref(), cache, limit, pubs, &top);
+            if out.was_recovering && !out.recovered && !cache && plan.reject_unrecovered {
+                self.rollback(ch).await;
+                return Err(ClientError::UNRECOVERABLE_POSITION.into());
+            }
             result.positioned = true;
             result.recoverable = plan.recoverable;
             result.epoch = top.epoch.clone();
-            result.offset = top.offset;
-            if cache {
-                let latest = pubs.into_iter().next();
-                if let Some(since) = &plan.recover {
-                    result.was_recovering = true;
-                    let at_top = (since.epoch.is_empty() || since.epoch == top.epoch) && since.offset == top.offset;
-                    result.recovered = match &latest {
-                        Some(l) => l.offset == top.offset,
-                        None => at_top,
-                    };
-                    if !at_top {
-                        result.publications.extend(latest);
-                    }
-                } else {
-                    result.publications.extend(latest);
-                }
-                pending.append_to_result = true;
-            } else if let Some(since) = &plan.recover {
-                result.was_recovering = true;
-                let epoch_ok = since.epoch.is_empty() || since.epoch == top.epoch;
-                // Loss is never silent: `recovered` only when every offset from
-                // since+1 to the top is present.
-                let complete = epoch_ok
-                    && since.offset <= top.offset
-                    && pubs.len() <= limit
-                    && match (pubs.first(), pubs.last()) {
-                        (Some(f), Some(l)) => {
-                            f.offset == since.offset + 1
-                                && l.offset == top.offset
-                                && pubs.windows(2).all(|w| w[0].offset + 1 == w[1].offset)
-                        }
-                        _ => since.offset == top.offset,
-                    };
-                if complete {
-                    result.recovered = true;
-                    result.offset = since.offset;
-                    result.publications = pubs;
-                    pending.append_to_result = true;
-                } else if plan.reject_unrecovered {
-                    self.rollback(ch).await;
-                    return Err(ClientError::UNRECOVERABLE_POSITION.into());
-                }
-            }
+            result.offset = out.offset;
+            result.was_recovering = out.was_recovering;
+            result.recovered = out.recovered;
+            result.publications = out.publications;
+            pending.append_to_result = out.append_to_result;
             if let Some(tf) = &plan.tags_filter {
                 result.publications.retain(|p| crate::filter::matches(tf, &p.tags));
             }
@@ -281,10 +133,7 @@ impl Client {
             result.ttl = ttl_secs(at, self.now_unix());
         }
         if plan.presence {
-            let info = self.client_info(&plan.chan_info);
-            if let Err(e) = node.presence.add_presence(ch, &self.shared.id, info).await {
-                tracing::warn!(channel = ch, error = %e, "presence add failed");
-            }
+            node.add_presence(ch, &self.shared.id, self.client_info(&plan.chan_info)).await;
         }
         self.channels.insert(
             ch.to_string(),
@@ -318,23 +167,16 @@ impl Client {
                 let buffered = s.buffer.take().unwrap_or_default();
                 let mut delivered = reply_publications(&mut reply, &p.channel).and_then(|v| v.last().map(|x| x.offset));
                 if let Some((last0, epoch)) = p.position.clone() {
-                    let mut last = last0.max(delivered.unwrap_or(0));
-                    let mut extra = Vec::new();
-                    for publication in buffered {
-                        if publication.offset <= last {
-                            continue; // already part of the history read
-                        }
-                        if publication.offset != last + 1 {
-                            broken.push(p.channel.clone());
-                            s.broken = true;
-                            break;
-                        }
-                        last = publication.offset;
-                        if s.tags_filter.as_ref().is_none_or(|tf| crate::filter::matches(tf, &publication.tags)) {
-                            delivered = Some(publication.offset);
-                            extra.push(publication);
-                        }
+                    let tf = s.tags_filter.as_deref();
+                    let m = recovery::merge_buffered(last0.max(delivered.unwrap_or(0)), buffered, |x| {
+                        tf.is_none_or(|tf| crate::filter::matches(tf, &x.tags))
+                    });
+                    if m.gap {
+                        broken.push(p.channel.clone());
+                        s.broken = true;
                     }
+                    let (extra, last) = (m.extra, m.last);
+                    delivered = m.delivered.or(delivered);
                     match reply_publications(&mut reply, &p.channel).filter(|_| p.append_to_result) {
                         Some(list) => list.extend(extra.into_iter().map(|x| (*x).clone())),
                         None => after.extend(extra.into_iter().map(|x| (p.channel.clone(), p.delta, x))),
@@ -367,11 +209,10 @@ impl Client {
         }
     }
 
+    /// Undoes [`Self::register`] after its hub/broker step succeeded.
     pub(super) async fn rollback(&mut self, ch: &str) {
         self.shared.end_sub(ch);
-        if self.node.hub.remove_sub(ch, &self.shared.id) {
-            let _ = self.node.broker.unsubscribe(ch).await;
-        }
+        self.node.remove_subscription(ch, &self.shared.id).await;
         self.channels.remove(ch);
     }
 
@@ -382,16 +223,12 @@ impl Client {
         };
         let node = self.node.clone();
         self.shared.end_sub(ch);
-        if node.hub.remove_sub(ch, &self.shared.id)
-            && let Err(e) = node.broker.unsubscribe(ch).await
-        {
-            tracing::warn!(channel = ch, error = %e, "broker unsubscribe failed");
-        }
+        node.remove_subscription(ch, &self.shared.id).await;
         if ctx.presence {
-            let _ = node.presence.remove_presence(ch, &self.shared.id, &self.user).await;
+            node.remove_presence(ch, &self.shared.id, &self.user).await;
         }
         if ctx.join_leave {
-            let _ = node.broker.publish_leave(ch, self.client_info(&ctx.chan_info)).await;
+            node.leave(ch, self.client_info(&ctx.chan_info)).await;
         }
     }
 
@@ -413,14 +250,10 @@ impl Client {
         let Ok(ns) = self.node.rules.namespace(&sub.channel).cloned() else {
             return Ok(());
         };
-        let recover = sub.recover_since.as_ref().map(|p| SubscribeRequest {
-            recover: true,
-            offset: p.offset,
-            epoch: p.epoch.clone(),
-            ..Default::default()
-        });
-        let plan =
-            self.server_plan(&ns, sub.info.clone(), sub.data.clone(), sub.expire_at, &sub.overrides, recover.as_ref());
+        let actor = Actor::new(&self.user, self.node.config.client.insecure);
+        let grant = Grant { chan_info: sub.info, data: sub.data, expire_at: sub.expire_at, overrides: sub.overrides };
+        let ask = SubscribeAsk { server_side: true, recover: sub.recover_since, ..Default::default() };
+        let plan = policy::plan(&ns.options, actor, grant, ask);
         let join = plan.join_leave;
         let info = plan.chan_info.clone();
         let (res, pending) = match self.register(&sub.channel, plan).await {
@@ -444,7 +277,7 @@ impl Client {
         };
         self.go_live(&Reply { push: Some(push), ..Default::default() }, vec![pending]);
         if join {
-            let _ = self.node.broker.publish_join(&sub.channel, self.client_info(&info)).await;
+            self.node.join(&sub.channel, self.client_info(&info)).await;
         }
         Ok(())
     }

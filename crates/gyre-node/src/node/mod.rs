@@ -38,9 +38,11 @@ use crate::errors::{ClientError, Disconnect};
 use crate::fanout::Job;
 use crate::hub::Hub;
 use crate::memory::{MemoryBroker, MemoryPresence};
-use crate::shared::Control;
+use crate::shared::{ClientShared, Control};
 
 mod cluster;
+#[cfg(test)]
+mod tests;
 
 /// Gyre's version as reported to clients and the `info` API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -51,6 +53,10 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
 pub const NODE_TTL: Duration = Duration::from_secs(10);
 /// How long a survey (`channels`) waits for every node.
 pub const SURVEY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Stripes of the per-channel subscription lock: channels hash onto them, so
+/// two channels rarely share one and the memory is fixed (~200 KB).
+const SUB_LOCK_STRIPES: usize = 4096;
 
 /// Receives [`Node::send_to_node`] payloads: `(sender uid, bytes)`.
 pub type NodeMessageHandler = Arc<dyn Fn(&str, Bytes) + Send + Sync>;
@@ -167,12 +173,16 @@ pub struct Node {
     pub config: Arc<Config>,
     /// Channel rules.
     pub rules: ChannelRules,
-    /// Connections and subscriptions.
-    pub hub: Arc<Hub>,
+    /// Connections and subscriptions. Mutated only through the node's
+    /// operations below, which keep hub and broker interest in step.
+    pub(crate) hub: Arc<Hub>,
     /// Broker.
-    pub broker: Arc<dyn Broker>,
+    pub(crate) broker: Arc<dyn Broker>,
     /// Presence.
-    pub presence: Arc<dyn PresenceManager>,
+    pub(crate) presence: Arc<dyn PresenceManager>,
+    /// Per-channel locks serializing hub add/remove with broker
+    /// subscribe/unsubscribe (centrifuge's `subLock`).
+    sub_locks: Box<[tokio::sync::Mutex<()>]>,
     /// Connection token verifier.
     pub conn_verifier: TokenVerifier,
     /// Subscription token verifier.
@@ -182,6 +192,8 @@ pub struct Node {
     /// Node name.
     pub name: String,
     started: Instant,
+    /// Set (SeqCst) when shutdown begins; [`Node::register_client`] checks it
+    /// before and after inserting, so no connect slips past a shutdown.
     shutting_down: AtomicBool,
     disconnects: parking_lot::Mutex<HashMap<u32, u64>>,
     /// Other live nodes: info and when it expires.
@@ -241,6 +253,7 @@ impl Node {
                 sub_verifier,
                 uid,
                 name,
+                sub_locks: (0..SUB_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
                 started: Instant::now(),
                 shutting_down: AtomicBool::new(false),
                 disconnects: parking_lot::Mutex::new(HashMap::new()),
@@ -298,12 +311,13 @@ impl Node {
 
     /// Whether shutdown began.
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
+        self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Starts shutdown: every connection gets 3001 (reconnect advised).
+    /// Starts shutdown: every connection gets 3001 (reconnect advised), and
+    /// so does every connect from now on ([`Node::register_client`]).
     pub fn shutdown(self: &Arc<Self>) {
-        self.shutting_down.store(true, Ordering::Relaxed);
+        self.shutting_down.store(true, Ordering::SeqCst);
         for c in self.hub.all_clients() {
             c.close_with(Disconnect::SHUTDOWN);
         }
@@ -360,9 +374,7 @@ impl Node {
         info: Option<ClientInfo>,
         opts: &ApiPublish,
     ) -> Result<PublishResult, ClientError> {
-        if channel.is_empty() {
-            return Err(ClientError::BAD_REQUEST);
-        }
+        self.check_channel(channel)?;
         let ns = self.rules.namespace(channel)?.clone();
         self.check_data_format(&ns, &data)?;
         let mut po = self.publish_options(&ns);
@@ -372,10 +384,7 @@ impl Node {
             po.idempotency_key = Some(opts.idempotency_key.clone());
         }
         let publication = Publication { data, info, tags: opts.tags.clone(), ..Default::default() };
-        self.broker.publish(channel, publication, &po).await.map_err(|e| {
-            tracing::warn!(channel, error = %e, "publish failed");
-            ClientError::INTERNAL
-        })
+        self.broker.publish(channel, publication, &po).await.map_err(|e| self.engine_error("publish", channel, &e))
     }
 
     /// Reads history (API and client), with the namespace check (108).
@@ -384,42 +393,46 @@ impl Node {
         channel: &str,
         query: HistoryQuery,
     ) -> Result<(Vec<Publication>, StreamPosition), ClientError> {
+        self.check_channel(channel)?;
         let ns = self.rules.namespace(channel)?.clone();
         if !ns.options.history_enabled() {
             return Err(ClientError::NOT_AVAILABLE);
         }
         let q = HistoryQuery { meta_ttl: self.meta_ttl(&ns.options), ..query };
-        self.broker.history(channel, &q).await.map_err(|_| ClientError::INTERNAL)
+        self.broker.history(channel, &q).await.map_err(|e| self.engine_error("history", channel, &e))
     }
 
     /// Drops stored publications.
     pub async fn history_remove(&self, channel: &str) -> Result<(), ClientError> {
+        self.check_channel(channel)?;
         let ns = self.rules.namespace(channel)?.clone();
         if !ns.options.history_enabled() {
             return Err(ClientError::NOT_AVAILABLE);
         }
-        self.broker.remove_history(channel).await.map_err(|_| ClientError::INTERNAL)
+        self.broker.remove_history(channel).await.map_err(|e| self.engine_error("history remove", channel, &e))
     }
 
     /// Presence of a channel (108 when disabled).
     pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, ClientError> {
+        self.check_channel(channel)?;
         let ns = self.rules.namespace(channel)?.clone();
         if !ns.options.presence {
             return Err(ClientError::NOT_AVAILABLE);
         }
-        self.presence.presence(channel).await.map_err(|_| ClientError::INTERNAL)
+        self.presence.presence(channel).await.map_err(|e| self.engine_error("presence", channel, &e))
     }
 
     /// Presence counts (108 when disabled).
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, ClientError> {
+        self.check_channel(channel)?;
         let ns = self.rules.namespace(channel)?.clone();
         if !ns.options.presence {
             return Err(ClientError::NOT_AVAILABLE);
         }
-        self.presence.presence_stats(channel).await.map_err(|_| ClientError::INTERNAL)
+        self.presence.presence_stats(channel).await.map_err(|e| self.engine_error("presence stats", channel, &e))
     }
 
-    fn targets(&self, t: &Target) -> Vec<Arc<crate::shared::ClientShared>> {
+    fn targets(&self, t: &Target) -> Vec<Arc<ClientShared>> {
         self.hub
             .user_clients(&t.user)
             .into_iter()
@@ -430,9 +443,7 @@ impl Node {
 
     /// API `subscribe`: on every node.
     pub async fn subscribe_user(&self, t: &Target, sub: ServerSubscribe) -> Result<(), ClientError> {
-        if sub.channel.is_empty() {
-            return Err(ClientError::BAD_REQUEST);
-        }
+        self.check_channel(&sub.channel)?;
         self.rules.namespace(&sub.channel)?;
         let wire = (&sub).into();
         self.subscribe_local(t, sub);
@@ -450,6 +461,7 @@ impl Node {
         if channel.is_empty() {
             return Ok(());
         }
+        self.check_channel(channel)?;
         self.rules.namespace(channel)?;
         self.unsubscribe_local(t, channel);
         self.broadcast(ControlMsg::Unsubscribe { target: t.clone(), channel: channel.to_string() }).await
@@ -508,6 +520,127 @@ impl Node {
             .into_iter()
             .filter(|(ch, _)| pattern.is_empty() || glob_match::glob_match(pattern, ch))
             .collect()
+    }
+
+    /// Read access to the hub (counts and lookups for the server and tests;
+    /// changes go through the node's operations).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Every engine operation's channel check: non-empty and at most
+    /// `channel.max_length` bytes (107). A name of kilobytes must never
+    /// reach an engine: on NATS it overflows the server's control line and
+    /// costs the node its whole connection.
+    pub fn check_channel(&self, channel: &str) -> Result<(), ClientError> {
+        if channel.is_empty() || channel.len() > self.config.channel.max_length {
+            return Err(ClientError::BAD_REQUEST);
+        }
+        Ok(())
+    }
+
+    /// Logs and counts a failed engine operation; the caller's error (100).
+    pub(crate) fn engine_error(&self, op: &'static str, channel: &str, e: &EngineError) -> ClientError {
+        crate::metrics::Counters::add(&self.counters.engine_errors, 1);
+        tracing::warn!(op, channel, error = %e, "engine operation failed");
+        ClientError::INTERNAL
+    }
+
+    fn sub_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        channel.hash(&mut h);
+        &self.sub_locks[(h.finish() as usize) % self.sub_locks.len()]
+    }
+
+    /// Registers a connected client: refused with 3001 once shutdown began,
+    /// 3504 when its user already has `client.user_connection_limit`
+    /// connections (checked and inserted in one step).
+    pub(crate) fn register_client(&self, c: &Arc<ClientShared>) -> Result<(), Disconnect> {
+        if self.is_shutting_down() {
+            return Err(Disconnect::SHUTDOWN);
+        }
+        let limit = if c.user().is_empty() { 0 } else { self.config.client.user_connection_limit };
+        if !self.hub.add_client(c, limit) {
+            return Err(Disconnect::CONNECTION_LIMIT);
+        }
+        // Shutdown may have begun while inserting, after it closed every
+        // client it saw: this one must not stay.
+        if self.is_shutting_down() {
+            self.hub.remove_client(c);
+            return Err(Disconnect::SHUTDOWN);
+        }
+        Ok(())
+    }
+
+    /// Unregisters a client.
+    pub(crate) fn unregister_client(&self, c: &ClientShared) {
+        self.hub.remove_client(c);
+    }
+
+    /// Adds a subscriber to `channel`: the hub entry, and broker interest
+    /// when it is this node's first. Under the channel's lock, so a
+    /// concurrent last-unsubscribe cannot withdraw the broker interest this
+    /// subscriber relies on; a failed broker subscribe removes the hub entry
+    /// again (and is logged and counted).
+    pub(crate) async fn add_subscription(&self, channel: &str, c: &Arc<ClientShared>) -> Result<(), ClientError> {
+        self.check_channel(channel)?;
+        let _guard = self.sub_lock(channel).lock().await;
+        if self.hub.add_sub(channel, c)
+            && let Err(e) = self.broker.subscribe(channel).await
+        {
+            self.hub.remove_sub(channel, &c.id);
+            return Err(self.engine_error("subscribe", channel, &e));
+        }
+        Ok(())
+    }
+
+    /// Removes a subscriber; withdraws broker interest with the node's last
+    /// one, under the channel's lock (see [`Node::add_subscription`]).
+    pub(crate) async fn remove_subscription(&self, channel: &str, client_id: &str) {
+        let _guard = self.sub_lock(channel).lock().await;
+        if self.hub.remove_sub(channel, client_id)
+            && let Err(e) = self.broker.unsubscribe(channel).await
+        {
+            self.engine_error("unsubscribe", channel, &e);
+        }
+    }
+
+    /// Publishes a join (failures logged and counted: the subscription stands).
+    pub(crate) async fn join(&self, channel: &str, info: ClientInfo) {
+        if let Err(e) = self.broker.publish_join(channel, info).await {
+            self.engine_error("join", channel, &e);
+        }
+    }
+
+    /// Publishes a leave (failures logged and counted).
+    pub(crate) async fn leave(&self, channel: &str, info: ClientInfo) {
+        if let Err(e) = self.broker.publish_leave(channel, info).await {
+            self.engine_error("leave", channel, &e);
+        }
+    }
+
+    /// Adds a presence entry (failures logged and counted; the periodic
+    /// refresh retries).
+    pub(crate) async fn add_presence(&self, channel: &str, client_id: &str, info: ClientInfo) {
+        if let Err(e) = self.presence.add_presence(channel, client_id, info).await {
+            self.engine_error("presence add", channel, &e);
+        }
+    }
+
+    /// Refreshes a presence entry (the periodic update).
+    pub(crate) async fn refresh_presence(&self, channel: &str, client_id: &str, info: ClientInfo) {
+        if let Err(e) = self.presence.add_presence(channel, client_id, info).await {
+            self.engine_error("presence refresh", channel, &e);
+        }
+    }
+
+    /// Removes a presence entry (failures logged and counted; the entry
+    /// then expires with the engine's presence TTL).
+    pub(crate) async fn remove_presence(&self, channel: &str, client_id: &str, user: &str) {
+        if let Err(e) = self.presence.remove_presence(channel, client_id, user).await {
+            self.engine_error("presence remove", channel, &e);
+        }
     }
 
     /// This node's info.
