@@ -54,6 +54,9 @@ pub const NODE_TTL: Duration = Duration::from_secs(10);
 /// How long a survey (`channels`) waits for every node.
 pub const SURVEY_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How often expired engine data is swept.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Stripes of the per-channel subscription lock: channels hash onto them, so
 /// two channels rarely share one and the memory is fixed (~200 KB).
 const SUB_LOCK_STRIPES: usize = 4096;
@@ -144,6 +147,9 @@ impl BrokerEventHandler for Events {
     }
     fn handle_leave(&self, channel: &str, info: ClientInfo) {
         self.fanout.send(Job::Leave { channel: channel.into(), info });
+    }
+    fn delivery_room(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.fanout.delivery_room())
     }
     fn handle_control(&self, data: Bytes) {
         let env: Envelope = match serde_json::from_slice(&data) {
@@ -241,7 +247,7 @@ impl Node {
         let uid = uuid::Uuid::new_v4().to_string();
         let counters = Arc::new(crate::metrics::Counters::default());
         let fanout = Arc::new(crate::fanout::Fanout::start(hub.clone(), counters.clone()));
-        Ok(Arc::new_cyclic(|weak| {
+        let node = Arc::new_cyclic(|weak| {
             broker.register_handler(Arc::new(Events { node: weak.clone(), uid: uid.clone(), fanout: fanout.clone() }));
             Node {
                 rules: ChannelRules::new(&config),
@@ -264,7 +270,27 @@ impl Node {
                 counters,
                 fanout,
             }
-        }))
+        });
+        node.start_maintenance();
+        Ok(node)
+    }
+
+    /// Every [`MAINTENANCE_INTERVAL`], lets the engines drop what expired
+    /// ([`Broker::sweep`]). The task holds a weak reference and ends with the
+    /// node. Without a Tokio runtime (a node built in plain code) nothing is
+    /// started and expiry stays lazy.
+    fn start_maintenance(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let weak = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                node.broker.sweep();
+            }
+        });
     }
 
     /// Whether the engines can serve (`/health`): the worse of broker and presence.
@@ -384,6 +410,13 @@ impl Node {
             po.idempotency_key = Some(opts.idempotency_key.clone());
         }
         let publication = Publication { data, info, tags: opts.tags.clone(), ..Default::default() };
+        // Room in the fan-out before anything is stored (see fanout.rs):
+        // a full fan-out refuses the publish rather than lose it.
+        if !self.fanout.publication_room().await {
+            crate::metrics::Counters::add(&self.counters.publish_refused_backpressure, 1);
+            tracing::warn!(channel, "publish refused: fan-out full for {:?}", crate::fanout::ROOM_WAIT);
+            return Err(ClientError::INTERNAL);
+        }
         self.broker.publish(channel, publication, &po).await.map_err(|e| self.engine_error("publish", channel, &e))
     }
 
@@ -606,8 +639,22 @@ impl Node {
         }
     }
 
+    /// Waits for room for a join/leave; false (logged, counted) when the
+    /// event must be dropped.
+    async fn join_leave_room(&self, channel: &str) -> bool {
+        if self.fanout.join_leave_room().await {
+            return true;
+        }
+        crate::metrics::Counters::add(&self.counters.join_leave_dropped, 1);
+        tracing::warn!(channel, "join/leave dropped: fan-out full");
+        false
+    }
+
     /// Publishes a join (failures logged and counted: the subscription stands).
     pub(crate) async fn join(&self, channel: &str, info: ClientInfo) {
+        if !self.join_leave_room(channel).await {
+            return;
+        }
         if let Err(e) = self.broker.publish_join(channel, info).await {
             self.engine_error("join", channel, &e);
         }
@@ -615,6 +662,9 @@ impl Node {
 
     /// Publishes a leave (failures logged and counted).
     pub(crate) async fn leave(&self, channel: &str, info: ClientInfo) {
+        if !self.join_leave_room(channel).await {
+            return;
+        }
         if let Err(e) = self.broker.publish_leave(channel, info).await {
             self.engine_error("leave", channel, &e);
         }

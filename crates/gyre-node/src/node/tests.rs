@@ -34,6 +34,7 @@ struct Gated {
     fail_join: AtomicBool,
     interest: Mutex<HashMap<String, bool>>,
     seen: Mutex<HashSet<String>>,
+    sweeps: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Gated {
@@ -47,6 +48,7 @@ impl Default for Gated {
             fail_join: AtomicBool::new(false),
             interest: Mutex::default(),
             seen: Mutex::default(),
+            sweeps: Default::default(),
         }
     }
 }
@@ -104,6 +106,10 @@ impl Broker for Gated {
     async fn remove_history(&self, ch: &str) -> Result<(), EngineError> {
         self.saw(ch);
         self.inner.remove_history(ch).await
+    }
+    fn sweep(&self) {
+        self.sweeps.fetch_add(1, Ordering::SeqCst);
+        self.inner.sweep()
     }
 }
 
@@ -360,4 +366,86 @@ async fn engine_errors_of_join_are_counted_not_dropped() {
     assert!(r["error"].is_null(), "a failed join does not fail the subscription: {r}");
     assert_eq!(node.counters.engine_errors.load(Ordering::Relaxed), 1);
     assert!(crate::metrics::render(&node).contains("gyre_engine_errors_total 1"));
+}
+
+#[test]
+fn a_full_fan_out_refuses_publishes_without_blocking_the_runtime_thread() {
+    // One runtime thread, as the server API's runtime has. The whole test runs
+    // on its own thread with a deadline: a fan-out that blocked the runtime
+    // thread would hang it, which this turns into a failure.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (node, _, _) = node_with(config(|_| {}));
+            let (mut c, s) = client(&node);
+            connect(&mut c, &s, &token(json!({"sub": "u"}))).await;
+            cmd(&mut c, &s, 2, json!({"subscribe": {"channel": "all:f"}})).await;
+            node.fanout.set_budgets(3, 3);
+            let stall = node.fanout.stall();
+            // Something queued: from now on every event goes through the stalled thread.
+            let (tx, _rx) = tokio::sync::oneshot::channel();
+            node.fanout.send(crate::fanout::Job::Barrier(tx));
+            let api = ApiPublish::default();
+            for i in 0..3 {
+                let r = node.publish("all:f", Bytes::from_static(b"{}"), None, &api).await;
+                assert!(r.is_ok(), "publication {i} fits the budget: {r:?}");
+            }
+            // The 4th waits for room; meanwhile the runtime thread serves a timer.
+            let started = tokio::time::Instant::now();
+            let ticked = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                started.elapsed()
+            });
+            let r = node.publish("all:f", Bytes::from_static(b"{}"), None, &api).await;
+            let waited = started.elapsed();
+            assert_eq!(r.map(|_| ()), Err(ClientError::INTERNAL), "no room within the deadline: error 100");
+            assert!(waited >= crate::fanout::ROOM_WAIT, "it waited for room first: {waited:?}");
+            let tick = ticked.await.unwrap();
+            assert!(tick < Duration::from_secs(1), "the timer fired on time while publish waited: {tick:?}");
+            assert_eq!(node.counters.publish_refused_backpressure.load(Ordering::Relaxed), 1);
+            // Nothing was stored for the refused publish.
+            let (_, top) = node.history("all:f", HistoryQuery::default()).await.unwrap();
+            assert_eq!(top.offset, 3, "the refused publication was not stored");
+            drop(stall);
+            node.fanout_settled().await;
+            let mut got = 0;
+            for r in replies(&s) {
+                if r["push"]["pub"].is_object() {
+                    got += 1;
+                }
+            }
+            assert_eq!(got, 3, "the three accepted publications were delivered once room came back");
+            // And publishing works again.
+            assert!(node.publish("all:f", Bytes::from_static(b"{}"), None, &api).await.is_ok());
+        });
+        let _ = done_tx.send(());
+    });
+    done_rx.recv_timeout(Duration::from_secs(60)).expect("the runtime thread was blocked: test did not finish");
+}
+
+#[tokio::test(start_paused = true)]
+async fn joins_without_room_are_dropped_and_counted() {
+    let (node, _, _) = node_with(config(|_| {}));
+    let (mut c, s) = client(&node);
+    connect(&mut c, &s, &token(json!({"sub": "u"}))).await;
+    node.fanout.set_budgets(10, 0);
+    let stall = node.fanout.stall();
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    node.fanout.send(crate::fanout::Job::Barrier(tx));
+    let r = cmd(&mut c, &s, 2, json!({"subscribe": {"channel": "all:j"}})).await;
+    assert!(r["error"].is_null(), "the subscription stands: {r}");
+    assert_eq!(node.counters.join_leave_dropped.load(Ordering::Relaxed), 1);
+    drop(stall);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_maintenance_loop_sweeps_the_broker() {
+    let (node, broker, _) = node_with(config(|_| {}));
+    tokio::time::sleep(MAINTENANCE_INTERVAL * 3 + Duration::from_millis(10)).await;
+    assert!(broker.sweeps.load(Ordering::SeqCst) >= 3);
+    let weak = Arc::downgrade(&node);
+    drop(node);
+    tokio::time::sleep(MAINTENANCE_INTERVAL * 2).await;
+    assert!(weak.upgrade().is_none(), "the loop holds no strong reference");
 }
