@@ -282,6 +282,11 @@ impl Ws {
         self.ws.send(Message::Text(v.to_string().into())).await.expect("send");
     }
 
+    /// Sends one raw text frame (several commands joined by newlines).
+    pub async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::Text(text.into())).await.expect("send");
+    }
+
     /// Next event within `within`.
     pub async fn next_within(&mut self, within: Duration) -> Option<Event> {
         loop {
