@@ -157,10 +157,9 @@ impl Hub {
         {
             let mut users = self.users[shard_of(&user)].write();
             let set = users.entry(user.clone()).or_default();
+            // A refusal needs limit >= 1 connections present: the entry
+            // existed before, `or_default` created nothing to clean up.
             if limit > 0 && set.len() >= limit {
-                if set.len() == 0 {
-                    users.remove(&user);
-                }
                 return false;
             }
             set.insert(id.clone(), c.clone());

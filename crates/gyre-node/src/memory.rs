@@ -31,6 +31,8 @@ use tokio::time::Instant;
 use crate::engine::*;
 
 const SHARDS: usize = 64;
+/// Streams one shard's sweep looks at, at most (64 shards: ~65,000 a second).
+const SWEEP_BUDGET: usize = 1024;
 /// How long an idempotency key suppresses duplicates.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 
@@ -138,11 +140,16 @@ impl Shard {
     }
 
     /// Drops what expired by `now`: publications, streams, idempotency keys.
+    /// Looks at no more than [`SWEEP_BUDGET`] streams, so one sweep holds
+    /// the shard lock (and the runtime thread it runs on) only briefly; a
+    /// larger backlog is worked off over the following sweeps.
     fn sweep(&mut self, now: Instant) {
+        let mut budget = SWEEP_BUDGET;
         while let Some(Reverse((at, _))) = self.expiry.peek() {
-            if *at > now {
+            if *at > now || budget == 0 {
                 break;
             }
+            budget -= 1;
             let Reverse((at, channel)) = self.expiry.pop().expect("peeked");
             let Some(s) = self.streams.get_mut(&channel) else { continue };
             if s.scheduled != at {

@@ -243,9 +243,15 @@ impl Client {
     /// subscription failed): every subscription made so far, and the hub
     /// entry. The client is then unusable, as after any failed connect.
     pub(super) async fn abandon_connect(&mut self) {
-        let chans: Vec<String> = self.channels.keys().cloned().collect();
-        for ch in chans {
-            self.remove_subscription(&ch).await;
+        // No leave events: the joins go out only after a successful connect.
+        let chans: Vec<(String, bool)> = self.channels.iter().map(|(k, c)| (k.clone(), c.presence)).collect();
+        self.channels = SmallMap::new();
+        for (ch, presence) in chans {
+            self.shared.end_sub(&ch);
+            self.node.remove_subscription(&ch, &self.shared.id).await;
+            if presence {
+                self.node.remove_presence(&ch, &self.shared.id, &self.user).await;
+            }
         }
         self.node.unregister_client(&self.shared);
         self.state = State::Unusable;
