@@ -105,6 +105,12 @@ pub struct NatsOptions {
     pub presence_ttl: Duration,
     /// Client name shown by the NATS server.
     pub name: String,
+    /// Bytes the history stream may hold in total; the oldest messages go
+    /// first beyond it. Without a cap, many channels × `history_size` could
+    /// fill the NATS server's disk.
+    pub history_max_bytes: i64,
+    /// Messages the history stream may hold in total (oldest go first).
+    pub history_max_messages: i64,
 }
 
 impl Default for NatsOptions {
@@ -118,6 +124,8 @@ impl Default for NatsOptions {
             history_meta_ttl: Duration::from_secs(30 * 24 * 3600),
             presence_ttl: Duration::from_secs(60),
             name: "gyre".into(),
+            history_max_bytes: 1 << 30,
+            history_max_messages: 10_000_000,
         }
     }
 }
@@ -184,6 +192,24 @@ impl std::fmt::Debug for NatsEngine {
             .field("prefix", &self.inner.names.prefix)
             .finish()
     }
+}
+
+/// Longest channel name the engine carries, in bytes. Subjects travel in
+/// nats-server's protocol control line (4 KB by default, with the prefix, a
+/// reply subject and the header length); a longer line makes the server drop
+/// the whole connection, with every channel of the node on it. The node
+/// refuses long names first (`channel.max_length`); this is the engine's
+/// own guard.
+pub const MAX_CHANNEL_BYTES: usize = 2048;
+
+fn check_channel(channel: &str) -> Result<(), EngineError> {
+    if channel.len() > MAX_CHANNEL_BYTES {
+        return Err(EngineError::BadRequest(format!(
+            "channel name of {} bytes (at most {MAX_CHANNEL_BYTES})",
+            channel.len()
+        )));
+    }
+    Ok(())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> EngineError {
@@ -509,6 +535,8 @@ async fn setup(inner: &Arc<Inner>) -> Result<Arc<Conn>, SetupError> {
         subjects: vec![n.history_wildcard()],
         storage: stream::StorageType::File,
         max_messages_per_subject: o.history_max_size.max(1) as i64,
+        max_bytes: o.history_max_bytes,
+        max_messages: o.history_max_messages,
         max_age: meta_ttl,
         discard: stream::DiscardPolicy::Old,
         duplicate_window: IDEMPOTENCY_WINDOW.min(meta_ttl),
@@ -635,6 +663,11 @@ async fn channel_task(
 }
 
 async fn handle_live(inner: &Arc<Inner>, channel: &str, st: &mut ChanState, msg: async_nats::Message) {
+    // Backpressure from the node's fan-out (see gyre-node's fanout.rs):
+    // this channel's delivery task waits here, never a runtime thread.
+    if let Some(h) = inner.handler() {
+        h.delivery_room().await;
+    }
     let headers = msg.headers.unwrap_or_default();
     let kind = headers.get(history::H_KIND).map(|v| v.as_str().to_string()).unwrap_or_default();
     let offset: u64 = headers.get(history::H_OFFSET).and_then(|v| v.as_str().parse().ok()).unwrap_or(0);
@@ -683,7 +716,13 @@ async fn handle_live(inner: &Arc<Inner>, channel: &str, st: &mut ChanState, msg:
 async fn fill(inner: &Arc<Inner>, channel: &str, st: &mut ChanState) {
     let Ok(conn) = inner.conn() else { return };
     let since = st.last.as_ref().map(|(o, _)| *o).unwrap_or(0);
-    let q = HistoryQuery { since: Some(since), limit: None, reverse: false, meta_ttl: Duration::ZERO };
+    let q = HistoryQuery {
+        since: Some(since),
+        limit: None,
+        reverse: false,
+        meta_ttl: Duration::ZERO,
+        ensure_stream: false,
+    };
     let (pubs, top) = match history::read(inner, &conn, channel, &q, false).await {
         Ok(x) => x,
         Err(e) => {
@@ -696,7 +735,8 @@ async fn fill(inner: &Arc<Inner>, channel: &str, st: &mut ChanState) {
         (pubs, ())
     } else {
         // A new epoch: deliver all of it (subscribers see the epoch change).
-        let q = HistoryQuery { since: None, limit: None, reverse: false, meta_ttl: Duration::ZERO };
+        let q =
+            HistoryQuery { since: None, limit: None, reverse: false, meta_ttl: Duration::ZERO, ensure_stream: false };
         match history::read(inner, &conn, channel, &q, false).await {
             Ok((p, _)) => (p, ()),
             Err(_) => return,
@@ -765,6 +805,7 @@ impl Broker for NatsEngine {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+        check_channel(channel)?;
         let inner = &self.inner;
         if inner.chans.lock().contains_key(channel) {
             return Ok(());
@@ -785,6 +826,7 @@ impl Broker for NatsEngine {
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
+        check_channel(channel)?;
         if let Some(h) = self.inner.chans.lock().remove(channel) {
             // Dropping the subscriber (with the task) unsubscribes from NATS.
             h.task.abort();
@@ -799,20 +841,22 @@ impl Broker for NatsEngine {
         mut publication: Publication,
         opts: &PublishOptions,
     ) -> Result<PublishResult, EngineError> {
+        check_channel(channel)?;
         let inner = &self.inner;
         let conn = inner.conn()?;
         if !opts.with_history() {
             if let Some(key) = &opts.idempotency_key {
                 let k = subject::idempotency_key(channel, key);
-                match inner.timed("idempotency", conn.idempotency.create(&k, Bytes::new())).await {
-                    Ok(_) => {}
-                    Err(e)
-                        if e.to_string().contains("already exists")
-                            || e.to_string().contains("wrong last sequence") =>
-                    {
+                let create = conn.idempotency.create(&k, Bytes::new());
+                match tokio::time::timeout(inner.opts.write_timeout, create).await {
+                    Ok(Ok(_)) => {}
+                    // The key exists: a duplicate within the window (told by
+                    // the error kind, not by the wording of the message).
+                    Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                         return Ok(PublishResult { position: StreamPosition::default(), suppressed: true });
                     }
-                    Err(e) => return Err(e),
+                    Ok(Err(e)) => return Err(unavailable(format!("idempotency: {e}"))),
+                    Err(_) => return Err(EngineError::Timeout(format!("idempotency: {:?}", inner.opts.write_timeout))),
                 }
             }
             publication.offset = 0;
@@ -848,6 +892,7 @@ impl Broker for NatsEngine {
     }
 
     async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {
+        check_channel(channel)?;
         let conn = self.inner.conn()?;
         let mut h = HeaderMap::new();
         h.insert(history::H_KIND, history::KIND_JOIN);
@@ -855,6 +900,7 @@ impl Broker for NatsEngine {
     }
 
     async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {
+        check_channel(channel)?;
         let conn = self.inner.conn()?;
         let mut h = HeaderMap::new();
         h.insert(history::H_KIND, history::KIND_LEAVE);
@@ -866,11 +912,13 @@ impl Broker for NatsEngine {
         channel: &str,
         query: &HistoryQuery,
     ) -> Result<(Vec<Publication>, StreamPosition), EngineError> {
+        check_channel(channel)?;
         let conn = self.inner.conn()?;
-        history::read(&self.inner, &conn, channel, query, true).await
+        history::read(&self.inner, &conn, channel, query, query.ensure_stream).await
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
+        check_channel(channel)?;
         let conn = self.inner.conn()?;
         history::remove(&self.inner, &conn, channel).await
     }
@@ -892,6 +940,7 @@ impl Broker for NatsEngine {
 #[async_trait]
 impl PresenceManager for NatsEngine {
     async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, EngineError> {
+        check_channel(channel)?;
         let conn = self.inner.conn()?;
         let entries = history::presence_entries(&self.inner, &conn, channel).await?;
         let mut out = HashMap::with_capacity(entries.len());
@@ -907,18 +956,21 @@ impl PresenceManager for NatsEngine {
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
+        check_channel(channel)?;
         let p = self.presence(channel).await?;
         let users: std::collections::HashSet<&str> = p.values().map(|i| i.user.as_str()).collect();
         Ok(PresenceStats { num_clients: p.len() as u32, num_users: users.len() as u32 })
     }
 
     async fn add_presence(&self, channel: &str, client_id: &str, info: ClientInfo) -> Result<(), EngineError> {
+        check_channel(channel)?;
         let conn = self.inner.conn()?;
         let key = self.inner.names.presence_key(channel, client_id);
         self.inner.timed("presence put", conn.presence.put(key, encode(&info))).await.map(|_| ())
     }
 
     async fn remove_presence(&self, channel: &str, client_id: &str, _user: &str) -> Result<(), EngineError> {
+        check_channel(channel)?;
         let conn = self.inner.conn()?;
         let key = self.inner.names.presence_key(channel, client_id);
         self.inner.timed("presence purge", conn.presence.purge(key)).await

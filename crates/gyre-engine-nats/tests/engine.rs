@@ -180,3 +180,50 @@ async fn publish_fails_while_nats_is_down_and_works_after() {
     let r = h.broker.publish("c", publ("3"), &hist()).await.unwrap();
     assert_eq!(r.position.offset, 2, "the failed publish was not stored; the stream survived the restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4kb_channel_is_refused_without_harming_the_connection() {
+    let nats = NatsServer::start();
+    let (e, h) = engine(options(&nats.url, "long")).await;
+    let long = "x".repeat(4096);
+    let bad = |r: Result<(), EngineError>, op: &str| {
+        assert!(matches!(r, Err(EngineError::BadRequest(_))), "{op}: {r:?}");
+    };
+    bad(h.broker.history(&long, &HistoryQuery::default()).await.map(|_| ()), "history");
+    bad(h.broker.history(&long, &HistoryQuery { ensure_stream: true, ..Default::default() }).await.map(|_| ()), "read");
+    bad(h.broker.publish(&long, publ("1"), &hist()).await.map(|_| ()), "publish");
+    bad(h.broker.publish(&long, publ("1"), &PublishOptions::default()).await.map(|_| ()), "publish live");
+    bad(h.broker.subscribe(&long).await, "subscribe");
+    bad(h.broker.remove_history(&long).await, "remove history");
+    bad(h.presence.presence(&long).await.map(|_| ()), "presence");
+    bad(h.presence.presence_stats(&long).await.map(|_| ()), "presence stats");
+    bad(h.presence.add_presence(&long, "c", Default::default()).await, "add presence");
+    // The connection is intact: everything else keeps working at once.
+    assert_eq!(e.health(), EngineHealth::Ready);
+    h.broker.subscribe("fine").await.unwrap();
+    let r = h.broker.publish("fine", publ("1"), &hist()).await.unwrap();
+    assert_eq!(r.position.offset, 1);
+    h.rec.wait("fine", 1, Duration::from_secs(5)).await;
+    let (pubs, _) = h.broker.history("fine", &HistoryQuery::default()).await.unwrap();
+    assert_eq!(pubs.len(), 1);
+    assert_eq!(e.health(), EngineHealth::Ready);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_stream_is_bounded() {
+    let nats = NatsServer::start();
+    let (_e, _h) = engine(options(&nats.url, "bounded")).await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("bounded-history").await.unwrap();
+    let cfg = &stream.info().await.unwrap().config;
+    let d = NatsOptions::default();
+    assert_eq!((cfg.max_bytes, cfg.max_messages), (d.history_max_bytes, d.history_max_messages));
+    assert_eq!((d.history_max_bytes, d.history_max_messages), (1 << 30, 10_000_000));
+    // Custom bounds are applied to an existing stream too.
+    let (_e2, _h2) =
+        engine(NatsOptions { history_max_bytes: 1 << 20, history_max_messages: 1000, ..options(&nats.url, "bounded") })
+            .await;
+    let cfg = &stream.info().await.unwrap().config;
+    assert_eq!((cfg.max_bytes, cfg.max_messages), (1 << 20, 1000));
+}

@@ -271,11 +271,12 @@ impl TokenVerifier {
 
     fn check_claims(&self, c: &Map<String, Value>, now: i64) -> Result<(), TokenError> {
         let inv = |m: &str| TokenError::Invalid(m.to_string());
-        if let Some(nbf) = c.get("nbf") {
-            let nbf = nbf.as_f64().ok_or_else(|| inv("nbf must be a number"))?;
-            if (now as f64) < nbf {
-                return Err(inv("token not valid yet (nbf)"));
-            }
+        timestamp_claim(c, "iat")?;
+        timestamp_claim(c, "expire_at")?;
+        if let Some(nbf) = timestamp_claim(c, "nbf")?
+            && now < nbf
+        {
+            return Err(inv("token not valid yet (nbf)"));
         }
         if !self.audience.is_empty() || self.audience_re.is_some() {
             let auds: Vec<&str> = match c.get("aud") {
@@ -299,11 +300,10 @@ impl TokenVerifier {
                 return Err(inv("issuer mismatch"));
             }
         }
-        if let Some(exp) = c.get("exp") {
-            let exp = exp.as_f64().ok_or_else(|| inv("exp must be a number"))?;
-            if exp <= now as f64 {
-                return Err(TokenError::Expired);
-            }
+        if let Some(exp) = timestamp_claim(c, "exp")?
+            && exp <= now
+        {
+            return Err(TokenError::Expired);
         }
         Ok(())
     }
@@ -312,6 +312,19 @@ impl TokenVerifier {
         let claims = self.verify_signature(token, now, jwk)?;
         self.check_claims(&claims, now)?;
         Ok(claims)
+    }
+
+    /// The user id of a connection or subscription token, one rule for both:
+    /// absent or null is anonymous (""), a string is itself, any other JSON
+    /// value (a number such as `42`) is its JSON text ("42"). A subscription
+    /// token must name the connection's user under the same rule, so a token
+    /// for user 42 never passes as an anonymous one.
+    fn user_claim(&self, c: &Map<String, Value>) -> String {
+        match c.get(&self.user_id_claim) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        }
     }
 
     /// Verifies a connection token with static keys (no JWKS fetch).
@@ -329,11 +342,7 @@ impl TokenVerifier {
         if c.contains_key("channel") {
             return Err(TokenError::Invalid("connection token must not have a channel claim".into()));
         }
-        let user = match c.get(&self.user_id_claim) {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
-        };
+        let user = self.user_claim(&c);
         let mut subs: Vec<(String, SubOptions)> = Vec::new();
         if let Some(Value::Object(m)) = c.get("subs") {
             for (ch, o) in m {
@@ -370,10 +379,7 @@ impl TokenVerifier {
             return Err(TokenError::Invalid("subscription token without channel".into()));
         }
         Ok(SubscribeClaims {
-            user: match c.get(&self.user_id_claim) {
-                Some(Value::String(u)) => u.clone(),
-                _ => String::new(),
-            },
+            user: self.user_claim(&c),
             channel,
             client: s("client"),
             expire_at: expiry(&c)?,
@@ -396,12 +402,29 @@ fn pem_bytes(s: &str) -> String {
         .unwrap_or_else(|| s.to_string())
 }
 
+/// Largest token timestamp accepted, in absolute value (year ~33,700).
+/// Anything beyond is a forged or broken token, not a date: refused as
+/// invalid rather than saturated, because a saturated `expire_at` made a
+/// refreshed connection immortal and overflowed (a panic in debug builds)
+/// when a deadline was computed from it.
+pub const MAX_TIMESTAMP: f64 = 1e12;
+
+/// A timestamp claim (`exp`, `iat`, `nbf`, `expire_at`) as whole seconds:
+/// a finite number with |t| ≤ [`MAX_TIMESTAMP`], else invalid.
+pub fn timestamp_claim(c: &Map<String, Value>, key: &str) -> Result<Option<i64>, TokenError> {
+    let Some(v) = c.get(key) else { return Ok(None) };
+    let t = v.as_f64().ok_or_else(|| TokenError::Invalid(format!("{key} must be a number")))?;
+    if !t.is_finite() || t.abs() > MAX_TIMESTAMP {
+        return Err(TokenError::Invalid(format!("{key} out of range")));
+    }
+    Ok(Some(t as i64))
+}
+
 fn expiry(c: &Map<String, Value>) -> Result<Option<i64>, TokenError> {
-    if let Some(v) = c.get("expire_at") {
-        let at = v.as_f64().ok_or_else(|| TokenError::Invalid("expire_at must be a number".into()))? as i64;
+    if let Some(at) = timestamp_claim(c, "expire_at")? {
         return Ok(if at == 0 { None } else { Some(at) });
     }
-    Ok(c.get("exp").and_then(Value::as_f64).map(|e| e as i64))
+    timestamp_claim(c, "exp")
 }
 
 fn info_claim(c: &Map<String, Value>) -> Result<Bytes, TokenError> {
@@ -531,6 +554,45 @@ mod tests {
         let t = sign_hs256("old", &claims(json!({"sub":"1"})));
         assert!(v.verify_connect(&t, NOW).is_ok());
         assert!(v.verify_connect(&t, NOW + 100).is_err());
+    }
+
+    #[test]
+    fn numeric_sub_is_the_same_user_in_both_token_kinds() {
+        let v = verifier(|_| {});
+        let conn = sign_hs256("secret", &claims(json!({"sub":42})));
+        assert_eq!(v.verify_connect(&conn, NOW).unwrap().user, "42");
+        let sub = sign_hs256("secret", &claims(json!({"sub":42,"channel":"$p"})));
+        assert_eq!(v.verify_subscribe(&sub, NOW).unwrap().user, "42");
+        let anon = sign_hs256("secret", &claims(json!({"sub":null,"channel":"$p"})));
+        assert_eq!(v.verify_subscribe(&anon, NOW).unwrap().user, "");
+    }
+
+    #[test]
+    fn timestamps_out_of_range_are_invalid_not_saturated() {
+        let v = verifier(|_| {});
+        // (claims, connect ok?) for values at and beyond the range.
+        let rows = [
+            (json!({"sub":"1","expire_at":-1e30}), false),
+            (json!({"sub":"1","expire_at":1e30}), false),
+            (json!({"sub":"1","exp":1e30}), false),
+            (json!({"sub":"1","exp":-1e30}), false),
+            (json!({"sub":"1","iat":1e300}), false),
+            (json!({"sub":"1","nbf":-1e13}), false),
+            (json!({"sub":"1","expire_at":1e12}), true),
+            (json!({"sub":"1","exp":NOW + 10,"iat":NOW}), true),
+        ];
+        for (i, (c, ok)) in rows.into_iter().enumerate() {
+            let t = sign_hs256("secret", &claims(c.clone()));
+            let r = v.verify_connect(&t, NOW);
+            assert_eq!(r.is_ok(), ok, "row {i}: {c} -> {r:?}");
+            if !ok {
+                assert!(matches!(r, Err(TokenError::Invalid(_))), "row {i}: {r:?}");
+            }
+            let mut sc = c.clone();
+            sc["channel"] = json!("x");
+            let r = v.verify_subscribe(&sign_hs256("secret", &claims(sc)), NOW);
+            assert_eq!(r.is_ok(), ok, "subscription row {i}: {r:?}");
+        }
     }
 
     #[test]

@@ -128,7 +128,7 @@ fn opts(size: usize, ttl: Duration, meta: Duration) -> PublishOptions {
 }
 
 fn all(meta: Duration) -> HistoryQuery {
-    HistoryQuery { since: None, limit: None, reverse: false, meta_ttl: meta }
+    HistoryQuery { since: None, limit: None, reverse: false, meta_ttl: meta, ensure_stream: true }
 }
 
 fn offsets(p: &[Publication]) -> Vec<u64> {
@@ -142,6 +142,7 @@ pub async fn run_all(h: &Harness) {
     offsets_are_contiguous_and_bounded_by_size(h, meta_ttl).await;
     queries_since_reverse_limit(h, meta_ttl).await;
     empty_read_starts_a_stream_whose_epoch_publishes_keep(h, meta_ttl).await;
+    a_plain_read_creates_no_stream(h, meta_ttl).await;
     publications_without_history_have_no_position(h, meta_ttl).await;
     idempotent_publish_delivers_once(h, meta_ttl).await;
     remove_history_keeps_the_position(h, meta_ttl).await;
@@ -216,6 +217,20 @@ async fn empty_read_starts_a_stream_whose_epoch_publishes_keep(h: &Harness, meta
     assert_eq!(again, pos, "the epoch is stable across reads");
     let r = h.broker.publish(&ch, publ("1"), &opts(10, Duration::from_secs(60), meta)).await.unwrap();
     assert_eq!(r.position, StreamPosition { offset: 1, epoch: pos.epoch }, "a positioned subscriber stays valid");
+}
+
+async fn a_plain_read_creates_no_stream(h: &Harness, meta: Duration) {
+    let ch = chan("plain");
+    let plain = HistoryQuery { ensure_stream: false, ..all(meta) };
+    for _ in 0..2 {
+        let (p, pos) = h.broker.history(&ch, &plain).await.unwrap();
+        assert!(p.is_empty());
+        assert_eq!(pos, StreamPosition::default(), "no stream: offset 0, no epoch, nothing created");
+    }
+    let r = h.broker.publish(&ch, publ("1"), &opts(10, Duration::from_secs(60), meta)).await.unwrap();
+    assert_eq!(r.position.offset, 1);
+    let (p, pos) = h.broker.history(&ch, &plain).await.unwrap();
+    assert_eq!((offsets(&p), pos), (vec![1], r.position), "an existing stream is read as is");
 }
 
 async fn publications_without_history_have_no_position(h: &Harness, meta: Duration) {

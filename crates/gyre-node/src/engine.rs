@@ -7,9 +7,11 @@
 //! reach subscribers in order, which the recovery logic depends on.
 //!
 //! Engines call back into the node through [`BrokerEventHandler`] and never
-//! touch clients directly. The memory engine calls the handler synchronously
-//! inside `publish`, so a publisher's own publication is queued to local
-//! subscribers before the publish call returns.
+//! touch clients directly. The memory engine calls the handler inside
+//! `publish` (under the channel's shard lock, so offsets arrive in order);
+//! the handler hands the event to the node's fan-out, which delivers small
+//! channels at once and large ones on the fan-out thread, after `publish`
+//! has returned (see `fanout.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +36,13 @@ pub enum EngineError {
     /// The backend is unreachable or failed.
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// The backend did not answer in time (it may still apply the operation).
+    #[error("engine timed out: {0}")]
+    Timeout(String),
+    /// The request was refused as malformed (e.g. a channel name the backend
+    /// cannot carry); retrying it will not help.
+    #[error("engine refused the request: {0}")]
+    BadRequest(String),
     /// Anything else.
     #[error("engine error: {0}")]
     Other(String),
@@ -83,6 +92,11 @@ pub struct HistoryQuery {
     pub reverse: bool,
     /// Stream meta retention (a read keeps the stream alive).
     pub meta_ttl: Duration,
+    /// Start the stream (fix its epoch) if there is none. Only subscriptions
+    /// that track a position need that; a plain read of a channel without a
+    /// stream answers offset 0 and an empty epoch and leaves nothing behind,
+    /// so reading many channels cannot grow the engine.
+    pub ensure_stream: bool,
 }
 
 /// Whether an engine can serve requests (`/health/ready`, start-up).
@@ -114,6 +128,15 @@ pub trait BrokerEventHandler: Send + Sync {
     fn handle_leave(&self, channel: &str, info: ClientInfo);
     /// A control message from another node (see [`Broker::publish_control`]).
     fn handle_control(&self, _data: Bytes) {}
+    /// Resolves when the node can take another delivery: engines that
+    /// deliver events from other nodes await it before each live delivery,
+    /// so a node whose fan-out is full slows its intake instead of growing
+    /// without bound (see `fanout.rs` for the policy). Engines that call the
+    /// handler inside their own `publish` (memory) need not: the node waited
+    /// for room before publishing.
+    fn delivery_room(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
     /// The id of the node this handler belongs to: brokers that route
     /// directed control messages subscribe to it.
     fn node_uid(&self) -> String {
@@ -149,6 +172,11 @@ pub trait Broker: Send + Sync {
     ) -> Result<(Vec<Publication>, StreamPosition), EngineError>;
     /// Drops stored publications, keeping the position.
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+    /// Drops whatever expired (streams past their meta TTL, publications past
+    /// their TTL, idempotency keys). Called every second by the node's
+    /// maintenance loop; must be cheap when nothing is due. Engines whose
+    /// backend expires data itself (NATS) keep the default no-op.
+    fn sweep(&self) {}
     /// Sends a control message to every other node (`to_node = None`) or to
     /// one node. Single-node brokers have nobody to tell.
     async fn publish_control(&self, _data: Bytes, _to_node: Option<&str>) -> Result<(), EngineError> {

@@ -15,11 +15,11 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
-use gyre_proto::protocol::{ClientInfo, Join, Leave, Publication, Push, Reply};
+use gyre_proto::protocol::{ClientInfo, Join, Leave, Publication, Push};
 use parking_lot::RwLock;
 
-use crate::session::{ClientShared, Encoding, PubForm};
+use crate::push::LazyPush;
+use crate::shared::ClientShared;
 use crate::small_map::SmallMap;
 
 const SHARDS: usize = 64;
@@ -31,7 +31,91 @@ fn shard_of(key: &str) -> usize {
 }
 
 type ClientMap = HashMap<Arc<str>, Arc<ClientShared>>;
-type UserClients = SmallMap<Arc<str>, Arc<ClientShared>>;
+
+/// Above this many connections a user's set switches from a vector to a map.
+const SMALL_USER_MAX: usize = 16;
+
+/// Gives memory back after churn: a map whose capacity is four times its
+/// length or more (and not tiny) is shrunk. Without it a shard that once
+/// held 60,000 channels keeps their buckets forever.
+fn shrink_sparse<K: Eq + Hash, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > 64 && m.len() * 4 <= m.capacity() {
+        m.shrink_to(m.len() * 2);
+    }
+}
+
+/// One user's connections. Almost every user has one or two: a vector then
+/// ([`SmallMap`]; a `HashMap` per user cost ~180 bytes per connection). A
+/// user with many — above all the anonymous user "", which every
+/// connection without a user id shares — gets a map, so connect and
+/// disconnect stay O(1) instead of a scan of every anonymous connection.
+enum UserClients {
+    Small(SmallMap<Arc<str>, Arc<ClientShared>>),
+    Large(ClientMap),
+}
+
+impl Default for UserClients {
+    fn default() -> Self {
+        UserClients::Small(SmallMap::new())
+    }
+}
+
+impl UserClients {
+    fn len(&self) -> usize {
+        match self {
+            UserClients::Small(m) => m.len(),
+            UserClients::Large(m) => m.len(),
+        }
+    }
+
+    fn insert(&mut self, id: Arc<str>, c: Arc<ClientShared>) {
+        match self {
+            UserClients::Small(m) if m.len() >= SMALL_USER_MAX && !m.contains_key(&id) => {
+                let mut big: ClientMap = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                big.insert(id, c);
+                *self = UserClients::Large(big);
+            }
+            UserClients::Small(m) => {
+                m.insert(id, c);
+            }
+            UserClients::Large(m) => {
+                m.insert(id, c);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        match self {
+            UserClients::Small(m) => {
+                m.remove(id);
+            }
+            UserClients::Large(m) => {
+                m.remove(id);
+                if m.len() <= SMALL_USER_MAX / 2 {
+                    let mut small = SmallMap::new();
+                    for (k, v) in m.drain() {
+                        small.insert(k, v);
+                    }
+                    *self = UserClients::Small(small);
+                } else {
+                    shrink_sparse(m);
+                }
+            }
+        }
+    }
+
+    fn values(&self) -> Vec<Arc<ClientShared>> {
+        match self {
+            UserClients::Small(m) => m.values().cloned().collect(),
+            UserClients::Large(m) => m.values().cloned().collect(),
+        }
+    }
+
+    #[cfg(test)]
+    fn is_large(&self) -> bool {
+        matches!(self, UserClients::Large(_))
+    }
+}
 
 /// Registry of connections and subscriptions.
 pub struct Hub {
@@ -62,116 +146,45 @@ impl Default for Hub {
     }
 }
 
-/// Lazily encoded forms of one push, shared by all subscribers: one per
-/// wire encoding and publication form, computed on first use only.
-pub(crate) struct LazyPush<'a> {
-    push: &'a Push,
-    prev: Option<&'a Arc<Publication>>,
-    cache: [Option<Bytes>; 9],
-    patch: Option<Option<Push>>,
-}
-
-impl<'a> LazyPush<'a> {
-    pub(crate) fn new(push: &'a Push) -> Self {
-        LazyPush { push, prev: None, cache: Default::default(), patch: None }
-    }
-
-    pub(crate) fn with_prev(push: &'a Push, prev: Option<&'a Arc<Publication>>) -> Self {
-        LazyPush { push, prev, cache: Default::default(), patch: None }
-    }
-
-    /// The patched push, if a patch is smaller than the data (computed once).
-    fn patched(&mut self) -> Option<&Push> {
-        if self.patch.is_none() {
-            let p = (|| {
-                let prev = self.prev?;
-                let publication = self.push.r#pub.as_ref()?;
-                // JSON needs a UTF-8 patch; a patch valid for JSON is valid for protobuf too.
-                let patch = crate::delta::patch(&prev.data, &publication.data, true)?;
-                let mut push = self.push.clone();
-                let p = push.r#pub.as_mut().expect("checked above");
-                p.data = patch;
-                p.delta = true;
-                Some(push)
-            })();
-            self.patch = Some(p);
-        }
-        self.patch.as_ref().and_then(|p| p.as_ref())
-    }
-
-    pub(crate) fn get(&mut self, enc: Encoding, form: PubForm) -> Bytes {
-        let e = match enc {
-            Encoding::Json => 0,
-            Encoding::JsonUni => 1,
-            Encoding::Protobuf => 2,
-        };
-        let f = match form {
-            PubForm::Plain => 0,
-            PubForm::DeltaFull => 1,
-            PubForm::DeltaPatch => 2,
-        };
-        let idx = e * 3 + f;
-        if let Some(b) = &self.cache[idx] {
-            return b.clone();
-        }
-        let as_string = form != PubForm::Plain;
-        let bytes = match form {
-            PubForm::DeltaPatch => match self.patched().cloned() {
-                Some(p) => encode_push(enc, &p, as_string),
-                None => return self.get(enc, PubForm::DeltaFull),
-            },
-            _ => encode_push(enc, self.push, as_string),
-        };
-        self.cache[idx] = Some(bytes.clone());
-        bytes
-    }
-}
-
-/// Encodes a push in one encoding (a `Reply{push}` for bidirectional, a bare
-/// `Push` for unidirectional JSON). `data_as_string` writes publication data
-/// as a JSON string (delta-negotiated subscriptions).
-pub fn encode_push(enc: Encoding, push: &Push, data_as_string: bool) -> Bytes {
-    match enc {
-        Encoding::Json => {
-            let mut b = Vec::with_capacity(64);
-            b.extend_from_slice(b"{\"push\":");
-            gyre_proto::json::write_push(&mut b, push, data_as_string);
-            b.push(b'}');
-            Bytes::from(b)
-        }
-        Encoding::JsonUni => {
-            let mut b = Vec::with_capacity(64);
-            gyre_proto::json::write_push(&mut b, push, data_as_string);
-            Bytes::from(b)
-        }
-        Encoding::Protobuf => {
-            use prost::Message;
-            Bytes::from(Reply { push: Some(push.clone()), ..Default::default() }.encode_length_delimited_to_vec())
-        }
-    }
-}
-
 impl Hub {
-    /// Registers a connected client.
-    pub fn add_client(&self, c: &Arc<ClientShared>) {
+    /// Registers a connected client unless its user already has `limit`
+    /// connections (0 = no limit); false when refused. Checked and inserted
+    /// under the user's shard lock, so two concurrent connects of one user
+    /// cannot both pass a limit of one.
+    pub(crate) fn add_client(&self, c: &Arc<ClientShared>, limit: usize) -> bool {
         let id = c.id.clone();
-        self.conns[shard_of(&id)].write().insert(id.clone(), c.clone());
         let user = c.user();
-        self.users[shard_of(&user)].write().entry(user).or_default().insert(id, c.clone());
+        {
+            let mut users = self.users[shard_of(&user)].write();
+            let set = users.entry(user.clone()).or_default();
+            // A refusal needs limit >= 1 connections present: the entry
+            // existed before, `or_default` created nothing to clean up.
+            if limit > 0 && set.len() >= limit {
+                return false;
+            }
+            set.insert(id.clone(), c.clone());
+        }
+        self.conns[shard_of(&id)].write().insert(id, c.clone());
         self.num_clients.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Unregisters a client.
-    pub fn remove_client(&self, c: &ClientShared) {
-        if self.conns[shard_of(&c.id)].write().remove(&c.id).is_none() {
-            return;
+    pub(crate) fn remove_client(&self, c: &ClientShared) {
+        {
+            let mut conns = self.conns[shard_of(&c.id)].write();
+            if conns.remove(&c.id).is_none() {
+                return;
+            }
+            shrink_sparse(&mut conns);
         }
         let user = c.user();
         let mut users = self.users[shard_of(&user)].write();
         if let Some(m) = users.get_mut(&user) {
             m.remove(&c.id);
-            if m.is_empty() {
+            if m.len() == 0 {
                 users.remove(&user);
+                shrink_sparse(&mut users);
             }
         }
         self.num_clients.fetch_sub(1, Ordering::Relaxed);
@@ -179,7 +192,7 @@ impl Hub {
 
     /// Connections of a user (optionally narrowed to one client id).
     pub fn user_clients(&self, user: &str) -> Vec<Arc<ClientShared>> {
-        self.users[shard_of(user)].read().get(user).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.users[shard_of(user)].read().get(user).map(UserClients::values).unwrap_or_default()
     }
 
     /// One connection by id.
@@ -193,7 +206,7 @@ impl Hub {
     }
 
     /// Adds a subscriber; true when it is the node's first in this channel.
-    pub fn add_sub(&self, channel: &str, c: &Arc<ClientShared>) -> bool {
+    pub(crate) fn add_sub(&self, channel: &str, c: &Arc<ClientShared>) -> bool {
         let mut shard = self.subs[shard_of(channel)].write();
         let (first, inserted) = match shard.get_mut(channel) {
             Some(m) => (false, m.insert(c.id.clone(), c.clone()).is_none()),
@@ -211,7 +224,7 @@ impl Hub {
     }
 
     /// Removes a subscriber; true when the channel has no subscriber left here.
-    pub fn remove_sub(&self, channel: &str, client_id: &str) -> bool {
+    pub(crate) fn remove_sub(&self, channel: &str, client_id: &str) -> bool {
         let mut shard = self.subs[shard_of(channel)].write();
         let Some(m) = shard.get_mut(channel) else {
             return false;
@@ -221,15 +234,17 @@ impl Hub {
         }
         if m.is_empty() {
             shard.remove(channel);
+            shrink_sparse(&mut shard);
             true
         } else {
+            shrink_sparse(m);
             false
         }
     }
 
     /// Fans a publication out to this node's subscribers of `channel`;
     /// returns how many subscribers it was offered to.
-    pub fn broadcast_publication(
+    pub(crate) fn broadcast_publication(
         &self,
         channel: &str,
         publication: &Arc<Publication>,
@@ -254,19 +269,19 @@ impl Hub {
         subs.len()
     }
 
-    /// Fans a join out to subscribers that receive join/leave.
     /// Local subscribers of `channel`.
     pub fn num_channel_subscribers(&self, channel: &str) -> usize {
         self.subs[shard_of(channel)].read().get(channel).map_or(0, HashMap::len)
     }
 
-    pub fn broadcast_join(&self, channel: &str, info: ClientInfo) -> usize {
+    /// Fans a join out to subscribers that receive join/leave.
+    pub(crate) fn broadcast_join(&self, channel: &str, info: ClientInfo) -> usize {
         let push = Push { channel: channel.to_string(), join: Some(Join { info: Some(info) }), ..Default::default() };
         self.broadcast_join_leave(channel, &push)
     }
 
     /// Fans a leave out to subscribers that receive join/leave.
-    pub fn broadcast_leave(&self, channel: &str, info: ClientInfo) -> usize {
+    pub(crate) fn broadcast_leave(&self, channel: &str, info: ClientInfo) -> usize {
         let push = Push { channel: channel.to_string(), leave: Some(Leave { info: Some(info) }), ..Default::default() };
         self.broadcast_join_leave(channel, &push)
     }
@@ -304,5 +319,81 @@ impl Hub {
     /// Subscriptions.
     pub fn num_subs(&self) -> usize {
         self.num_subs.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::Encoding;
+    use crate::shared::TransportInfo;
+
+    fn conn(user: &str) -> Arc<ClientShared> {
+        let info = TransportInfo { name: "test", unidirectional: false, emulation: false, disconnect_push: false };
+        let c = ClientShared::new(Encoding::Json, info, 1 << 16);
+        c.set_user(user);
+        c
+    }
+
+    fn user_set_len(h: &Hub, user: &str) -> Option<(usize, bool)> {
+        h.users[shard_of(user)].read().get(user).map(|u| (u.len(), u.is_large()))
+    }
+
+    #[test]
+    fn user_sets_grow_into_maps_and_shrink_back() {
+        let h = Hub::default();
+        let conns: Vec<_> = (0..100).map(|_| conn("")).collect();
+        for (i, c) in conns.iter().enumerate() {
+            assert!(h.add_client(c, 0));
+            let (n, large) = user_set_len(&h, "").unwrap();
+            assert_eq!((n, large), (i + 1, i + 1 > SMALL_USER_MAX), "after {} connects", i + 1);
+        }
+        assert_eq!(h.user_clients("").len(), 100);
+        for (i, c) in conns.iter().enumerate().rev() {
+            h.remove_client(c);
+            match user_set_len(&h, "") {
+                Some((n, large)) => {
+                    assert_eq!(n, i);
+                    assert!(large == (i > SMALL_USER_MAX / 2), "{i} left: large={large}");
+                }
+                None => assert_eq!(i, 0),
+            }
+        }
+        assert_eq!((h.num_clients(), h.num_users()), (0, 0));
+    }
+
+    #[test]
+    fn connection_limit_is_checked_with_the_insert() {
+        let h = Hub::default();
+        let (a, b, c) = (conn("u"), conn("u"), conn("v"));
+        assert!(h.add_client(&a, 1));
+        assert!(!h.add_client(&b, 1), "second connection of u over the limit of 1");
+        assert!(h.add_client(&c, 1));
+        assert_eq!(h.num_clients(), 2);
+        h.remove_client(&a);
+        assert!(h.add_client(&b, 1), "room again once the first is gone");
+        // A refused connect of a new user leaves no empty entry behind.
+        let d = conn("w");
+        assert!(h.add_client(&d, 1));
+        let e = conn("w");
+        assert!(!h.add_client(&e, 1));
+        h.remove_client(&e); // never registered: no effect
+        assert_eq!(h.user_clients("w").len(), 1);
+    }
+
+    #[test]
+    fn churned_channel_maps_give_memory_back() {
+        let h = Hub::default();
+        let c = conn("u");
+        for i in 0..20_000 {
+            h.add_sub(&format!("ch{i}"), &c);
+        }
+        let cap = |h: &Hub| h.subs.iter().map(|s| s.read().capacity()).sum::<usize>();
+        let full = cap(&h);
+        for i in 0..20_000 {
+            assert!(h.remove_sub(&format!("ch{i}"), &c.id));
+        }
+        assert_eq!(h.num_channels(), 0);
+        assert!(cap(&h) * 4 < full, "capacity {} of {full} kept after every channel left", cap(&h));
     }
 }

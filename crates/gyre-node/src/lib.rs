@@ -1,11 +1,13 @@
 //! Gyre's domain: the Node, the Hub, the per-connection Client state machine,
 //! the engine traits and the memory engine.
 //!
-//! Nothing here knows about sockets or HTTP. Transports (in `gyre-server`)
+//! Nothing here serves sockets or HTTP: transports (in `gyre-server`)
 //! drive a [`client::Client`] with decoded frames, control wake-ups and timer
-//! ticks, and drain its [`session::ClientShared`] write queue. That split is
+//! ticks, and drain its [`shared::ClientShared`] write queue. That split is
 //! what lets every transport — WebSocket, HTTP-streaming, SSE, SockJS and the
-//! unidirectional ones — share one command implementation.
+//! unidirectional ones — share one command implementation. The one network
+//! client in this crate is [`jwks`], which fetches token keys over HTTP(S)
+//! when `client.token.jwks_public_endpoint` is set.
 
 pub mod auth;
 pub mod channel;
@@ -24,10 +26,14 @@ pub mod jwks;
 pub mod memory;
 pub mod metrics;
 pub mod node;
-pub mod session;
+pub mod policy;
+pub mod push;
+pub mod recovery;
+pub mod shared;
 pub mod small_map;
 
 pub use client::Client;
 pub use errors::{ClientError, Disconnect};
 pub use node::Node;
-pub use session::{ClientShared, Encoding, TransportInfo};
+pub use push::Encoding;
+pub use shared::{ClientShared, TransportInfo};

@@ -4,11 +4,20 @@
 //! channel assigns the offset and hands the publication to the node while it
 //! still holds the channel's shard lock, so local subscribers see offsets in
 //! order even with concurrent publishers; channels without history take no
-//! lock at all. Expiry is lazy (checked on access) plus a sweep on publish, so
-//! there is no background task to own.
+//! lock at all.
+//!
+//! Expiry: checked on access, and [`Broker::sweep`] (called by the node's
+//! maintenance loop every second) drops expired publications, streams whose
+//! meta TTL passed and expired idempotency keys. Each shard keeps a min-heap
+//! of (deadline, channel), one live entry per stream, so a sweep touches only
+//! what is due: 60,000 channels churned through leave nothing behind once
+//! their TTLs pass. A plain history read of a channel without a stream does
+//! not create one (only subscriptions that track a position do, with
+//! [`HistoryQuery::ensure_stream`]).
 
+use std::cmp::Reverse;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -22,6 +31,8 @@ use tokio::time::Instant;
 use crate::engine::*;
 
 const SHARDS: usize = 64;
+/// Streams one shard's sweep looks at, at most (64 shards: ~65,000 a second).
+const SWEEP_BUDGET: usize = 1024;
 /// How long an idempotency key suppresses duplicates.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 
@@ -43,11 +54,19 @@ struct Stream {
     top: u64,
     items: VecDeque<(Arc<Publication>, Instant)>,
     meta_expires: Instant,
+    /// Deadline of this stream's live entry in the shard's expiry heap.
+    scheduled: Instant,
 }
 
 impl Stream {
     fn new(now: Instant, meta_ttl: Duration) -> Self {
-        Stream { epoch: new_epoch(), top: 0, items: VecDeque::new(), meta_expires: now + meta_ttl }
+        let meta_expires = now + meta_ttl;
+        Stream { epoch: new_epoch(), top: 0, items: VecDeque::new(), meta_expires, scheduled: meta_expires }
+    }
+
+    /// When the sweep must look at this stream next.
+    fn next_deadline(&self) -> Instant {
+        self.items.front().map_or(self.meta_expires, |(_, exp)| (*exp).min(self.meta_expires))
     }
 
     fn expire_items(&mut self, now: Instant) {
@@ -64,23 +83,100 @@ impl Stream {
 #[derive(Default)]
 struct Shard {
     streams: HashMap<String, Stream>,
+    /// (deadline, channel); an entry whose deadline is not its stream's
+    /// `scheduled` is stale and skipped.
+    expiry: BinaryHeap<Reverse<(Instant, String)>>,
     idempotency: HashMap<(String, String), (PublishResult, Instant)>,
     idempotency_order: VecDeque<(Instant, String, String)>,
 }
 
+/// Gives a map's memory back once it is mostly empty.
+fn shrink_sparse<K: Eq + Hash, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > 64 && m.len() * 4 <= m.capacity() {
+        m.shrink_to(m.len() * 2);
+    }
+}
+
 impl Shard {
+    /// The live stream of `channel`, created (new epoch) when missing or
+    /// expired; a use extends its meta TTL.
     fn stream(&mut self, channel: &str, now: Instant, meta_ttl: Duration) -> &mut Stream {
         let fresh = match self.streams.get(channel) {
             Some(s) => s.meta_expires <= now,
             None => true,
         };
         if fresh {
-            self.streams.insert(channel.to_string(), Stream::new(now, meta_ttl));
+            let s = Stream::new(now, meta_ttl);
+            self.expiry.push(Reverse((s.scheduled, channel.to_string())));
+            self.streams.insert(channel.to_string(), s);
         }
         let s = self.streams.get_mut(channel).expect("inserted above");
         s.meta_expires = s.meta_expires.max(now + meta_ttl);
         s.expire_items(now);
         s
+    }
+
+    /// The live stream of `channel` if there is one (a use extends its meta TTL).
+    fn existing(&mut self, channel: &str, now: Instant, meta_ttl: Duration) -> Option<&mut Stream> {
+        if self.streams.get(channel).is_some_and(|s| s.meta_expires <= now) {
+            self.streams.remove(channel);
+            return None;
+        }
+        let s = self.streams.get_mut(channel)?;
+        s.meta_expires = s.meta_expires.max(now + meta_ttl);
+        s.expire_items(now);
+        Some(s)
+    }
+
+    /// Makes sure the heap looks at `channel` by its next deadline (after a
+    /// publish added the first item, whose TTL may end before the meta TTL).
+    fn reschedule(&mut self, channel: &str) {
+        let Some(s) = self.streams.get_mut(channel) else { return };
+        let next = s.next_deadline();
+        if next < s.scheduled {
+            s.scheduled = next;
+            self.expiry.push(Reverse((next, channel.to_string())));
+        }
+    }
+
+    /// Drops what expired by `now`: publications, streams, idempotency keys.
+    /// Looks at no more than [`SWEEP_BUDGET`] streams, so one sweep holds
+    /// the shard lock (and the runtime thread it runs on) only briefly; a
+    /// larger backlog is worked off over the following sweeps.
+    fn sweep(&mut self, now: Instant) {
+        let mut budget = SWEEP_BUDGET;
+        while let Some(Reverse((at, _))) = self.expiry.peek() {
+            if *at > now || budget == 0 {
+                break;
+            }
+            budget -= 1;
+            let Reverse((at, channel)) = self.expiry.pop().expect("peeked");
+            let Some(s) = self.streams.get_mut(&channel) else { continue };
+            if s.scheduled != at {
+                continue; // stale: a later entry for this stream exists
+            }
+            if s.meta_expires <= now {
+                self.streams.remove(&channel);
+                continue;
+            }
+            s.expire_items(now);
+            if s.items.is_empty() && s.items.capacity() > 0 {
+                s.items = VecDeque::new();
+            }
+            s.scheduled = s.next_deadline();
+            self.expiry.push(Reverse((s.scheduled, channel)));
+        }
+        shrink_sparse(&mut self.streams);
+        if self.expiry.capacity() > 64 && self.expiry.len() * 4 <= self.expiry.capacity() {
+            self.expiry.shrink_to(self.expiry.len() * 2);
+        }
+        self.sweep_idempotency(now);
+        shrink_sparse(&mut self.idempotency);
+        if self.idempotency_order.capacity() > 64
+            && self.idempotency_order.len() * 4 <= self.idempotency_order.capacity()
+        {
+            self.idempotency_order.shrink_to_fit();
+        }
     }
 
     fn sweep_idempotency(&mut self, now: Instant) {
@@ -178,6 +274,7 @@ impl Broker for MemoryBroker {
             }
             result.position = s.position();
             epoch = s.epoch.clone();
+            shard.reschedule(channel);
             // Delivered under the shard lock: offsets reach the hub in order.
             self.handler().handle_publication(channel, publication, &epoch, prev);
         } else {
@@ -208,7 +305,14 @@ impl Broker for MemoryBroker {
     ) -> Result<(Vec<Publication>, StreamPosition), EngineError> {
         let now = Instant::now();
         let mut shard = self.shards[shard_of(channel)].lock();
-        let s = shard.stream(channel, now, q.meta_ttl);
+        let s = if q.ensure_stream {
+            shard.stream(channel, now, q.meta_ttl)
+        } else {
+            match shard.existing(channel, now, q.meta_ttl) {
+                Some(s) => s,
+                None => return Ok((Vec::new(), StreamPosition::default())),
+            }
+        };
         let pos = s.position();
         if q.limit == Some(0) {
             return Ok((Vec::new(), pos));
@@ -222,6 +326,13 @@ impl Broker for MemoryBroker {
             s.items.iter().filter(|(p, _)| p.offset > after).take(limit).map(|(p, _)| (**p).clone()).collect()
         };
         Ok((pubs, pos))
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        for shard in &self.shards {
+            shard.lock().sweep(now);
+        }
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
@@ -321,7 +432,8 @@ mod tests {
         for _ in 0..5 {
             b.publish("c", publ("1"), &opts()).await.unwrap();
         }
-        let q = HistoryQuery { limit: None, meta_ttl: Duration::from_secs(100), ..Default::default() };
+        let q =
+            HistoryQuery { limit: None, meta_ttl: Duration::from_secs(100), ensure_stream: true, ..Default::default() };
         let (pubs, pos) = b.history("c", &q).await.unwrap();
         assert_eq!(pubs.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(pos.offset, 5);
@@ -341,6 +453,74 @@ mod tests {
         let (_, pos3) = b.history("c", &q).await.unwrap();
         assert_eq!(pos3.offset, 0);
         assert_ne!(pos3.epoch, pos.epoch);
+    }
+
+    fn streams(b: &MemoryBroker) -> usize {
+        b.shards.iter().map(|s| s.lock().streams.len()).sum()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_drops_expired_streams_items_and_keys() {
+        let b = MemoryBroker::new();
+        b.register_handler(Arc::new(Rec::default()));
+        let o = PublishOptions {
+            history_size: 10,
+            history_ttl: Duration::from_secs(2),
+            history_meta_ttl: Duration::from_secs(4),
+            idempotency_key: None,
+            ..Default::default()
+        };
+        for i in 0..5000 {
+            let o = PublishOptions { idempotency_key: (i % 2 == 0).then(|| format!("k{i}")), ..o.clone() };
+            b.publish(&format!("ch{i}"), publ("1"), &o).await.unwrap();
+        }
+        assert_eq!(streams(&b), 5000);
+        let items = |b: &MemoryBroker| {
+            b.shards.iter().map(|s| s.lock().streams.values().map(|s| s.items.len()).sum::<usize>()).sum::<usize>()
+        };
+        tokio::time::advance(Duration::from_secs(3)).await;
+        b.sweep();
+        assert_eq!((streams(&b), items(&b)), (5000, 0), "items past history_ttl dropped, streams kept");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        b.sweep();
+        assert_eq!(streams(&b), 0, "streams past history_meta_ttl dropped");
+        let heap: usize = b.shards.iter().map(|s| s.lock().expiry.len()).sum();
+        assert_eq!(heap, 0);
+        tokio::time::advance(IDEMPOTENCY_WINDOW).await;
+        b.sweep();
+        let keys: usize = b.shards.iter().map(|s| s.lock().idempotency.len()).sum();
+        assert_eq!(keys, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_used_stream_survives_the_sweep() {
+        let b = MemoryBroker::new();
+        b.register_handler(Arc::new(Rec::default()));
+        let o = PublishOptions { history_meta_ttl: Duration::from_secs(4), ..opts() };
+        b.publish("c", publ("1"), &o).await.unwrap();
+        let q = HistoryQuery { meta_ttl: Duration::from_secs(4), ..Default::default() };
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_secs(3)).await;
+            b.history("c", &q).await.unwrap(); // a read keeps it alive
+            b.sweep();
+        }
+        assert_eq!(streams(&b), 1);
+        assert_eq!(b.history("c", &q).await.unwrap().1.offset, 1);
+    }
+
+    #[tokio::test]
+    async fn a_plain_read_creates_no_stream() {
+        let b = MemoryBroker::new();
+        b.register_handler(Arc::new(Rec::default()));
+        let q = HistoryQuery { meta_ttl: Duration::from_secs(100), ..Default::default() };
+        for i in 0..100 {
+            let (p, pos) = b.history(&format!("r{i}"), &q).await.unwrap();
+            assert!(p.is_empty() && pos == StreamPosition::default());
+        }
+        assert_eq!(streams(&b), 0);
+        let (_, pos) = b.history("r1", &HistoryQuery { ensure_stream: true, ..q.clone() }).await.unwrap();
+        assert!(!pos.epoch.is_empty());
+        assert_eq!(b.history("r1", &q).await.unwrap().1, pos, "the created stream is then read, not recreated");
     }
 
     #[tokio::test(start_paused = true)]

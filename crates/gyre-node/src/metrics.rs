@@ -31,6 +31,12 @@ pub struct Counters {
     /// Server API calls by method: (calls, failed). The server only records
     /// method names it knows, so the label set stays bounded.
     api_by_method: parking_lot::Mutex<std::collections::BTreeMap<&'static str, (u64, u64)>>,
+    /// Engine operations that failed (publish, history, presence, join/leave, subscribe...).
+    pub engine_errors: AtomicU64,
+    /// Join/leave events dropped because the fan-out had no room.
+    pub join_leave_dropped: AtomicU64,
+    /// Publishes refused because the fan-out had no room within its deadline.
+    pub publish_refused_backpressure: AtomicU64,
 }
 
 impl Counters {
@@ -122,6 +128,24 @@ pub fn render(node: &Node) -> String {
         "gyre_fanout_backpressure_count",
         "Times a publisher waited for the fan-out thread (its queue was full).",
         c.fanout_backpressure.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "gyre_engine_errors_total",
+        "Engine operations that failed (logged with the operation and channel).",
+        c.engine_errors.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "gyre_fanout_join_leave_dropped_total",
+        "Join/leave events dropped because the fan-out stayed full.",
+        c.join_leave_dropped.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "gyre_fanout_publish_refused_total",
+        "Publishes refused (error 100) because the fan-out stayed full.",
+        c.publish_refused_backpressure.load(Ordering::Relaxed),
     );
     let _ = writeln!(
         out,

@@ -74,7 +74,7 @@ pub enum Start {
 /// The encoded disconnect push for transports that send one (emulation, uni).
 pub fn disconnect_push(encoding: Encoding, d: &Disconnect) -> Bytes {
     let push = Push { disconnect: Some(d.to_proto()), ..Default::default() };
-    gyre_node::hub::encode_push(encoding, &push, false)
+    gyre_node::push::encode_push(encoding, &push, false)
 }
 
 /// Writes one frame. While the peer is stuck the queue keeps absorbing

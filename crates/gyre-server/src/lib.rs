@@ -53,6 +53,7 @@ pub fn nats_options(config: &Config, name: &str) -> NatsOptions {
         history_meta_ttl: if max_meta.is_zero() { Duration::from_secs(30 * 24 * 3600) } else { max_meta },
         presence_ttl: (interval * 2 + Duration::from_secs(5)).max(Duration::from_secs(60)),
         name: format!("gyre {name}"),
+        ..NatsOptions::default()
     }
 }
 

@@ -378,10 +378,10 @@ async fn emulation_session_ends_when_the_client_goes_away() {
     let connect = json!({"id": 1, "connect": {"token": user_token("gone")}}).to_string();
     let mut st = HttpStream::open(s.addr, "POST", "/connection/http_stream", &[], connect.as_bytes()).await;
     st.json_line().await.unwrap();
-    assert_eq!(s.node.hub.user_clients("gone").len(), 1);
+    assert_eq!(s.node.hub().user_clients("gone").len(), 1);
     drop(st);
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !s.node.hub.user_clients("gone").is_empty() {
+    while !s.node.hub().user_clients("gone").is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "connection not cleaned up after the client left");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -289,10 +289,10 @@ async fn slow_consumer_is_disconnected_3008_and_others_get_everything() {
     assert_eq!(s.node.disconnect_count(3008), 1, "the slow client was cut off with 3008");
     // Its connection is gone once the close attempt on the stuck socket timed out.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while s.node.hub.num_clients() != 1 && tokio::time::Instant::now() < deadline {
+    while s.node.hub().num_clients() != 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(s.node.hub.num_clients(), 1);
+    assert_eq!(s.node.hub().num_clients(), 1);
     drop(slow);
 }
 

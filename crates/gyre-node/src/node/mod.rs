@@ -38,7 +38,11 @@ use crate::errors::{ClientError, Disconnect};
 use crate::fanout::Job;
 use crate::hub::Hub;
 use crate::memory::{MemoryBroker, MemoryPresence};
-use crate::session::Control;
+use crate::shared::{ClientShared, Control};
+
+mod cluster;
+#[cfg(test)]
+mod tests;
 
 /// Gyre's version as reported to clients and the `info` API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -49,6 +53,13 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
 pub const NODE_TTL: Duration = Duration::from_secs(10);
 /// How long a survey (`channels`) waits for every node.
 pub const SURVEY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often expired engine data is swept.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Stripes of the per-channel subscription lock: channels hash onto them, so
+/// two channels rarely share one and the memory is fixed (~200 KB).
+const SUB_LOCK_STRIPES: usize = 4096;
 
 /// Receives [`Node::send_to_node`] payloads: `(sender uid, bytes)`.
 pub type NodeMessageHandler = Arc<dyn Fn(&str, Bytes) + Send + Sync>;
@@ -137,6 +148,9 @@ impl BrokerEventHandler for Events {
     fn handle_leave(&self, channel: &str, info: ClientInfo) {
         self.fanout.send(Job::Leave { channel: channel.into(), info });
     }
+    fn delivery_room(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.fanout.delivery_room())
+    }
     fn handle_control(&self, data: Bytes) {
         let env: Envelope = match serde_json::from_slice(&data) {
             Ok(e) => e,
@@ -165,12 +179,16 @@ pub struct Node {
     pub config: Arc<Config>,
     /// Channel rules.
     pub rules: ChannelRules,
-    /// Connections and subscriptions.
-    pub hub: Arc<Hub>,
+    /// Connections and subscriptions. Mutated only through the node's
+    /// operations below, which keep hub and broker interest in step.
+    pub(crate) hub: Arc<Hub>,
     /// Broker.
-    pub broker: Arc<dyn Broker>,
+    pub(crate) broker: Arc<dyn Broker>,
     /// Presence.
-    pub presence: Arc<dyn PresenceManager>,
+    pub(crate) presence: Arc<dyn PresenceManager>,
+    /// Per-channel locks serializing hub add/remove with broker
+    /// subscribe/unsubscribe (centrifuge's `subLock`).
+    sub_locks: Box<[tokio::sync::Mutex<()>]>,
     /// Connection token verifier.
     pub conn_verifier: TokenVerifier,
     /// Subscription token verifier.
@@ -180,6 +198,8 @@ pub struct Node {
     /// Node name.
     pub name: String,
     started: Instant,
+    /// Set (SeqCst) when shutdown begins; [`Node::register_client`] checks it
+    /// before and after inserting, so no connect slips past a shutdown.
     shutting_down: AtomicBool,
     disconnects: parking_lot::Mutex<HashMap<u32, u64>>,
     /// Other live nodes: info and when it expires.
@@ -227,7 +247,7 @@ impl Node {
         let uid = uuid::Uuid::new_v4().to_string();
         let counters = Arc::new(crate::metrics::Counters::default());
         let fanout = Arc::new(crate::fanout::Fanout::start(hub.clone(), counters.clone()));
-        Ok(Arc::new_cyclic(|weak| {
+        let node = Arc::new_cyclic(|weak| {
             broker.register_handler(Arc::new(Events { node: weak.clone(), uid: uid.clone(), fanout: fanout.clone() }));
             Node {
                 rules: ChannelRules::new(&config),
@@ -239,6 +259,7 @@ impl Node {
                 sub_verifier,
                 uid,
                 name,
+                sub_locks: (0..SUB_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
                 started: Instant::now(),
                 shutting_down: AtomicBool::new(false),
                 disconnects: parking_lot::Mutex::new(HashMap::new()),
@@ -249,7 +270,27 @@ impl Node {
                 counters,
                 fanout,
             }
-        }))
+        });
+        node.start_maintenance();
+        Ok(node)
+    }
+
+    /// Every [`MAINTENANCE_INTERVAL`], lets the engines drop what expired
+    /// ([`Broker::sweep`]). The task holds a weak reference and ends with the
+    /// node. Without a Tokio runtime (a node built in plain code) nothing is
+    /// started and expiry stays lazy.
+    fn start_maintenance(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let weak = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                node.broker.sweep();
+            }
+        });
     }
 
     /// Whether the engines can serve (`/health/ready`): the worse of broker and presence.
@@ -270,131 +311,6 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-
-    /// Starts the heartbeat loop of a clustered node (call once, inside a
-    /// Tokio runtime). The loop holds a weak reference: it ends with the node.
-    pub fn start_cluster(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(node) = weak.upgrade() else { return };
-                if node.is_shutting_down() {
-                    return;
-                }
-                node.expire_peers();
-                if node.health() == EngineHealth::Ready {
-                    node.send_heartbeat().await;
-                }
-            }
-        });
-    }
-
-    async fn send_heartbeat(&self) {
-        let msg = ControlMsg::Node { info: self.info() };
-        if let Err(e) = self.send_control(msg, None).await {
-            tracing::debug!(error = %e, "heartbeat not sent");
-        }
-    }
-
-    fn expire_peers(&self) {
-        let now = Instant::now();
-        self.peers.lock().retain(|_, (_, exp)| *exp > now);
-    }
-
-    async fn send_control(&self, msg: ControlMsg, to: Option<&str>) -> Result<(), EngineError> {
-        let env = Envelope { from: self.uid.clone(), msg };
-        let data = serde_json::to_vec(&env).map_err(|e| EngineError::Other(e.to_string()))?;
-        self.broker.publish_control(Bytes::from(data), to).await
-    }
-
-    async fn broadcast(&self, msg: ControlMsg) -> Result<(), ClientError> {
-        self.send_control(msg, None).await.map_err(|e| {
-            tracing::warn!(error = %e, "control broadcast failed");
-            ClientError::INTERNAL
-        })
-    }
-
-    /// Applies a control message from another node.
-    fn apply_control(self: Arc<Self>, env: Envelope) {
-        match env.msg {
-            ControlMsg::Node { info } => {
-                let new = self.peers.lock().insert(env.from.clone(), (info, Instant::now() + NODE_TTL)).is_none();
-                if new && !self.is_shutting_down() {
-                    // Introduce ourselves at once instead of at the next tick.
-                    let node = self.clone();
-                    tokio::spawn(async move { node.send_heartbeat().await });
-                }
-            }
-            ControlMsg::Shutdown => {
-                self.peers.lock().remove(&env.from);
-            }
-            ControlMsg::Disconnect { target, whitelist, code, reason } => {
-                self.disconnect_local(&target, &whitelist, Disconnect::custom(code, reason));
-            }
-            ControlMsg::Unsubscribe { target, channel } => self.unsubscribe_local(&target, &channel),
-            ControlMsg::Subscribe { target, sub } => self.subscribe_local(&target, sub.into()),
-            ControlMsg::Refresh { target, expired, expire_at, info } => {
-                self.refresh_local(&target, expired, expire_at, info.map(|i| unb64(&i)));
-            }
-            ControlMsg::SurveyRequest { id, op, pattern } => {
-                let channels = if op == "channels" { self.local_channels(&pattern) } else { Vec::new() };
-                let node = self.clone();
-                tokio::spawn(async move {
-                    let reply = ControlMsg::SurveyReply { id, channels };
-                    if let Err(e) = node.send_control(reply, Some(&env.from)).await {
-                        tracing::warn!(error = %e, "survey reply not sent");
-                    }
-                });
-            }
-            ControlMsg::SurveyReply { id, channels } => {
-                if let Some(tx) = self.surveys.lock().get(&id) {
-                    let _ = tx.send((env.from, channels));
-                }
-            }
-            ControlMsg::User { data } => {
-                let h = self.node_handler.read().clone();
-                match h {
-                    Some(h) => h(&env.from, unb64(&data)),
-                    None => tracing::debug!(from = %env.from, "node message without a handler dropped"),
-                }
-            }
-        }
-    }
-
-    /// Registers the receiver of [`Node::send_to_node`] payloads on this node.
-    pub fn on_node_message(&self, handler: NodeMessageHandler) {
-        *self.node_handler.write() = Some(handler);
-    }
-
-    /// Sends opaque bytes to the handler registered on node `uid` (this node
-    /// included). Fails when the broker cannot carry it; delivery to a live
-    /// node is at-most-once, like every control message.
-    pub async fn send_to_node(&self, uid: &str, data: Bytes) -> Result<(), ClientError> {
-        if uid == self.uid {
-            let h = self.node_handler.read().clone();
-            if let Some(h) = h {
-                h(&self.uid, data);
-            }
-            return Ok(());
-        }
-        self.send_control(ControlMsg::User { data: b64(&data) }, Some(uid)).await.map_err(|e| {
-            tracing::warn!(error = %e, node = uid, "send to node failed");
-            ClientError::INTERNAL
-        })
-    }
-
-    /// Every live node: this one first, then the others by name.
-    pub fn nodes(&self) -> Vec<NodeInfo> {
-        self.expire_peers();
-        let mut others: Vec<NodeInfo> = self.peers.lock().values().map(|(i, _)| i.clone()).collect();
-        others.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
-        let mut v = vec![self.info()];
-        v.extend(others);
-        v
     }
 
     /// Counts a server-initiated disconnect by code (metrics, tests).
@@ -421,12 +337,13 @@ impl Node {
 
     /// Whether shutdown began.
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
+        self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Starts shutdown: every connection gets 3001 (reconnect advised).
+    /// Starts shutdown: every connection gets 3001 (reconnect advised), and
+    /// so does every connect from now on ([`Node::register_client`]).
     pub fn shutdown(self: &Arc<Self>) {
-        self.shutting_down.store(true, Ordering::Relaxed);
+        self.shutting_down.store(true, Ordering::SeqCst);
         for c in self.hub.all_clients() {
             c.close_with(Disconnect::SHUTDOWN);
         }
@@ -483,9 +400,7 @@ impl Node {
         info: Option<ClientInfo>,
         opts: &ApiPublish,
     ) -> Result<PublishResult, ClientError> {
-        if channel.is_empty() {
-            return Err(ClientError::BAD_REQUEST);
-        }
+        self.check_channel(channel)?;
         let ns = self.rules.namespace(channel)?.clone();
         self.check_data_format(&ns, &data)?;
         let mut po = self.publish_options(&ns);
@@ -495,10 +410,14 @@ impl Node {
             po.idempotency_key = Some(opts.idempotency_key.clone());
         }
         let publication = Publication { data, info, tags: opts.tags.clone(), ..Default::default() };
-        self.broker.publish(channel, publication, &po).await.map_err(|e| {
-            tracing::warn!(channel, error = %e, "publish failed");
-            ClientError::INTERNAL
-        })
+        // Room in the fan-out before anything is stored (see fanout.rs):
+        // a full fan-out refuses the publish rather than lose it.
+        if !self.fanout.publication_room().await {
+            crate::metrics::Counters::add(&self.counters.publish_refused_backpressure, 1);
+            tracing::warn!(channel, "publish refused: fan-out full for {:?}", crate::fanout::ROOM_WAIT);
+            return Err(ClientError::INTERNAL);
+        }
+        self.broker.publish(channel, publication, &po).await.map_err(|e| self.engine_error("publish", channel, &e))
     }
 
     /// Reads history (API and client), with the namespace check (108).
@@ -507,42 +426,46 @@ impl Node {
         channel: &str,
         query: HistoryQuery,
     ) -> Result<(Vec<Publication>, StreamPosition), ClientError> {
+        self.check_channel(channel)?;
         let ns = self.rules.namespace(channel)?.clone();
         if !ns.options.history_enabled() {
             return Err(ClientError::NOT_AVAILABLE);
         }
         let q = HistoryQuery { meta_ttl: self.meta_ttl(&ns.options), ..query };
-        self.broker.history(channel, &q).await.map_err(|_| ClientError::INTERNAL)
+        self.broker.history(channel, &q).await.map_err(|e| self.engine_error("history", channel, &e))
     }
 
     /// Drops stored publications.
     pub async fn history_remove(&self, channel: &str) -> Result<(), ClientError> {
+        self.check_channel(channel)?;
         let ns = self.rules.namespace(channel)?.clone();
         if !ns.options.history_enabled() {
             return Err(ClientError::NOT_AVAILABLE);
         }
-        self.broker.remove_history(channel).await.map_err(|_| ClientError::INTERNAL)
+        self.broker.remove_history(channel).await.map_err(|e| self.engine_error("history remove", channel, &e))
     }
 
     /// Presence of a channel (108 when disabled).
     pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, ClientError> {
+        self.check_channel(channel)?;
         let ns = self.rules.namespace(channel)?.clone();
         if !ns.options.presence {
             return Err(ClientError::NOT_AVAILABLE);
         }
-        self.presence.presence(channel).await.map_err(|_| ClientError::INTERNAL)
+        self.presence.presence(channel).await.map_err(|e| self.engine_error("presence", channel, &e))
     }
 
     /// Presence counts (108 when disabled).
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, ClientError> {
+        self.check_channel(channel)?;
         let ns = self.rules.namespace(channel)?.clone();
         if !ns.options.presence {
             return Err(ClientError::NOT_AVAILABLE);
         }
-        self.presence.presence_stats(channel).await.map_err(|_| ClientError::INTERNAL)
+        self.presence.presence_stats(channel).await.map_err(|e| self.engine_error("presence stats", channel, &e))
     }
 
-    fn targets(&self, t: &Target) -> Vec<Arc<crate::session::ClientShared>> {
+    fn targets(&self, t: &Target) -> Vec<Arc<ClientShared>> {
         self.hub
             .user_clients(&t.user)
             .into_iter()
@@ -553,9 +476,7 @@ impl Node {
 
     /// API `subscribe`: on every node.
     pub async fn subscribe_user(&self, t: &Target, sub: ServerSubscribe) -> Result<(), ClientError> {
-        if sub.channel.is_empty() {
-            return Err(ClientError::BAD_REQUEST);
-        }
+        self.check_channel(&sub.channel)?;
         self.rules.namespace(&sub.channel)?;
         let wire = (&sub).into();
         self.subscribe_local(t, sub);
@@ -573,6 +494,7 @@ impl Node {
         if channel.is_empty() {
             return Ok(());
         }
+        self.check_channel(channel)?;
         self.rules.namespace(channel)?;
         self.unsubscribe_local(t, channel);
         self.broadcast(ControlMsg::Unsubscribe { target: t.clone(), channel: channel.to_string() }).await
@@ -633,50 +555,142 @@ impl Node {
             .collect()
     }
 
-    /// Active channels of every node (API `channels`), with subscriber counts
-    /// summed. Fails if a live node does not answer within [`SURVEY_TIMEOUT`]:
-    /// a partial list would be a silent lie.
-    pub async fn channels(&self, pattern: &str) -> Result<Vec<(String, usize)>, ClientError> {
-        let mut all: HashMap<String, usize> = HashMap::new();
-        for (ch, n) in self.local_channels(pattern) {
-            *all.entry(ch).or_default() += n;
+    /// Read access to the hub (counts and lookups for the server and tests;
+    /// changes go through the node's operations).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Every engine operation's channel check: non-empty and at most
+    /// `channel.max_length` bytes (107). A name of kilobytes must never
+    /// reach an engine: on NATS it overflows the server's control line and
+    /// costs the node its whole connection.
+    pub fn check_channel(&self, channel: &str) -> Result<(), ClientError> {
+        if channel.is_empty() || channel.len() > self.config.channel.max_length {
+            return Err(ClientError::BAD_REQUEST);
         }
-        self.expire_peers();
-        let mut waiting: std::collections::HashSet<String> = self.peers.lock().keys().cloned().collect();
-        if !waiting.is_empty() {
-            let id = self.survey_seq.fetch_add(1, Ordering::Relaxed);
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            self.surveys.lock().insert(id, tx);
-            let sent =
-                self.broadcast(ControlMsg::SurveyRequest { id, op: "channels".into(), pattern: pattern.into() }).await;
-            let deadline = Instant::now() + SURVEY_TIMEOUT;
-            let res = match sent {
-                Err(e) => Err(e),
-                Ok(()) => loop {
-                    if waiting.is_empty() {
-                        break Ok(());
-                    }
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some((from, chans))) => {
-                            if waiting.remove(&from) {
-                                for (ch, n) in chans {
-                                    *all.entry(ch).or_default() += n;
-                                }
-                            }
-                        }
-                        Ok(None) | Err(_) => {
-                            tracing::warn!(missing = ?waiting, "channels survey: nodes did not answer");
-                            break Err(ClientError::INTERNAL);
-                        }
-                    }
-                },
-            };
-            self.surveys.lock().remove(&id);
-            res?;
+        Ok(())
+    }
+
+    /// Logs and counts a failed engine operation; the caller's error (100).
+    pub(crate) fn engine_error(&self, op: &'static str, channel: &str, e: &EngineError) -> ClientError {
+        crate::metrics::Counters::add(&self.counters.engine_errors, 1);
+        tracing::warn!(op, channel, error = %e, "engine operation failed");
+        ClientError::INTERNAL
+    }
+
+    fn sub_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        channel.hash(&mut h);
+        &self.sub_locks[(h.finish() as usize) % self.sub_locks.len()]
+    }
+
+    /// Registers a connected client: refused with 3001 once shutdown began,
+    /// 3504 when its user already has `client.user_connection_limit`
+    /// connections (checked and inserted in one step).
+    pub(crate) fn register_client(&self, c: &Arc<ClientShared>) -> Result<(), Disconnect> {
+        if self.is_shutting_down() {
+            return Err(Disconnect::SHUTDOWN);
         }
-        let mut v: Vec<(String, usize)> = all.into_iter().collect();
-        v.sort();
-        Ok(v)
+        let limit = if c.user().is_empty() { 0 } else { self.config.client.user_connection_limit };
+        if !self.hub.add_client(c, limit) {
+            return Err(Disconnect::CONNECTION_LIMIT);
+        }
+        // Shutdown may have begun while inserting, after it closed every
+        // client it saw: this one must not stay.
+        if self.is_shutting_down() {
+            self.hub.remove_client(c);
+            return Err(Disconnect::SHUTDOWN);
+        }
+        Ok(())
+    }
+
+    /// Unregisters a client.
+    pub(crate) fn unregister_client(&self, c: &ClientShared) {
+        self.hub.remove_client(c);
+    }
+
+    /// Adds a subscriber to `channel`: the hub entry, and broker interest
+    /// when it is this node's first. Under the channel's lock, so a
+    /// concurrent last-unsubscribe cannot withdraw the broker interest this
+    /// subscriber relies on; a failed broker subscribe removes the hub entry
+    /// again (and is logged and counted).
+    pub(crate) async fn add_subscription(&self, channel: &str, c: &Arc<ClientShared>) -> Result<(), ClientError> {
+        self.check_channel(channel)?;
+        let _guard = self.sub_lock(channel).lock().await;
+        if self.hub.add_sub(channel, c)
+            && let Err(e) = self.broker.subscribe(channel).await
+        {
+            self.hub.remove_sub(channel, &c.id);
+            return Err(self.engine_error("subscribe", channel, &e));
+        }
+        Ok(())
+    }
+
+    /// Removes a subscriber; withdraws broker interest with the node's last
+    /// one, under the channel's lock (see [`Node::add_subscription`]).
+    pub(crate) async fn remove_subscription(&self, channel: &str, client_id: &str) {
+        let _guard = self.sub_lock(channel).lock().await;
+        if self.hub.remove_sub(channel, client_id)
+            && let Err(e) = self.broker.unsubscribe(channel).await
+        {
+            self.engine_error("unsubscribe", channel, &e);
+        }
+    }
+
+    /// Waits for room for a join/leave; false (logged, counted) when the
+    /// event must be dropped.
+    async fn join_leave_room(&self, channel: &str) -> bool {
+        if self.fanout.join_leave_room().await {
+            return true;
+        }
+        crate::metrics::Counters::add(&self.counters.join_leave_dropped, 1);
+        tracing::warn!(channel, "join/leave dropped: fan-out full");
+        false
+    }
+
+    /// Publishes a join (failures logged and counted: the subscription stands).
+    pub(crate) async fn join(&self, channel: &str, info: ClientInfo) {
+        if !self.join_leave_room(channel).await {
+            return;
+        }
+        if let Err(e) = self.broker.publish_join(channel, info).await {
+            self.engine_error("join", channel, &e);
+        }
+    }
+
+    /// Publishes a leave (failures logged and counted).
+    pub(crate) async fn leave(&self, channel: &str, info: ClientInfo) {
+        if !self.join_leave_room(channel).await {
+            return;
+        }
+        if let Err(e) = self.broker.publish_leave(channel, info).await {
+            self.engine_error("leave", channel, &e);
+        }
+    }
+
+    /// Adds a presence entry (failures logged and counted; the periodic
+    /// refresh retries).
+    pub(crate) async fn add_presence(&self, channel: &str, client_id: &str, info: ClientInfo) {
+        if let Err(e) = self.presence.add_presence(channel, client_id, info).await {
+            self.engine_error("presence add", channel, &e);
+        }
+    }
+
+    /// Refreshes a presence entry (the periodic update).
+    pub(crate) async fn refresh_presence(&self, channel: &str, client_id: &str, info: ClientInfo) {
+        if let Err(e) = self.presence.add_presence(channel, client_id, info).await {
+            self.engine_error("presence refresh", channel, &e);
+        }
+    }
+
+    /// Removes a presence entry (failures logged and counted; the entry
+    /// then expires with the engine's presence TTL).
+    pub(crate) async fn remove_presence(&self, channel: &str, client_id: &str, user: &str) {
+        if let Err(e) = self.presence.remove_presence(channel, client_id, user).await {
+            self.engine_error("presence remove", channel, &e);
+        }
     }
 
     /// This node's info.

@@ -21,33 +21,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::errors::Disconnect;
-use crate::hub::{LazyPush, encode_push};
+use crate::push::{Encoding, LazyPush, PubForm, encode_push};
 use crate::small_map::SmallMap;
-
-/// How messages for this connection are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// JSON replies (bidirectional and emulation transports).
-    Json,
-    /// Bare JSON pushes (unidirectional transports).
-    JsonUni,
-    /// Protobuf replies.
-    Protobuf,
-}
-
-impl Encoding {
-    /// JSON of either kind.
-    pub fn is_json(self) -> bool {
-        matches!(self, Encoding::Json | Encoding::JsonUni)
-    }
-    /// The protocol type.
-    pub fn protocol(self) -> gyre_proto::ProtocolType {
-        match self {
-            Encoding::Protobuf => gyre_proto::ProtocolType::Protobuf,
-            _ => gyre_proto::ProtocolType::Json,
-        }
-    }
-}
 
 /// What the transport is, for connect results and proxies.
 #[derive(Debug, Clone)]
@@ -102,18 +77,6 @@ pub struct SubDelivery {
     /// Only publications whose tags match are delivered. Boxed: rare, and
     /// inline it would triple the size of every subscription's entry.
     pub tags_filter: Option<Box<gyre_proto::protocol::FilterNode>>,
-}
-
-/// How a subscriber wants one publication: plain, or for delta subscriptions
-/// full (data as a JSON string) or as a fossil patch against the previous one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PubForm {
-    /// Raw data, no delta negotiated.
-    Plain,
-    /// Full data on a delta subscription.
-    DeltaFull,
-    /// A patch against the previous publication.
-    DeltaPatch,
 }
 
 /// Options of a subscription's delivery state.
