@@ -34,21 +34,25 @@ pub struct Loaded {
 pub fn read_file(path: &Path) -> Result<Value, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|e| LoadError(vec![format!("{}: {e}", path.display())]))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("json").to_ascii_lowercase();
-    let v: Value = match ext.as_str() {
-        "yaml" | "yml" => {
-            serde_norway::from_str(&text).map_err(|e| LoadError(vec![format!("{}: {e}", path.display())]))?
-        }
+    parse_text(&text, &ext).map_err(|e| LoadError(vec![format!("{}: {e}", path.display())]))
+}
+
+/// Parses config file text by extension (`yaml`/`yml`, `toml`, anything else
+/// JSON) into a JSON tree whose top level is an object (`null` → empty).
+/// Pure, so the config fuzz target (crates/gyre-fuzz) exercises exactly this.
+pub fn parse_text(text: &str, ext: &str) -> Result<Value, String> {
+    let v: Value = match ext {
+        "yaml" | "yml" => serde_norway::from_str(text).map_err(|e| e.to_string())?,
         "toml" => {
-            let t: toml::Value =
-                toml::from_str(&text).map_err(|e| LoadError(vec![format!("{}: {e}", path.display())]))?;
-            serde_json::to_value(t).map_err(|e| LoadError(vec![format!("{}: {e}", path.display())]))?
+            let t: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+            serde_json::to_value(t).map_err(|e| e.to_string())?
         }
-        _ => serde_json::from_str(&text).map_err(|e| LoadError(vec![format!("{}: {e}", path.display())]))?,
+        _ => serde_json::from_str(text).map_err(|e| e.to_string())?,
     };
     match v {
         Value::Object(_) => Ok(v),
         Value::Null => Ok(Value::Object(Map::new())),
-        _ => Err(LoadError(vec![format!("{}: the top level must be an object", path.display())])),
+        _ => Err("the top level must be an object".into()),
     }
 }
 

@@ -81,7 +81,7 @@ struct NodeForwarder {
 }
 
 /// Wire format of a forwarded request: varint session length, session, data.
-fn encode_forward(session: &str, data: &[u8]) -> Bytes {
+pub fn encode_forward(session: &str, data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(session.len() + data.len() + 5);
     prost::encoding::encode_varint(session.len() as u64, &mut out);
     out.extend_from_slice(session.as_bytes());
@@ -89,7 +89,8 @@ fn encode_forward(session: &str, data: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-fn decode_forward(mut b: Bytes) -> Option<(String, Bytes)> {
+/// Inverse of [`encode_forward`]; `None` for a truncated or non-UTF-8 session.
+pub fn decode_forward(mut b: Bytes) -> Option<(String, Bytes)> {
     let mut slice = &b[..];
     let len = prost::encoding::decode_varint(&mut slice).ok()? as usize;
     let header = b.len() - slice.len();
@@ -328,6 +329,27 @@ struct JsonEmulation<'a> {
     data: Option<&'a serde_json::value::RawValue>,
 }
 
+/// Parses a `POST /emulation` body into (session, node, data): a Protobuf
+/// `EmulationRequest` when `protobuf`, else JSON whose `data` is a string
+/// holding the commands (a raw JSON value is accepted too). `None` is a 400.
+/// Pure, so the fuzz targets (crates/gyre-fuzz) exercise exactly this.
+pub fn parse_emulation_body(body: &[u8], protobuf: bool) -> Option<(String, String, Bytes)> {
+    if protobuf {
+        use prost::Message;
+        gyre_proto::protocol::EmulationRequest::decode(body).ok().map(|r| (r.session, r.node, r.data))
+    } else {
+        serde_json::from_slice::<JsonEmulation<'_>>(body).ok().and_then(|r| {
+            let raw = r.data?.get();
+            // `data` is a JSON string holding the commands; accept a raw object too.
+            let data = match serde_json::from_str::<String>(raw) {
+                Ok(s) => Bytes::from(s),
+                Err(_) => Bytes::copy_from_slice(raw.as_bytes()),
+            };
+            Some((r.session, r.node, data))
+        })
+    }
+}
+
 /// `POST /emulation`.
 pub(crate) async fn emulation(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let cfg = app.node.config.clone();
@@ -348,21 +370,7 @@ pub(crate) async fn emulation(app: Arc<App>, req: Request<Incoming>) -> Response
             Ok(b) => b,
             Err(r) => return r,
         };
-    let parsed = if h::is_octet_stream(&headers) {
-        use prost::Message;
-        gyre_proto::protocol::EmulationRequest::decode(body.as_ref()).ok().map(|r| (r.session, r.node, r.data))
-    } else {
-        serde_json::from_slice::<JsonEmulation<'_>>(&body).ok().and_then(|r| {
-            let raw = r.data?.get();
-            // `data` is a JSON string holding the commands; accept a raw object too.
-            let data = match serde_json::from_str::<String>(raw) {
-                Ok(s) => Bytes::from(s),
-                Err(_) => Bytes::copy_from_slice(raw.as_bytes()),
-            };
-            Some((r.session, r.node, data))
-        })
-    };
-    let Some((session, node, data)) = parsed else {
+    let Some((session, node, data)) = parse_emulation_body(&body, h::is_octet_stream(&headers)) else {
         return h::text(StatusCode::BAD_REQUEST, "Bad Request\n");
     };
     let mut resp = match app.sessions.route(&app.node.uid, &node) {

@@ -80,6 +80,14 @@ pub mod frames {
         out
     }
 
+    /// Parses a client frame (`xhr_send`, `jsonp_send`, the `websocket`
+    /// transport): a JSON array of strings, or (sockjs-go accepts it) one
+    /// string. An error is a broken frame.
+    pub fn parse_messages(payload: &str) -> Result<Vec<String>, serde_json::Error> {
+        serde_json::from_str::<Vec<String>>(payload)
+            .or_else(|_| serde_json::from_str::<String>(payload).map(|s| vec![s]))
+    }
+
     /// `c[code,"reason"]`.
     pub fn close(code: u32, reason: &str) -> Vec<u8> {
         let mut out = format!("c[{code},").into_bytes();
@@ -966,9 +974,7 @@ async fn send(app: &Arc<App>, key: &str, req: Request<Incoming>, jsonp: bool) ->
     let Some(payload) = payload.filter(|p| !p.is_empty()) else {
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "Payload expected.");
     };
-    let msgs: Vec<String> = match serde_json::from_str::<Vec<String>>(&payload)
-        .or_else(|_| serde_json::from_str::<String>(&payload).map(|s| vec![s]))
-    {
+    let msgs: Vec<String> = match frames::parse_messages(&payload) {
         Ok(m) => m,
         Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "Broken JSON encoding."),
     };

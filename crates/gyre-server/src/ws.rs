@@ -317,9 +317,7 @@ impl Transport for WsTransport {
                             continue;
                         }
                         // A JSON array of strings, or (sockjs-go accepts it) one string.
-                        let parsed: Result<Vec<String>, _> = serde_json::from_str::<Vec<String>>(t)
-                            .or_else(|_| serde_json::from_str::<String>(t).map(|s| vec![s]));
-                        match parsed {
+                        match frames::parse_messages(t) {
                             Ok(msgs) => {
                                 self.pending.extend(msgs.into_iter().map(Bytes::from));
                                 if let Some(m) = self.pending.pop_front() {
