@@ -5,7 +5,11 @@ pub mod builders;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod credentials;
+pub mod ingress;
+pub mod leader;
 pub mod metrics;
+pub mod podspec;
 pub mod rbac;
 pub mod status;
 

@@ -11,6 +11,7 @@ use gyre_operator::{
     config::build_config,
     controller::{self, Settings},
     crd::Centrifugo,
+    leader::LeaderElector,
     metrics::{self, Metrics},
 };
 use tracing_subscriber::EnvFilter;
@@ -39,6 +40,18 @@ struct RunArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Elect a leader on a coordination.k8s.io Lease, so several replicas can run (one active).
+    #[arg(long, env = "GYRE_LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Namespace of the Lease (the operator's own; the chart passes it from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_elect_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "gyre-operator")]
+    leader_elect_lease: String,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    leader_elect_identity: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +144,18 @@ fn out(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGTERM or Ctrl-C, while a standby waits for the Lease.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return futures::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
@@ -142,8 +167,52 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let m = Arc::new(Metrics::default());
         let server = tokio::spawn(metrics::serve(args.metrics_addr, m.clone()));
         let settings = Settings { default_image: args.default_image };
-        let result = controller::run(client, settings, args.watch_namespace, m).await;
+        if !args.leader_elect {
+            let result = controller::run(client, settings, args.watch_namespace, m, futures::future::pending()).await;
+            server.abort();
+            return result;
+        }
+        let identity = args.leader_elect_identity.clone().unwrap_or_else(|| {
+            format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "gyre-operator".into()), std::process::id())
+        });
+        let elector = Arc::new(LeaderElector::new(
+            kube::Api::namespaced(client.clone(), &args.leader_elect_namespace),
+            args.leader_elect_lease.clone(),
+            identity,
+        ));
+        // A standby is healthy and ready: a rolling update of the operator must not wait on it.
+        m.set_ready(true);
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown_signal() => {
+                server.abort();
+                return Ok(());
+            }
+        }
+        let (lost_tx, lost_rx) = futures::channel::oneshot::channel::<()>();
+        let holder = {
+            let elector = elector.clone();
+            tokio::spawn(async move {
+                elector.hold().await;
+                let _ = lost_tx.send(());
+            })
+        };
+        let lost = {
+            use futures::FutureExt as _;
+            lost_rx.map(|_| ())
+        };
+        let result = controller::run(client, settings, args.watch_namespace, m, lost).await;
+        let lost_leadership = holder.is_finished();
+        holder.abort();
+        if let Err(e) = elector.release().await {
+            tracing::warn!(error = %e, "could not release the leader Lease; a standby takes over after it expires");
+        }
         server.abort();
-        result
+        result?;
+        if lost_leadership {
+            // Restart as a candidate rather than keep running without the Lease.
+            anyhow::bail!("lost leadership of Lease {}; exiting", args.leader_elect_lease);
+        }
+        Ok(())
     })
 }

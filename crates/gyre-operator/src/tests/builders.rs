@@ -52,6 +52,12 @@ fn every_child_is_owned_labelled_and_namespaced() {
     for o in &objs {
         assert!(o["apiVersion"].is_string(), "{o}");
         assert_eq!(o["metadata"]["namespace"], "prod");
+        if o["kind"] == "Secret" {
+            // Retained across deletion of the resource by default (spec.secrets.retainOnDelete).
+            assert!(o["metadata"].get("ownerReferences").is_none(), "{o}");
+            assert_eq!(o["metadata"]["labels"]["app.kubernetes.io/instance"], "chat");
+            continue;
+        }
         let owner = &o["metadata"]["ownerReferences"][0];
         assert_eq!(owner["kind"], "Centrifugo");
         assert_eq!(owner["apiVersion"], "centrifugo.gyre.dev/v1alpha1");
@@ -84,7 +90,7 @@ fn minimal_spec_renders_only_the_core_objects() {
 #[test]
 fn generated_secret_holds_all_credentials_and_rotation_marker() {
     let spec = CentrifugoSpec {
-        secrets: Some(SecretsSpec { existing_secret: None, rotation_generation: 4 }),
+        secrets: Some(SecretsSpec { rotation_generation: 4, ..Default::default() }),
         ..Default::default()
     };
     let c = cr(spec);
@@ -245,6 +251,7 @@ fn deployment_under_hpa_leaves_replicas_to_the_autoscaler() {
         max_replicas: 6,
         target_cpu_utilization_percentage: 60,
         target_memory_utilization_percentage: Some(80),
+        behavior: None,
     });
     let c = cr(spec);
     let d = build_deployment(&c, &inputs(&c));
@@ -278,7 +285,7 @@ fn nats_url_from_secret_becomes_env() {
 #[test]
 fn existing_secret_is_referenced_not_generated() {
     let spec = CentrifugoSpec {
-        secrets: Some(SecretsSpec { existing_secret: Some("my-creds".into()), rotation_generation: 0 }),
+        secrets: Some(SecretsSpec { existing_secret: Some("my-creds".into()), ..Default::default() }),
         ..Default::default()
     };
     let c = cr(spec);
@@ -446,6 +453,7 @@ fn status_ready_progressing_and_transition_times() {
         config_hash: Some("h1".into()),
         image: Some("gyre:test".into()),
         error: None,
+        exported_to: None,
     };
     let st = compute_status(&c, &obs, &t("2026-01-01T00:00:00Z"));
     assert_eq!(st.observed_generation, Some(1));
