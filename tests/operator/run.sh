@@ -74,19 +74,19 @@ for v in tests/operator/values/*.yaml; do
       --include-crds --kube-version "$kv" > "$ART/chart/$base-$kv.yaml"
   done
   out="$ART/chart/$base-${KUBE_VERSIONS[0]}.yaml"
-  no_sm=()
-  grep -q 'serviceMonitors: false' "$v" && no_sm=(--no-service-monitors)
-  "$PY" "${VALIDATE[@]}" rbac --required "$ART/rbac-required.json" "${no_sm[@]}" "$out"
+  "$PY" "${VALIDATE[@]}" rbac --required "$ART/rbac-required.json" --values "$v" "$out"
 done
 E=("$PY" "${VALIDATE[@]}" expect)
 "${E[@]}" "$ART/chart/defaults-1.33.0.yaml" \
   --has CustomResourceDefinition ServiceAccount ClusterRole ClusterRoleBinding Deployment Service \
-  --lacks Role RoleBinding Centrifugo ServiceMonitor NetworkPolicy
+    Role RoleBinding \
+  --lacks Centrifugo ServiceMonitor NetworkPolicy Namespace
 "${E[@]}" "$ART/chart/namespaced-1.33.0.yaml" --watch-namespace realtime \
   --has Role RoleBinding Deployment --lacks ClusterRole ClusterRoleBinding
 "${E[@]}" "$ART/chart/monitoring-1.33.0.yaml" --has ServiceMonitor NetworkPolicy
 "${E[@]}" "$ART/chart/instance-1.33.0.yaml" --has Centrifugo --lacks Service
-"${E[@]}" "$ART/chart/namespaced-instance-1.33.0.yaml" --watch-namespace realtime --has Centrifugo Role
+"${E[@]}" "$ART/chart/namespaced-instance-1.33.0.yaml" --watch-namespace realtime --has Centrifugo Role Namespace
+"${E[@]}" "$ART/chart/ha-1.33.0.yaml" --has Role RoleBinding ClusterRole Deployment
 
 step "values.schema.json refuses bad values"
 for v in tests/operator/values-invalid/*.yaml; do

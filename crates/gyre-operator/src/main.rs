@@ -65,7 +65,11 @@ enum Command {
         output: Option<PathBuf>,
     },
     /// Print, as JSON, the RBAC permissions the operator needs (checked against the chart in CI).
-    Rbac,
+    Rbac {
+        /// Print the chart's generated rules template instead (`templates/_rbac-rules.tpl`).
+        #[arg(long)]
+        helm: bool,
+    },
     /// Print the objects the operator would create for a Centrifugo manifest, as YAML.
     /// The generated Secret gets fresh random values, like the operator's first pass.
     Render {
@@ -93,7 +97,10 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Render { file, default_image, config_only }) => render(&file, &default_image, config_only),
         Some(Command::Run(args)) => run(args),
-        Some(Command::Rbac) => out(&format!("{}\n", serde_json::to_string_pretty(gyre_operator::rbac::REQUIRED)?)),
+        Some(Command::Rbac { helm: true }) => out(&gyre_operator::rbac::helm_rules_template()),
+        Some(Command::Rbac { helm: false }) => {
+            out(&format!("{}\n", serde_json::to_string_pretty(gyre_operator::rbac::REQUIRED)?))
+        }
         None => run(cli.run),
     }
 }
@@ -130,9 +137,27 @@ fn render(file: &PathBuf, default_image: &str, config_only: bool) -> anyhow::Res
     let mut text = String::new();
     for obj in builders::render_all(&cr, &inputs, generated.as_ref()) {
         text.push_str("---\n");
-        text.push_str(&serde_norway::to_string(&obj)?);
+        text.push_str(&quote_yaml11_booleans(&serde_norway::to_string(&obj)?));
     }
     out(&text)
+}
+
+/// Quotes plain scalars that YAML 1.1 readers (kubectl's sigs.k8s.io/yaml, PyYAML) take for
+/// booleans although YAML 1.2 writers leave them bare: `proxy-buffering: off` would reach the
+/// apiserver as `false`, which an annotation (a string) refuses.
+fn quote_yaml11_booleans(yaml: &str) -> String {
+    const WORDS: &[&str] = &["on", "off", "yes", "no", "y", "n"];
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.lines() {
+        match line.rsplit_once(": ") {
+            Some((key, value)) if WORDS.contains(&value.to_ascii_lowercase().as_str()) => {
+                out.push_str(&format!("{key}: '{value}'"));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is an error, not a panic.

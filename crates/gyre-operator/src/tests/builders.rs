@@ -517,3 +517,36 @@ fn endpoints_in_status() {
     let plain = cr(CentrifugoSpec::default());
     assert_eq!(endpoints(&plain).external_client, None);
 }
+
+/// Issue 11 #8: with a ServiceMonitor on and `apiClients` restricted to the backend namespace,
+/// Prometheus must still reach /metrics on the internal port.
+#[test]
+fn network_policy_admits_the_scraper_when_a_service_monitor_is_on() {
+    let c = cr(full_spec());
+    let rules = build_network_policy(&c).unwrap().spec.unwrap().ingress.unwrap();
+    assert_eq!(rules.len(), 3);
+    let scrape = &rules[2];
+    assert_eq!(scrape.ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(9000)));
+    let peer = &scrape.from.as_ref().unwrap()[0];
+    assert_eq!(peer.namespace_selector, Some(Default::default()), "any namespace");
+    assert_eq!(
+        peer.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app.kubernetes.io/name"],
+        "prometheus"
+    );
+
+    // Configurable: the cluster's own Prometheus namespace/labels.
+    let mut custom = c.clone();
+    custom.spec.network_policy.as_mut().unwrap().metrics_scrapers = serde_json::from_value(json!([
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+         "podSelector": {"matchLabels": {"app": "vmagent"}}}
+    ]))
+    .unwrap();
+    let rules = build_network_policy(&custom).unwrap().spec.unwrap().ingress.unwrap();
+    let peer = &rules[2].from.as_ref().unwrap()[0];
+    assert_eq!(peer.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app"], "vmagent");
+
+    // No ServiceMonitor: no scrape rule.
+    let mut off = c.clone();
+    off.spec.metrics = None;
+    assert_eq!(build_network_policy(&off).unwrap().spec.unwrap().ingress.unwrap().len(), 2);
+}

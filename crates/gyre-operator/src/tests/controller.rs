@@ -99,8 +99,13 @@ impl FakeApiServer {
                         (
                             200,
                             json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group,
-                                     "resources": [{"name": "servicemonitors", "singularName": "servicemonitor",
-                                                    "namespaced": true, "kind": "ServiceMonitor", "verbs": ["get", "patch"]}]}),
+                            "resources": if group.starts_with("gateway.") {
+                                json!([{"name": "httproutes", "singularName": "httproute",
+                                        "namespaced": true, "kind": "HTTPRoute", "verbs": ["get", "patch"]}])
+                            } else {
+                                json!([{"name": "servicemonitors", "singularName": "servicemonitor",
+                                        "namespaced": true, "kind": "ServiceMonitor", "verbs": ["get", "patch"]}])
+                            }}),
                         )
                     } else {
                         (404, status_body(404, "NotFound", "the server could not find the requested resource"))
@@ -197,6 +202,19 @@ impl FakeApiServer {
                 } else {
                     obj["metadata"]["uid"] = json!(format!("uid-{rv}"));
                     obj["metadata"]["generation"] = json!(1);
+                }
+                obj["metadata"]["resourceVersion"] = json!(rv);
+                st.objects.insert(path, obj.clone());
+                (200, obj)
+            }
+            Method::PUT => {
+                let mut obj = body.expect("PUT body");
+                match st.objects.get(&path) {
+                    None => return (404, status_body(404, "NotFound", "not found")),
+                    Some(prev) if prev["metadata"]["resourceVersion"] != obj["metadata"]["resourceVersion"] => {
+                        return (409, status_body(409, "Conflict", "the object has been modified"));
+                    }
+                    Some(_) => {}
                 }
                 obj["metadata"]["resourceVersion"] = json!(rv);
                 st.objects.insert(path, obj.clone());
@@ -869,4 +887,97 @@ async fn api_key_is_exported_to_listed_namespaces() {
     assert!(fake.get("/api/v1/namespaces/billing/secrets/chat-api-key").is_none(), "removed copy");
     assert!(fake.get("/api/v1/namespaces/backend/secrets/chat-api-key").is_some());
     assert_eq!(fake.get(CR_PATH).unwrap()["status"]["exportedTo"], json!(["backend"]));
+}
+
+/// Issue 11 #9: the grants are exactly what the code calls. Every reconcile path (create, every
+/// optional child on and off, autoscaling handover, rotation, repair, legacy Secret, exports
+/// added and removed, invalid config twice so the recorder patches an Event series, missing
+/// user Secret) and the leader election run against the recording apiserver; each request is
+/// mapped to (group, resource, verb), the controller's watches are added, and the union must
+/// equal `rbac::REQUIRED` (admission-only grants aside).
+#[tokio::test]
+async fn rbac_is_exactly_what_the_code_calls() {
+    use std::collections::BTreeSet;
+
+    use crate::{
+        leader::LeaderElector,
+        rbac::{REQUIRED, WATCHED, request_permission},
+    };
+
+    let fake = FakeApiServer::new();
+    fake.serve_group("monitoring.coreos.com/v1");
+    fake.serve_group("gateway.networking.k8s.io/v1");
+    let ctx = context(&fake);
+
+    // Everything on, with exports and a legacy owned Secret.
+    let mut spec = full_spec();
+    spec.gateway_api = serde_json::from_value(json!({"parentRefs": [{"name": "gw"}]})).unwrap();
+    spec.secrets = Some(SecretsSpec { export_to: vec!["backend".into(), "billing".into()], ..Default::default() });
+    let cr = fixtures::cr(spec);
+    let mut legacy = serde_json::to_value(builders::build_generated_secret(&cr, &fixtures::secret_values())).unwrap();
+    legacy["metadata"]["ownerReferences"] = json!([{"apiVersion": "centrifugo.gyre.dev/v1alpha1", "kind": "Centrifugo",
+        "name": "chat", "uid": fixtures::UID, "controller": true}]);
+    fake.put(&format!("{SECRETS}/chat-secrets"), legacy);
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    // Autoscaling on (handover), rotation, one export removed.
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.autoscaling = serde_json::from_value(json!({"maxReplicas": 6})).unwrap();
+    cr.spec.secrets.as_mut().unwrap().rotate = Some(serde_json::from_value(json!({"tokenHmacSecretKey": 1})).unwrap());
+    cr.spec.secrets.as_mut().unwrap().export_to = vec!["backend".into()];
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    // Every optional child off.
+    let mut cr = (*fake.cr()).clone();
+    for f in [
+        |c: &mut Centrifugo| c.spec.ingress = None,
+        |c: &mut Centrifugo| c.spec.gateway_api = None,
+        |c: &mut Centrifugo| c.spec.metrics = None,
+        |c: &mut Centrifugo| c.spec.network_policy = None,
+        |c: &mut Centrifugo| c.spec.autoscaling = None,
+        |c: &mut Centrifugo| c.spec.pod_disruption_budget = serde_json::from_value(json!({"enabled": false})).unwrap(),
+    ] {
+        f(&mut cr);
+    }
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    // A key removed by hand: repaired.
+    let mut s = fake.get(&format!("{SECRETS}/chat-secrets")).unwrap();
+    s["data"].as_object_mut().unwrap().remove("apiKey");
+    fake.put(&format!("{SECRETS}/chat-secrets"), s);
+    run(fake.cr(), &ctx).await.unwrap();
+    // The Secret deleted by hand: generated anew.
+    fake.handle(&Method::DELETE, &format!("{SECRETS}/chat-secrets").parse().unwrap(), b"");
+    run(fake.cr(), &ctx).await.unwrap();
+    // Invalid config twice: the same Warning twice is patched as an Event series.
+    let mut bad = (*fake.cr()).clone();
+    bad.spec.config = Some(json!({"http_api": {"key": "x"}}));
+    run(fake.store_cr(&bad), &ctx).await.unwrap();
+    run(fake.cr(), &ctx).await.unwrap();
+    // A user Secret that does not exist.
+    let mut ext = (*fake.cr()).clone();
+    ext.spec.config = None;
+    ext.spec.secrets = Some(SecretsSpec { existing_secret: Some("nope".into()), ..Default::default() });
+    run(fake.store_cr(&ext), &ctx).await.unwrap();
+    // Leader election: create, renew, release.
+    let leases = LeaderElector::new(kube::Api::namespaced(fake.client(), "ops"), "gyre-operator", "pod-a");
+    let now = k8s_openapi::jiff::Timestamp::now();
+    assert!(leases.try_acquire_or_renew(now).await.unwrap());
+    assert!(leases.try_acquire_or_renew(now).await.unwrap());
+    leases.release().await.unwrap();
+
+    let mut called: BTreeSet<(String, String, String)> =
+        fake.calls().iter().filter_map(|c| request_permission(c.method.as_str(), &c.path, &c.query)).collect();
+    for (g, r) in WATCHED {
+        called.insert((g.to_string(), r.to_string(), "list".into()));
+        called.insert((g.to_string(), r.to_string(), "watch".into()));
+    }
+    let granted: BTreeSet<(String, String, String)> = REQUIRED
+        .iter()
+        .filter(|p| !p.why.starts_with("admission:"))
+        .flat_map(|p| p.verbs.iter().map(|v| (p.group.to_string(), p.resource.to_string(), v.to_string())))
+        .collect();
+    let unused: Vec<_> = granted.difference(&called).collect();
+    let missing: Vec<_> = called.difference(&granted).collect();
+    assert!(
+        unused.is_empty() && missing.is_empty(),
+        "granted but never called: {unused:?}\ncalled without a grant: {missing:?}"
+    );
 }
