@@ -2,7 +2,7 @@
 # Installs everything the test suites need, idempotently, on a fresh Debian 12
 # machine as root (or on a machine that already has it all: then it only checks).
 #
-#   - Debian packages: nats-server (for later issues' tests), and chromium +
+#   - Debian packages: nats-server (for later issues' tests), nginx-light (Ingress stand-in), and chromium +
 #     chromium-driver for the demo-page browser tests (GYRE_NEED_CHROMIUM=0 skips them).
 #     `apt-get update` runs only if something has to be installed.
 #   - tests/sdk/js: `npm ci` from the committed package-lock.json (centrifuge 5.x,
@@ -43,6 +43,9 @@ have nats-server || missing+=(nats-server)
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
 have curl || missing+=(curl)
+# nginx stands in for an Ingress controller in tests/operator/ingress (configured from the Ingress
+# the operator renders).
+have nginx || missing+=(nginx-light)
 # Browser tests (tests/sdk/js/test/browser.test.mjs) drive Debian's chromium.
 if [ "${GYRE_NEED_CHROMIUM:-1}" = 1 ]; then
     have chromium || missing+=(chromium)

@@ -81,6 +81,9 @@ enum Command {
         /// Print only the generated config.json.
         #[arg(long)]
         config_only: bool,
+        /// Print the objects as one JSON array instead of YAML documents (for test tooling).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -95,7 +98,9 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Render { file, default_image, config_only }) => render(&file, &default_image, config_only),
+        Some(Command::Render { file, default_image, config_only, json }) => {
+            render(&file, &default_image, config_only, json)
+        }
         Some(Command::Run(args)) => run(args),
         Some(Command::Rbac { helm: true }) => out(&gyre_operator::rbac::helm_rules_template()),
         Some(Command::Rbac { helm: false }) => {
@@ -105,7 +110,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn render(file: &PathBuf, default_image: &str, config_only: bool) -> anyhow::Result<()> {
+fn render(file: &PathBuf, default_image: &str, config_only: bool, json: bool) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut cr: Centrifugo =
         serde_norway::from_str(&text).with_context(|| format!("{} is not a Centrifugo manifest", file.display()))?;
@@ -134,8 +139,12 @@ fn render(file: &PathBuf, default_image: &str, config_only: bool) -> anyhow::Res
         secret_name: builders::secret_name(&cr),
         secret_hash,
     };
+    let objects = builders::render_all(&cr, &inputs, generated.as_ref());
+    if json {
+        return out(&format!("{}\n", serde_json::to_string_pretty(&objects)?));
+    }
     let mut text = String::new();
-    for obj in builders::render_all(&cr, &inputs, generated.as_ref()) {
+    for obj in objects {
         text.push_str("---\n");
         text.push_str(&quote_yaml11_booleans(&serde_norway::to_string(&obj)?));
     }
