@@ -103,8 +103,19 @@ describe('operator-rendered Ingress in front of two nodes (nginx as the Ingress 
     nats = await startNats();
     config.broker.nats.url = nats.url;
     config.broker.nats.prefix = uniq('ing');
+    if (process.env.DEBUG_INGRESS) config.log = { level: 'debug' };
     for (let i = 0; i < 2; i++) {
       nodes.push(await startGyre({ ...config, node: { name: `ing${i + 1}` } }));
+    }
+    // Like pods behind a readiness gate: wait until each node knows the other over NATS. Until
+    // then a node answers an /emulation POST for a session on the other node 404 (unknown node)
+    // and the client reconnects.
+    const deadline = Date.now() + 15000;
+    for (const n of nodes) {
+      while ((await n.apiOk('info', {})).nodes.length < nodes.length) {
+        if (Date.now() > deadline) throw new Error('nodes did not discover each other over NATS');
+        await sleep(100);
+      }
     }
     const svc = ingress.spec.rules[0].http.paths[0].backend.service.name;
     proxy = await startNginx(ingress, { [svc]: nodes.map((n) => `127.0.0.1:${n.port}`) });
@@ -115,6 +126,7 @@ describe('operator-rendered Ingress in front of two nodes (nginx as the Ingress 
     if (nats) await nats.stop();
   });
   afterEach(() => {
+    if (process.env.DEBUG_INGRESS) console.log(proxy.accessLog());
     for (const c of clients) { try { c.disconnect(); } catch { /* ignore */ } }
     clients = [];
   });
@@ -149,7 +161,7 @@ describe('operator-rendered Ingress in front of two nodes (nginx as the Ingress 
     }
   });
 
-  for (const transport of ['http_stream', 'sse']) {
+  for (const transport of ['sse', 'http_stream']) {
     it(`${transport} through the Ingress, commands POSTed to /emulation on either node`, async () => {
       const base = `http://127.0.0.1:${proxy.port}`;
       const emulationPosts = () => proxy.accessLog().split('\n').filter((l) => l.startsWith('POST /emulation')).length;
@@ -183,7 +195,12 @@ describe('operator-rendered Ingress in front of two nodes (nginx as the Ingress 
       await subs[0].publish({ mine: true });
       assert.deepEqual((await own).data, { mine: true });
       // 4 subscribes + 1 publish went through the Ingress's /emulation route.
-      const posts = emulationPosts() - postsBefore;
+      // nginx logs a request after answering it: give the last line a moment.
+      let posts = 0;
+      for (let i = 0; i < 50 && posts < 5; i++) {
+        posts = emulationPosts() - postsBefore;
+        if (posts < 5) await sleep(20);
+      }
       assert.ok(posts >= 5, `expected the commands to go through /emulation, saw ${posts}`);
     });
   }
