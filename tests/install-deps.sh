@@ -2,7 +2,7 @@
 # Installs everything the test suites need, idempotently, on a fresh Debian 12
 # machine as root (or on a machine that already has it all: then it only checks).
 #
-#   - Debian packages: nats-server (for later issues' tests), chromium +
+#   - Debian packages: nats-server, nginx-light (Ingress stand-in), chromium +
 #     chromium-driver for the demo-page browser tests (GYRE_NEED_CHROMIUM=0 skips them),
 #     buildah + podman + runc for the container image tests (GYRE_NEED_IMAGES=0 skips them).
 #     `apt-get update` runs only if something has to be installed.
@@ -51,6 +51,9 @@ if [ "${GYRE_NEED_IMAGES:-1}" = 1 ]; then
     have podman || missing+=(podman)
     have runc || missing+=(runc)
 fi
+# nginx stands in for an Ingress controller in tests/operator/ingress (configured from the Ingress
+# the operator renders).
+have nginx || missing+=(nginx-light)
 # Browser tests (tests/sdk/js/test/browser.test.mjs) drive Debian's chromium.
 if [ "${GYRE_NEED_CHROMIUM:-1}" = 1 ]; then
     have chromium || missing+=(chromium)

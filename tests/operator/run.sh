@@ -74,14 +74,13 @@ for v in tests/operator/values/*.yaml; do
       --include-crds --kube-version "$kv" > "$ART/chart/$base-$kv.yaml"
   done
   out="$ART/chart/$base-${KUBE_VERSIONS[0]}.yaml"
-  no_sm=()
-  grep -q 'serviceMonitors: false' "$v" && no_sm=(--no-service-monitors)
-  "$PY" "${VALIDATE[@]}" rbac --required "$ART/rbac-required.json" "${no_sm[@]}" "$out"
+  "$PY" "${VALIDATE[@]}" rbac --required "$ART/rbac-required.json" --values "$v" "$out"
 done
 E=("$PY" "${VALIDATE[@]}" expect)
 "${E[@]}" "$ART/chart/defaults-1.33.0.yaml" \
   --has CustomResourceDefinition ServiceAccount ClusterRole ClusterRoleBinding Deployment Service \
-  --lacks Role RoleBinding Centrifugo ServiceMonitor NetworkPolicy
+    Role RoleBinding \
+  --lacks Centrifugo ServiceMonitor NetworkPolicy Namespace
 # The defaults name the images deploy/build-images.sh builds and deploy/push-images.sh pushes.
 app_version="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' charts/gyre-operator/Chart.yaml)"
 registry="$(sed -n 's/^registry="${GYRE_IMAGE_REGISTRY:-\(.*\)}"$/\1/p' deploy/build-images.sh)"
@@ -94,7 +93,8 @@ echo "chart defaults and manifests/operator.yaml name $registry/gyre-operator an
   --has Role RoleBinding Deployment --lacks ClusterRole ClusterRoleBinding
 "${E[@]}" "$ART/chart/monitoring-1.33.0.yaml" --has ServiceMonitor NetworkPolicy
 "${E[@]}" "$ART/chart/instance-1.33.0.yaml" --has Centrifugo --lacks Service
-"${E[@]}" "$ART/chart/namespaced-instance-1.33.0.yaml" --watch-namespace realtime --has Centrifugo Role
+"${E[@]}" "$ART/chart/namespaced-instance-1.33.0.yaml" --watch-namespace realtime --has Centrifugo Role Namespace
+"${E[@]}" "$ART/chart/ha-1.33.0.yaml" --has Role RoleBinding ClusterRole Deployment
 
 step "values.schema.json refuses bad values"
 for v in tests/operator/values-invalid/*.yaml; do

@@ -25,9 +25,8 @@ use k8s_openapi::{
             VolumeMount,
         },
         networking::v1::{
-            HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend,
-            IngressSpec as K8sIngressSpec, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer,
-            NetworkPolicyPort, NetworkPolicySpec as K8sNetworkPolicySpec, ServiceBackendPort,
+            Ingress, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+            NetworkPolicySpec as K8sNetworkPolicySpec,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec as K8sPdbSpec},
     },
@@ -64,12 +63,21 @@ pub const SECRET_ENV: &[(&str, &str, SecretKeyUse)] = &[
     ("apiKey", "CENTRIFUGO_HTTP_API_KEY", SecretKeyUse::Always),
     ("adminPassword", "CENTRIFUGO_ADMIN_PASSWORD", SecretKeyUse::Admin),
     ("adminSecret", "CENTRIFUGO_ADMIN_SECRET", SecretKeyUse::Admin),
+    // Written by the operator during an HMAC key rotation (see `credentials`); never required.
+    (crate::credentials::PREVIOUS_HMAC_KEY, "CENTRIFUGO_CLIENT_TOKEN_HMAC_PREVIOUS_SECRET_KEY", SecretKeyUse::Optional),
+    (
+        crate::credentials::PREVIOUS_HMAC_VALID_UNTIL,
+        "CENTRIFUGO_CLIENT_TOKEN_HMAC_PREVIOUS_SECRET_KEY_VALID_UNTIL",
+        SecretKeyUse::Optional,
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecretKeyUse {
     Always,
     Admin,
+    /// Present only at times (a rotation window); the env reference is optional.
+    Optional,
 }
 
 /// Environment variable carrying the NATS URL when it comes from a Secret.
@@ -129,7 +137,7 @@ fn labels(cr: &Centrifugo, component: &str) -> BTreeMap<String, String> {
     l
 }
 
-fn meta(cr: &Centrifugo, name: String, component: &str) -> ObjectMeta {
+pub(crate) fn meta(cr: &Centrifugo, name: String, component: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: cr.namespace(),
@@ -149,6 +157,7 @@ pub fn generate_secret_values() -> BTreeMap<String, String> {
     let mut rng = rand::rng();
     SECRET_ENV
         .iter()
+        .filter(|(_, _, u)| *u != SecretKeyUse::Optional)
         .map(|(key, _, _)| {
             let mut buf = [0u8; 32];
             rng.fill_bytes(&mut buf);
@@ -161,8 +170,11 @@ pub fn generate_secret_values() -> BTreeMap<String, String> {
 /// creation or on an explicit rotation), never re-sent with new randomness on a routine pass.
 pub fn build_generated_secret(cr: &Centrifugo, values: &BTreeMap<String, String>) -> Secret {
     let mut m = meta(cr, generated_secret_name(cr), "credentials");
-    m.annotations =
-        Some(BTreeMap::from([(ROTATION_ANNOTATION.to_string(), cr.spec.rotation_generation().to_string())]));
+    m.annotations = Some(crate::credentials::rotation_annotations(&cr.spec));
+    if cr.spec.secrets().retain_on_delete {
+        // Not garbage-collected with the resource: a deleted-and-recreated resource adopts it.
+        m.owner_references = None;
+    }
     Secret {
         metadata: m,
         type_: Some("Opaque".into()),
@@ -190,7 +202,7 @@ pub fn credentials_hash(data: &BTreeMap<String, ByteString>) -> String {
 pub fn missing_secret_keys(cr: &Centrifugo, data: &BTreeMap<String, ByteString>) -> Vec<String> {
     SECRET_ENV
         .iter()
-        .filter(|(_, _, u)| *u == SecretKeyUse::Always || cr.spec.admin_enabled())
+        .filter(|(_, _, u)| *u == SecretKeyUse::Always || (*u == SecretKeyUse::Admin && cr.spec.admin_enabled()))
         .filter(|(k, _, _)| data.get(*k).is_none_or(|v| v.0.is_empty()))
         .map(|(k, _, _)| (*k).to_string())
         .collect()
@@ -290,7 +302,11 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
     let mut env: Vec<EnvVar> = SECRET_ENV
         .iter()
         .map(|(key, var, usage)| {
-            let optional = *usage == SecretKeyUse::Admin && !spec.admin_enabled();
+            let optional = match usage {
+                SecretKeyUse::Always => false,
+                SecretKeyUse::Admin => !spec.admin_enabled(),
+                SecretKeyUse::Optional => true,
+            };
             env_from_secret(var, &inputs.secret_name, key, optional)
         })
         .collect();
@@ -396,7 +412,7 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
         ..Default::default()
     };
 
-    Deployment {
+    let mut deployment = Deployment {
         metadata: meta(cr, cr.name_any(), "server"),
         spec: Some(DeploymentSpec {
             // Under an HPA the field is left out so the apply never fights the autoscaler.
@@ -420,7 +436,9 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
             ..Default::default()
         }),
         ..Default::default()
-    }
+    };
+    crate::podspec::apply_overrides(&mut deployment, &pod);
+    deployment
 }
 
 /// Client-facing Service: the transports only, never the API.
@@ -474,36 +492,7 @@ pub fn build_internal_service(cr: &Centrifugo) -> Service {
 
 /// `None` when the Ingress is off (the reconciler then deletes any previous one).
 pub fn build_ingress(cr: &Centrifugo) -> Option<Ingress> {
-    let ing = cr.spec.ingress.as_ref().filter(|i| i.enabled)?;
-    let backend = IngressBackend {
-        service: Some(IngressServiceBackend {
-            name: cr.name_any(),
-            port: Some(ServiceBackendPort { name: Some("http".into()), ..Default::default() }),
-        }),
-        ..Default::default()
-    };
-    let http = HTTPIngressRuleValue {
-        paths: vec![HTTPIngressPath { path: Some(ing.path.clone()), path_type: "Prefix".into(), backend }],
-    };
-    let rules = if ing.hosts.is_empty() {
-        vec![IngressRule { host: None, http: Some(http) }]
-    } else {
-        ing.hosts.iter().map(|h| IngressRule { host: Some(h.clone()), http: Some(http.clone()) }).collect()
-    };
-    let mut m = meta(cr, cr.name_any(), "server");
-    if !ing.annotations.is_empty() {
-        m.annotations = Some(ing.annotations.clone());
-    }
-    Some(Ingress {
-        metadata: m,
-        spec: Some(K8sIngressSpec {
-            ingress_class_name: ing.class_name.clone(),
-            rules: Some(rules),
-            tls: (!ing.tls.is_empty()).then(|| ing.tls.clone()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
+    crate::ingress::build_ingress(cr)
 }
 
 pub fn build_hpa(cr: &Centrifugo) -> Option<HorizontalPodAutoscaler> {
@@ -531,7 +520,7 @@ pub fn build_hpa(cr: &Centrifugo) -> Option<HorizontalPodAutoscaler> {
             min_replicas: Some(a.min_replicas),
             max_replicas: a.max_replicas,
             metrics: Some(metrics),
-            ..Default::default()
+            behavior: a.behavior.clone(),
         }),
         ..Default::default()
     })
@@ -575,18 +564,42 @@ pub fn build_network_policy(cr: &Centrifugo) -> Option<NetworkPolicy> {
     } else {
         np.api_clients.clone()
     };
+    let mut rules = vec![
+        NetworkPolicyIngressRule { from: None, ports: Some(vec![port(CLIENT_PORT)]) },
+        NetworkPolicyIngressRule { from: Some(api_from), ports: Some(vec![port(INTERNAL_PORT)]) },
+    ];
+    // A ServiceMonitor is pointless if the scraper cannot reach /metrics (internal port).
+    if build_service_monitor(cr).is_some() {
+        rules.push(NetworkPolicyIngressRule {
+            from: Some(metrics_scrapers(np)),
+            ports: Some(vec![port(INTERNAL_PORT)]),
+        });
+    }
     Some(NetworkPolicy {
         metadata: meta(cr, cr.name_any(), "server"),
         spec: Some(K8sNetworkPolicySpec {
             pod_selector: Some(LabelSelector { match_labels: Some(selector_labels(cr)), ..Default::default() }),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![
-                NetworkPolicyIngressRule { from: None, ports: Some(vec![port(CLIENT_PORT)]) },
-                NetworkPolicyIngressRule { from: Some(api_from), ports: Some(vec![port(INTERNAL_PORT)]) },
-            ]),
+            ingress: Some(rules),
             ..Default::default()
         }),
     })
+}
+
+/// Peers admitted to the internal port for scraping: the configured ones, or Prometheus pods
+/// (prometheus-operator labels them `app.kubernetes.io/name: prometheus`) in any namespace.
+pub fn metrics_scrapers(np: &crate::crd::NetworkPolicySpec) -> Vec<NetworkPolicyPeer> {
+    if !np.metrics_scrapers.is_empty() {
+        return np.metrics_scrapers.clone();
+    }
+    vec![NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector::default()),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("app.kubernetes.io/name".to_string(), "prometheus".to_string())])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]
 }
 
 /// prometheus-operator's ServiceMonitor kind, addressed dynamically because its CRD may not exist.
@@ -660,6 +673,9 @@ pub fn render_all(
         out.push(typed(&x));
     }
     if let Some(x) = build_service_monitor(cr) {
+        out.push(serde_json::to_value(&x).expect("dynamic objects serialize"));
+    }
+    if let Some(x) = crate::ingress::build_http_route(cr) {
         out.push(serde_json::to_value(&x).expect("dynamic objects serialize"));
     }
     out

@@ -114,6 +114,14 @@ pub fn validate_spec(spec: &CentrifugoSpec) -> Result<(), ConfigError> {
             server.replicas
         )));
     }
+    if spec.admin().is_some_and(|a| a.insecure && a.external) {
+        return Err(ConfigError::InvalidSpec(
+            "spec.admin.insecure together with spec.admin.external would put an unauthenticated admin UI on the client port"
+                .into(),
+        ));
+    }
+    crate::ingress::validate(spec)?;
+    crate::podspec::validate(spec)?;
     Ok(())
 }
 
@@ -140,6 +148,17 @@ pub fn build_config(spec: &CentrifugoSpec) -> Result<GeneratedConfig, ConfigErro
         ("log.level", json!(spec.log_level.as_str())),
         ("admin.enabled", json!(spec.admin_enabled())),
     ];
+    if let Some(admin) = spec.admin() {
+        owned.push(("admin.insecure", json!(admin.insecure)));
+        owned.push(("admin.external", json!(admin.external)));
+        if let Some(prefix) = &admin.handler_prefix {
+            owned.push(("admin.handler_prefix", json!(prefix)));
+        }
+    }
+    // preStop + drain must fit in the grace period (see `podspec`); a configured value is checked.
+    if let Some(timeout) = crate::podspec::shutdown_timeout(spec)? {
+        owned.push(("shutdown.timeout", json!(timeout)));
+    }
     if let Some(nats) = &spec.nats {
         owned.push(("broker.enabled", json!(true)));
         owned.push(("broker.type", json!("nats")));
@@ -470,7 +489,7 @@ mod tests {
     #[test]
     fn typed_namespaces_merge_with_config_namespaces() {
         let mut spec = spec_with_config(json!({"channel": {"namespaces": [{"name": "legacy", "presence": true}]}}));
-        spec.admin = Some(AdminSpec { enabled: true });
+        spec.admin = Some(AdminSpec::default());
         spec.namespaces = vec![ChannelNamespace {
             name: "chat".into(),
             presence: Some(true),

@@ -24,7 +24,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
     runtime::{
         Controller,
         controller::Action,
@@ -38,9 +38,10 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::{
-    builders::{self, Inputs, MANAGED_BY_LABEL, MANAGER, ROTATION_ANNOTATION},
+    builders::{self, Inputs, MANAGED_BY_LABEL, MANAGER},
     config::{ConfigError, build_config},
     crd::{Centrifugo, GROUP, VERSION},
+    credentials, ingress,
     metrics::Metrics,
     status::{Observed, compute_status},
 };
@@ -76,13 +77,14 @@ impl Error {
             Self::Kube { verb: "delete", .. } => "DeleteFailed",
             Self::Kube { verb: "create", .. } => "CreateFailed",
             Self::Kube { verb: "status", .. } => "StatusUpdateFailed",
+            Self::Kube { verb: "patch", .. } => "PatchFailed",
             Self::Kube { .. } => "ReadFailed",
             Self::NoNamespace(_) => "NoNamespace",
         }
     }
 }
 
-fn kube_err(verb: &'static str, kind: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn kube_err(verb: &'static str, kind: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
     let name = name.to_string();
     move |source| Error::Kube { verb, kind, name, source: Box::new(source) }
 }
@@ -154,7 +156,7 @@ pub fn error_policy(cr: Arc<Centrifugo>, _err: &Error, ctx: Arc<Context>) -> Act
     Action::requeue(delay)
 }
 
-async fn publish(ctx: &Context, cr: &Centrifugo, type_: EventType, reason: &str, note: String) {
+pub(crate) async fn publish(ctx: &Context, cr: &Centrifugo, type_: EventType, reason: &str, note: String) {
     let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&ev, &cr.object_ref(&())).await {
         warn!(instance = %key(cr), error = %e, "could not publish event");
@@ -184,7 +186,7 @@ async fn report_failure(cr: &Centrifugo, ctx: &Context, err: &Error) {
     }
 }
 
-async fn apply<K>(api: &Api<K>, obj: &K, kind: &'static str) -> Result<K, Error>
+pub(crate) async fn apply<K>(api: &Api<K>, obj: &K, kind: &'static str) -> Result<K, Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
@@ -195,7 +197,7 @@ where
 }
 
 /// Deletes an optional child that is switched off; absent is fine.
-async fn remove<K>(api: &Api<K>, name: &str, kind: &'static str) -> Result<(), Error>
+pub(crate) async fn remove<K>(api: &Api<K>, name: &str, kind: &'static str) -> Result<(), Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -216,98 +218,51 @@ where
     }
 }
 
-enum SecretOutcome {
-    Ready { hash: String, check: &'static str },
-    NotReady { reason: &'static str, message: String },
-}
-
-async fn ensure_secret(cr: &Centrifugo, ctx: &Context, ns: &str) -> Result<SecretOutcome, Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    if let Some(name) = cr.spec.existing_secret() {
-        let Some(secret) = api.get_opt(name).await.map_err(kube_err("get", "Secret", name))? else {
-            return Ok(SecretOutcome::NotReady {
-                reason: "SecretNotFound",
-                message: format!("Secret {name} (spec.secrets.existingSecret) does not exist"),
-            });
-        };
-        let data = secret.data.unwrap_or_default();
-        let missing = builders::missing_secret_keys(cr, &data);
-        if !missing.is_empty() {
-            return Ok(SecretOutcome::NotReady {
-                reason: "SecretKeyMissing",
-                message: format!("Secret {name} lacks keys: {}", missing.join(", ")),
-            });
-        }
-        return Ok(SecretOutcome::Ready { hash: builders::credentials_hash(&data), check: "ExistingSecret" });
-    }
-
-    let name = builders::generated_secret_name(cr);
-    let wanted_rotation = cr.spec.rotation_generation().to_string();
-    let current = api.get_opt(&name).await.map_err(kube_err("get", "Secret", &name))?;
-    let Some(current) = current else {
-        let values = builders::generate_secret_values();
-        let secret = builders::build_generated_secret(cr, &values);
-        let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
-        let created = match api.create(&pp, &secret).await {
-            Ok(s) => {
-                publish(
-                    ctx,
-                    cr,
-                    EventType::Normal,
-                    "SecretGenerated",
-                    format!("generated credentials in Secret {name}"),
-                )
-                .await;
-                s
-            }
-            // Someone (an earlier pass whose reply was lost) created it first: use theirs.
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                api.get(&name).await.map_err(kube_err("get", "Secret", &name))?
-            }
-            Err(e) => return Err(kube_err("create", "Secret", &name)(e)),
-        };
-        return Ok(SecretOutcome::Ready {
-            hash: builders::credentials_hash(&created.data.unwrap_or_default()),
-            check: "Generated",
-        });
-    };
-
-    let recorded = current.annotations().get(ROTATION_ANNOTATION).cloned().unwrap_or_else(|| "0".into());
-    let mut data = current.data.clone().unwrap_or_default();
-    let (values, reason, note) = if recorded != wanted_rotation {
-        (
-            builders::generate_secret_values(),
-            "SecretRotated",
-            format!("regenerated credentials in Secret {name} (rotationGeneration {wanted_rotation})"),
-        )
-    } else {
-        let missing = builders::missing_secret_keys(cr, &data);
-        let all_missing: Vec<_> = builders::SECRET_ENV.iter().filter(|(k, _, _)| !data.contains_key(*k)).collect();
-        if missing.is_empty() && all_missing.is_empty() {
-            return Ok(SecretOutcome::Ready { hash: builders::credentials_hash(&data), check: "Generated" });
-        }
-        // Keys were removed by hand: fill only those, keep every existing value.
-        let fresh = builders::generate_secret_values();
-        let mut values: std::collections::BTreeMap<String, String> =
-            data.iter().filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?))).collect();
-        for (k, v) in fresh {
-            values.entry(k).or_insert(v);
-        }
-        (values, "SecretRepaired", format!("added missing keys to Secret {name}"))
-    };
-    let secret = builders::build_generated_secret(cr, &values);
-    let applied = apply(&api, &secret, "Secret").await?;
-    publish(ctx, cr, EventType::Normal, reason, note).await;
-    data = applied.data.unwrap_or_else(|| secret.data.clone().unwrap_or_default());
-    Ok(SecretOutcome::Ready { hash: builders::credentials_hash(&data), check: "Generated" })
-}
-
-async fn service_monitor_served(client: &Client) -> Result<bool, Error> {
-    match client.list_api_group_resources("monitoring.coreos.com/v1").await {
-        Ok(list) => Ok(list.resources.iter().any(|r| r.name == "servicemonitors")),
+/// Whether an optional API (ServiceMonitor, HTTPRoute) is served, by discovery.
+async fn resource_served(
+    client: &Client,
+    group_version: &str,
+    plural: &str,
+    kind: &'static str,
+) -> Result<bool, Error> {
+    match client.list_api_group_resources(group_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        Err(e) => Err(kube_err("discover", "ServiceMonitor", "monitoring.coreos.com/v1")(e)),
+        Err(e) => Err(kube_err("discover", kind, group_version)(e)),
     }
+}
+
+/// Field manager that holds `spec.replicas` of a Deployment handed over to an HPA.
+pub const HPA_HANDOVER_MANAGER: &str = "gyre-operator-hpa-handover";
+
+/// Before the Deployment is applied without `replicas` (autoscaling on), makes sure the field is
+/// not solely owned by the operator's apply: if it were, the apiserver would remove it and the
+/// Deployment would fall back to 1 replica until the HPA scales it up again, killing pods and
+/// their connections. A second field manager applies the live value (the documented way to
+/// transfer ownership under server-side apply), so dropping the operator's claim keeps it.
+async fn hand_replicas_to_hpa(api: &Api<Deployment>, name: &str) -> Result<(), Error> {
+    let Some(live) = api.get_opt(name).await.map_err(kube_err("get", "Deployment", name))? else {
+        return Ok(());
+    };
+    let Some(replicas) = live.spec.as_ref().and_then(|s| s.replicas) else { return Ok(()) };
+    let already = live.managed_fields().iter().any(|m| {
+        m.manager.as_deref() == Some(HPA_HANDOVER_MANAGER)
+            && m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
+    });
+    if already {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas},
+    });
+    api.patch(name, &PatchParams::apply(HPA_HANDOVER_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube_err("apply", "Deployment", name))?;
+    info!(deployment = name, replicas, "replica count handed over to the HorizontalPodAutoscaler");
+    Ok(())
 }
 
 async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error> {
@@ -323,9 +278,9 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
         }
     };
 
-    let (secret_hash, secret_check) = match ensure_secret(cr, ctx, &ns).await? {
-        SecretOutcome::Ready { hash, check } => (hash, check),
-        SecretOutcome::NotReady { reason, message } => {
+    let (secret_hash, secret_check, secret_data) = match credentials::ensure_secret(cr, ctx, &ns).await? {
+        credentials::SecretOutcome::Ready { hash, check, data } => (hash, check, data),
+        credentials::SecretOutcome::NotReady { reason, message } => {
             publish(ctx, cr, EventType::Warning, reason, message.clone()).await;
             let obs = Observed {
                 config: Some(Ok("Valid")),
@@ -347,13 +302,8 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
     apply_managed_nats(cr, &client, &ns).await?;
     apply(&Api::namespaced(client.clone(), &ns), &builders::build_service_account(cr), "ServiceAccount").await?;
     apply(&Api::namespaced(client.clone(), &ns), &builders::build_config_map(cr, &inputs), "ConfigMap").await?;
-    let deployment: Deployment =
-        apply(&Api::namespaced(client.clone(), &ns), &builders::build_deployment(cr, &inputs), "Deployment").await?;
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    apply(&services, &builders::build_client_service(cr), "Service").await?;
-    apply(&services, &builders::build_internal_service(cr), "Service").await?;
-    apply_or_remove::<Ingress>(&Api::namespaced(client.clone(), &ns), &name, builders::build_ingress(cr), "Ingress")
-        .await?;
+    // The HPA goes first and the replica count is handed over before the Deployment stops
+    // claiming it: switching autoscaling on must not drop a running instance to one pod.
     apply_or_remove::<HorizontalPodAutoscaler>(
         &Api::namespaced(client.clone(), &ns),
         &name,
@@ -361,6 +311,16 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
         "HorizontalPodAutoscaler",
     )
     .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    if cr.spec.autoscaling_enabled() {
+        hand_replicas_to_hpa(&deployments, &name).await?;
+    }
+    let deployment: Deployment = apply(&deployments, &builders::build_deployment(cr, &inputs), "Deployment").await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    apply(&services, &builders::build_client_service(cr), "Service").await?;
+    apply(&services, &builders::build_internal_service(cr), "Service").await?;
+    apply_or_remove::<Ingress>(&Api::namespaced(client.clone(), &ns), &name, builders::build_ingress(cr), "Ingress")
+        .await?;
     apply_or_remove::<PodDisruptionBudget>(
         &Api::namespaced(client.clone(), &ns),
         &name,
@@ -379,7 +339,7 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
     let sm_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &builders::service_monitor_resource());
     match builders::build_service_monitor(cr) {
         Some(sm) => {
-            if service_monitor_served(&client).await? {
+            if resource_served(&client, "monitoring.coreos.com/v1", "servicemonitors", "ServiceMonitor").await? {
                 apply(&sm_api, &sm, "ServiceMonitor").await?;
             } else {
                 publish(
@@ -396,6 +356,27 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
         // the ServiceMonitor CRD is not installed, so no discovery round trip is needed.
         None => remove(&sm_api, &name, "ServiceMonitor").await?,
     }
+
+    let route_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ingress::http_route_resource());
+    match ingress::build_http_route(cr) {
+        Some(route) => {
+            if resource_served(&client, "gateway.networking.k8s.io/v1", "httproutes", "HTTPRoute").await? {
+                apply(&route_api, &route, "HTTPRoute").await?;
+            } else {
+                publish(
+                    ctx,
+                    cr,
+                    EventType::Warning,
+                    "HTTPRouteUnavailable",
+                    "gatewayApi is enabled but gateway.networking.k8s.io/v1 HTTPRoute is not served; skipped".into(),
+                )
+                .await;
+            }
+        }
+        None => remove(&route_api, &name, "HTTPRoute").await?,
+    }
+
+    let exported_to = credentials::sync_exports(cr, ctx, &secret_data, &prev.exported_to).await?;
 
     let pod_hash = inputs.pod_hash();
     match &prev.config_hash {
@@ -431,6 +412,7 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
         image: Some(inputs.image.clone()),
         broker: Some(broker.clone()),
         error: None,
+        exported_to: Some(exported_to),
     };
     write_status(ctx, cr, &obs).await?;
     // Nothing watches NATS: look again soon while it is broken, so BrokerReady flips back.
@@ -476,6 +458,8 @@ pub async fn run(
     settings: Settings,
     namespace: Option<String>,
     metrics: Arc<Metrics>,
+    // Resolves when this replica must stop reconciling (lost leadership).
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let crs: Api<Centrifugo> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -508,6 +492,7 @@ pub async fn run(
         .owns(api!(PodDisruptionBudget), owned.clone())
         .owns(api!(NetworkPolicy), owned)
         .shutdown_on_signal()
+        .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             match res {

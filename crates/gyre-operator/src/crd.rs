@@ -15,9 +15,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
+        apps::v1::DeploymentStrategy,
+        autoscaling::v2::HorizontalPodAutoscalerBehavior,
         core::v1::{
-            Affinity, LocalObjectReference, ResourceRequirements, SecretKeySelector, Toleration,
-            TopologySpreadConstraint,
+            Affinity, Container, EnvFromSource, EnvVar, LocalObjectReference, Probe, ResourceRequirements,
+            SecretKeySelector, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
         },
         networking::v1::{IngressTLS, NetworkPolicyPeer},
     },
@@ -120,6 +122,11 @@ pub struct CentrifugoSpec {
     /// Ingress for client connections (external port only, never the API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+
+    /// Gateway API `HTTPRoute` for client connections (external port only), as an alternative or
+    /// an addition to the Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_api: Option<crate::ingress::GatewayApiSpec>,
 
     /// Container resources. Defaults: requests cpu 100m / memory 128Mi, limit memory 256Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -338,7 +345,7 @@ fn default_nats_prefix() -> String {
 }
 
 /// Where credentials come from.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretsSpec {
     /// Use this Secret (keys `tokenHmacSecretKey`, `apiKey`, and `adminPassword`/`adminSecret`
@@ -346,18 +353,72 @@ pub struct SecretsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub existing_secret: Option<String>,
-    /// Bump to regenerate the operator-generated Secret. Existing tokens stop validating.
+    /// Bump to regenerate every key of the operator-generated Secret at once. The token HMAC key
+    /// still goes through the previous-key window (see `previousKeyWindowSeconds`); the API key
+    /// and admin credentials change immediately. Prefer the per-key `rotate` counters.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub rotation_generation: i64,
+    /// Per-key rotation counters: bumping one regenerates only that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate: Option<crate::credentials::KeyRotation>,
+    /// How long a rotated-out token HMAC key keeps validating tokens (as
+    /// `client.token.hmac_previous_secret_key`), so clients holding tokens signed with it are not
+    /// disconnected mid-rollout. 0 drops the old key at once.
+    #[serde(default = "crate::credentials::default_previous_key_window")]
+    #[schemars(range(min = 0, max = 2592000))]
+    pub previous_key_window_seconds: i64,
+    /// Keep the generated Secret when the resource is deleted (no owner reference), so deleting
+    /// and recreating the resource (a GitOps re-sync, a move between tools) keeps the keys that
+    /// issued tokens and backends hold. With `false` the Secret is garbage-collected with the
+    /// resource.
+    #[serde(default = "default_true")]
+    pub retain_on_delete: bool,
+    /// Namespaces that get a copy of the API key (Secret `<name>-api-key`, key `apiKey`, plus the
+    /// in-cluster `apiUrl`) for backends running there. Needs the operator's cluster-wide RBAC.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub export_to: Vec<String>,
 }
 
-/// Admin web UI.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+impl Default for SecretsSpec {
+    fn default() -> Self {
+        Self {
+            existing_secret: None,
+            rotation_generation: 0,
+            rotate: None,
+            previous_key_window_seconds: crate::credentials::default_previous_key_window(),
+            retain_on_delete: true,
+            export_to: Vec::new(),
+        }
+    }
+}
+
+/// Admin web UI (`admin.*`). Served on the internal port unless `external`; never routed by the
+/// operator's Ingress or HTTPRoute. Password and token secret come from the credentials Secret
+/// (`adminPassword`, `adminSecret`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AdminSpec {
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// `admin.insecure`: no login. Only for local experiments; refused together with `external`.
+    #[serde(default)]
+    pub insecure: bool,
+    /// `admin.handler_prefix`, e.g. `/admin`. Empty serves the UI at the root of its port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(/[-a-zA-Z0-9_./]*)?$"))]
+    pub handler_prefix: Option<String>,
+    /// `admin.external`: serve the UI on the client port. The operator still keeps it off its
+    /// Ingress/HTTPRoute; exposing it is a deliberate, separate step.
+    #[serde(default)]
+    pub external: bool,
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        Self { enabled: true, insecure: false, handler_prefix: None, external: false }
+    }
 }
 
 /// Service type of the client Service.
@@ -420,7 +481,7 @@ fn default_internal_port() -> i32 {
 }
 
 /// Ingress for client connections.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
     #[serde(default = "default_true")]
@@ -430,18 +491,28 @@ pub struct IngressSpec {
     /// Host names; empty means any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
-    /// Path prefix routed to the client port.
-    #[serde(default = "default_ingress_path")]
-    #[schemars(regex(pattern = r"^/"))]
-    pub path: String,
+    /// Path prefixes routed to the client port. The default covers every transport: WebSocket,
+    /// HTTP-streaming, SSE and SockJS under `/connection`, and `/emulation`, where HTTP-streaming
+    /// and SSE clients POST their commands. Must match the server's `*.handler_prefix` settings.
+    #[serde(default = "crate::ingress::default_paths")]
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub paths: Vec<crate::ingress::RoutePath>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<IngressTLS>,
+    /// Annotations; they win over the operator's ingress-nginx defaults (timeouts, buffering,
+    /// session affinity), see `controllerDefaults`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-}
-
-fn default_ingress_path() -> String {
-    "/connection".into()
+    /// Add ingress-nginx annotations long-lived connections need: 1 h read/send timeouts,
+    /// response buffering off (HTTP-streaming/SSE), and cookie session affinity when SockJS is
+    /// on with more than one pod. Other controllers ignore them.
+    #[serde(default = "default_true")]
+    pub controller_defaults: bool,
+    /// Session affinity: `Auto` pins clients to one pod when SockJS (node-local sessions) is on
+    /// and more than one pod may run; `Cookie` always; `None` never.
+    #[serde(default)]
+    pub session_affinity: crate::ingress::SessionAffinity,
 }
 
 /// HorizontalPodAutoscaler settings.
@@ -466,6 +537,9 @@ pub struct AutoscalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "targetMemoryUtilizationPercentage")]
     #[schemars(range(min = 1, max = 100))]
     pub target_memory_utilization_percentage: Option<i32>,
+    /// Passed through as the HPA's `behavior` (scale-up/-down policies and stabilization).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
 }
 
 fn default_min_replicas() -> i32 {
@@ -519,9 +593,42 @@ pub struct PodOptions {
     #[schemars(range(min = 0, max = 3600))]
     pub termination_grace_period_seconds: i64,
     /// Sleep before SIGTERM so endpoint removal reaches the load balancers first; 0 disables.
+    /// preStop + `shutdown.timeout` must fit in `terminationGracePeriodSeconds`: the operator
+    /// derives `shutdown.timeout` from the two when `spec.config` does not set it, and refuses a
+    /// configured one that does not fit.
     #[serde(default = "default_prestop")]
     #[schemars(range(min = 0, max = 300))]
     pub pre_stop_sleep_seconds: i64,
+    /// Extra environment variables of the server container (after the operator's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Extra `envFrom` sources of the server container, e.g. a Secret of `CENTRIFUGO_*` settings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+    /// Extra pod volumes (names `config` and `tmp` are taken).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// Extra mounts of the server container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Extra containers next to the server (name `gyre` is taken).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sidecars: Vec<Container>,
+    /// Init containers run before the server starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
+    /// Replaces the operator's liveness probe of the server container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Replaces the operator's readiness probe of the server container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// Replaces the operator's startup probe of the server container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    /// Deployment strategy. Default: RollingUpdate with maxSurge 1, maxUnavailable 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<DeploymentStrategy>,
 }
 
 impl Default for PodOptions {
@@ -536,6 +643,16 @@ impl Default for PodOptions {
             priority_class_name: None,
             termination_grace_period_seconds: default_grace(),
             pre_stop_sleep_seconds: default_prestop(),
+            env: Vec::new(),
+            env_from: Vec::new(),
+            volumes: Vec::new(),
+            volume_mounts: Vec::new(),
+            sidecars: Vec::new(),
+            init_containers: Vec::new(),
+            liveness_probe: None,
+            readiness_probe: None,
+            startup_probe: None,
+            strategy: None,
         }
     }
 }
@@ -584,6 +701,11 @@ pub struct NetworkPolicySpec {
     /// The client port stays open to everyone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_clients: Vec<NetworkPolicyPeer>,
+    /// Who scrapes `/metrics` on the internal port, admitted while a ServiceMonitor is on.
+    /// Empty: Prometheus pods (`app.kubernetes.io/name: prometheus`, as prometheus-operator
+    /// labels them) in any namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics_scrapers: Vec<NetworkPolicyPeer>,
 }
 
 /// Observed state, written by the operator only.
@@ -618,6 +740,10 @@ pub struct CentrifugoStatus {
     pub secret_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Endpoints>,
+    /// Namespaces holding a copy of the API key (`spec.secrets.exportTo`), so copies can be
+    /// removed when a namespace leaves the list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exported_to: Vec<String>,
 }
 
 /// Where to reach the server.
@@ -652,6 +778,12 @@ impl CentrifugoSpec {
     pub fn existing_secret(&self) -> Option<&str> {
         self.secrets.as_ref().and_then(|s| s.existing_secret.as_deref())
     }
+    pub fn secrets(&self) -> SecretsSpec {
+        self.secrets.clone().unwrap_or_default()
+    }
+    pub fn admin(&self) -> Option<&AdminSpec> {
+        self.admin.as_ref().filter(|a| a.enabled)
+    }
 }
 
 impl Default for CentrifugoSpec {
@@ -668,6 +800,7 @@ impl Default for CentrifugoSpec {
             admin: None,
             service: None,
             ingress: None,
+            gateway_api: None,
             resources: None,
             autoscaling: None,
             pod_disruption_budget: None,

@@ -5,9 +5,13 @@ pub mod builders;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod credentials;
+pub mod ingress;
+pub mod leader;
 pub mod managed_nats;
 pub mod metrics;
 pub mod nats;
+pub mod podspec;
 pub mod rbac;
 pub mod status;
 

@@ -11,6 +11,7 @@ use gyre_operator::{
     config::build_config,
     controller::{self, Settings},
     crd::Centrifugo,
+    leader::LeaderElector,
     metrics::{self, Metrics},
 };
 use tracing_subscriber::EnvFilter;
@@ -39,6 +40,18 @@ struct RunArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Elect a leader on a coordination.k8s.io Lease, so several replicas can run (one active).
+    #[arg(long, env = "GYRE_LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Namespace of the Lease (the operator's own; the chart passes it from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_elect_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "gyre-operator")]
+    leader_elect_lease: String,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    leader_elect_identity: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -52,7 +65,11 @@ enum Command {
         output: Option<PathBuf>,
     },
     /// Print, as JSON, the RBAC permissions the operator needs (checked against the chart in CI).
-    Rbac,
+    Rbac {
+        /// Print the chart's generated rules template instead (`templates/_rbac-rules.tpl`).
+        #[arg(long)]
+        helm: bool,
+    },
     /// Print the objects the operator would create for a Centrifugo manifest, as YAML.
     /// The generated Secret gets fresh random values, like the operator's first pass.
     Render {
@@ -64,6 +81,9 @@ enum Command {
         /// Print only the generated config.json.
         #[arg(long)]
         config_only: bool,
+        /// Print the objects as one JSON array instead of YAML documents (for test tooling).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -78,14 +98,19 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Render { file, default_image, config_only }) => render(&file, &default_image, config_only),
+        Some(Command::Render { file, default_image, config_only, json }) => {
+            render(&file, &default_image, config_only, json)
+        }
         Some(Command::Run(args)) => run(args),
-        Some(Command::Rbac) => out(&format!("{}\n", serde_json::to_string_pretty(gyre_operator::rbac::REQUIRED)?)),
+        Some(Command::Rbac { helm: true }) => out(&gyre_operator::rbac::helm_rules_template()),
+        Some(Command::Rbac { helm: false }) => {
+            out(&format!("{}\n", serde_json::to_string_pretty(gyre_operator::rbac::REQUIRED)?))
+        }
         None => run(cli.run),
     }
 }
 
-fn render(file: &PathBuf, default_image: &str, config_only: bool) -> anyhow::Result<()> {
+fn render(file: &PathBuf, default_image: &str, config_only: bool, json: bool) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut cr: Centrifugo =
         serde_norway::from_str(&text).with_context(|| format!("{} is not a Centrifugo manifest", file.display()))?;
@@ -114,12 +139,34 @@ fn render(file: &PathBuf, default_image: &str, config_only: bool) -> anyhow::Res
         secret_name: builders::secret_name(&cr),
         secret_hash,
     };
+    let objects = builders::render_all(&cr, &inputs, generated.as_ref());
+    if json {
+        return out(&format!("{}\n", serde_json::to_string_pretty(&objects)?));
+    }
     let mut text = String::new();
-    for obj in builders::render_all(&cr, &inputs, generated.as_ref()) {
+    for obj in objects {
         text.push_str("---\n");
-        text.push_str(&serde_norway::to_string(&obj)?);
+        text.push_str(&quote_yaml11_booleans(&serde_norway::to_string(&obj)?));
     }
     out(&text)
+}
+
+/// Quotes plain scalars that YAML 1.1 readers (kubectl's sigs.k8s.io/yaml, PyYAML) take for
+/// booleans although YAML 1.2 writers leave them bare: `proxy-buffering: off` would reach the
+/// apiserver as `false`, which an annotation (a string) refuses.
+fn quote_yaml11_booleans(yaml: &str) -> String {
+    const WORDS: &[&str] = &["on", "off", "yes", "no", "y", "n"];
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.lines() {
+        match line.rsplit_once(": ") {
+            Some((key, value)) if WORDS.contains(&value.to_ascii_lowercase().as_str()) => {
+                out.push_str(&format!("{key}: '{value}'"));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is an error, not a panic.
@@ -129,6 +176,18 @@ fn out(text: &str) -> anyhow::Result<()> {
     stdout.write_all(text.as_bytes())?;
     stdout.flush()?;
     Ok(())
+}
+
+/// SIGTERM or Ctrl-C, while a standby waits for the Lease.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return futures::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -142,8 +201,52 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let m = Arc::new(Metrics::default());
         let server = tokio::spawn(metrics::serve(args.metrics_addr, m.clone()));
         let settings = Settings { default_image: args.default_image };
-        let result = controller::run(client, settings, args.watch_namespace, m).await;
+        if !args.leader_elect {
+            let result = controller::run(client, settings, args.watch_namespace, m, futures::future::pending()).await;
+            server.abort();
+            return result;
+        }
+        let identity = args.leader_elect_identity.clone().unwrap_or_else(|| {
+            format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "gyre-operator".into()), std::process::id())
+        });
+        let elector = Arc::new(LeaderElector::new(
+            kube::Api::namespaced(client.clone(), &args.leader_elect_namespace),
+            args.leader_elect_lease.clone(),
+            identity,
+        ));
+        // A standby is healthy and ready: a rolling update of the operator must not wait on it.
+        m.set_ready(true);
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown_signal() => {
+                server.abort();
+                return Ok(());
+            }
+        }
+        let (lost_tx, lost_rx) = futures::channel::oneshot::channel::<()>();
+        let holder = {
+            let elector = elector.clone();
+            tokio::spawn(async move {
+                elector.hold().await;
+                let _ = lost_tx.send(());
+            })
+        };
+        let lost = {
+            use futures::FutureExt as _;
+            lost_rx.map(|_| ())
+        };
+        let result = controller::run(client, settings, args.watch_namespace, m, lost).await;
+        let lost_leadership = holder.is_finished();
+        holder.abort();
+        if let Err(e) = elector.release().await {
+            tracing::warn!(error = %e, "could not release the leader Lease; a standby takes over after it expires");
+        }
         server.abort();
-        result
+        result?;
+        if lost_leadership {
+            // Restart as a candidate rather than keep running without the Lease.
+            anyhow::bail!("lost leadership of Lease {}; exiting", args.leader_elect_lease);
+        }
+        Ok(())
     })
 }

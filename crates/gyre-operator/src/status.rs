@@ -39,6 +39,8 @@ pub struct Observed<'a> {
     pub broker: Option<BrokerState>,
     /// `Some` when the pass failed: (reason, message).
     pub error: Option<(String, String)>,
+    /// Namespaces holding a copy of the API key after this pass (`None`: not reached).
+    pub exported_to: Option<Vec<String>>,
 }
 
 fn find<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
@@ -150,6 +152,7 @@ pub fn compute_status(cr: &Centrifugo, obs: &Observed<'_>, now: &Time) -> Centri
         updated_replicas: prev.updated_replicas,
         available_replicas: prev.available_replicas,
         conditions: Vec::new(),
+        exported_to: obs.exported_to.clone().unwrap_or(prev.exported_to.clone()),
     };
 
     let blocked = match (&obs.config, &obs.secrets) {

@@ -53,6 +53,12 @@ fn every_child_is_owned_labelled_and_namespaced() {
     for o in &objs {
         assert!(o["apiVersion"].is_string(), "{o}");
         assert_eq!(o["metadata"]["namespace"], "prod");
+        if o["kind"] == "Secret" {
+            // Retained across deletion of the resource by default (spec.secrets.retainOnDelete).
+            assert!(o["metadata"].get("ownerReferences").is_none(), "{o}");
+            assert_eq!(o["metadata"]["labels"]["app.kubernetes.io/instance"], "chat");
+            continue;
+        }
         let owner = &o["metadata"]["ownerReferences"][0];
         assert_eq!(owner["kind"], "Centrifugo");
         assert_eq!(owner["apiVersion"], "centrifugo.gyre.dev/v1alpha1");
@@ -85,7 +91,7 @@ fn minimal_spec_renders_only_the_core_objects() {
 #[test]
 fn generated_secret_holds_all_credentials_and_rotation_marker() {
     let spec = CentrifugoSpec {
-        secrets: Some(SecretsSpec { existing_secret: None, rotation_generation: 4 }),
+        secrets: Some(SecretsSpec { rotation_generation: 4, ..Default::default() }),
         ..Default::default()
     };
     let c = cr(spec);
@@ -251,6 +257,7 @@ fn deployment_under_hpa_leaves_replicas_to_the_autoscaler() {
         max_replicas: 6,
         target_cpu_utilization_percentage: 60,
         target_memory_utilization_percentage: Some(80),
+        behavior: None,
     });
     let c = cr(spec);
     let d = build_deployment(&c, &inputs(&c));
@@ -284,7 +291,7 @@ fn nats_url_from_secret_becomes_env() {
 #[test]
 fn existing_secret_is_referenced_not_generated() {
     let spec = CentrifugoSpec {
-        secrets: Some(SecretsSpec { existing_secret: Some("my-creds".into()), rotation_generation: 0 }),
+        secrets: Some(SecretsSpec { existing_secret: Some("my-creds".into()), ..Default::default() }),
         ..Default::default()
     };
     let c = cr(spec);
@@ -453,6 +460,7 @@ fn status_ready_progressing_and_transition_times() {
         image: Some("gyre:test".into()),
         broker: Some(BrokerState::Ready { addr: "nats:4222".into(), version: "2.10.24".into() }),
         error: None,
+        exported_to: None,
     };
     let st = compute_status(&c, &obs, &t("2026-01-01T00:00:00Z"));
     assert_eq!(st.observed_generation, Some(1));
@@ -549,4 +557,37 @@ fn endpoints_in_status() {
     assert_eq!(e.external_client.as_deref(), Some("wss://rt.example.com/connection/websocket"));
     let plain = cr(CentrifugoSpec::default());
     assert_eq!(endpoints(&plain).external_client, None);
+}
+
+/// Issue 11 #8: with a ServiceMonitor on and `apiClients` restricted to the backend namespace,
+/// Prometheus must still reach /metrics on the internal port.
+#[test]
+fn network_policy_admits_the_scraper_when_a_service_monitor_is_on() {
+    let c = cr(full_spec());
+    let rules = build_network_policy(&c).unwrap().spec.unwrap().ingress.unwrap();
+    assert_eq!(rules.len(), 3);
+    let scrape = &rules[2];
+    assert_eq!(scrape.ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(9000)));
+    let peer = &scrape.from.as_ref().unwrap()[0];
+    assert_eq!(peer.namespace_selector, Some(Default::default()), "any namespace");
+    assert_eq!(
+        peer.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app.kubernetes.io/name"],
+        "prometheus"
+    );
+
+    // Configurable: the cluster's own Prometheus namespace/labels.
+    let mut custom = c.clone();
+    custom.spec.network_policy.as_mut().unwrap().metrics_scrapers = serde_json::from_value(json!([
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+         "podSelector": {"matchLabels": {"app": "vmagent"}}}
+    ]))
+    .unwrap();
+    let rules = build_network_policy(&custom).unwrap().spec.unwrap().ingress.unwrap();
+    let peer = &rules[2].from.as_ref().unwrap()[0];
+    assert_eq!(peer.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app"], "vmagent");
+
+    // No ServiceMonitor: no scrape rule.
+    let mut off = c.clone();
+    off.spec.metrics = None;
+    assert_eq!(build_network_policy(&off).unwrap().spec.unwrap().ingress.unwrap().len(), 2);
 }

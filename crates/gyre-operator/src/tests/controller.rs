@@ -99,12 +99,29 @@ impl FakeApiServer {
                         (
                             200,
                             json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group,
-                                     "resources": [{"name": "servicemonitors", "singularName": "servicemonitor",
-                                                    "namespaced": true, "kind": "ServiceMonitor", "verbs": ["get", "patch"]}]}),
+                            "resources": if group.starts_with("gateway.") {
+                                json!([{"name": "httproutes", "singularName": "httproute",
+                                        "namespaced": true, "kind": "HTTPRoute", "verbs": ["get", "patch"]}])
+                            } else {
+                                json!([{"name": "servicemonitors", "singularName": "servicemonitor",
+                                        "namespaced": true, "kind": "ServiceMonitor", "verbs": ["get", "patch"]}])
+                            }}),
                         )
                     } else {
                         (404, status_body(404, "NotFound", "the server could not find the requested resource"))
                     };
+                }
+                if let Some(selector) = uri.query().and_then(label_selector) {
+                    let items: Vec<Value> = st
+                        .objects
+                        .iter()
+                        .filter(|(k, o)| {
+                            collection_of(k) == path
+                                && selector.iter().all(|(lk, lv)| o["metadata"]["labels"][lk.as_str()] == *lv.as_str())
+                        })
+                        .map(|(_, o)| o.clone())
+                        .collect();
+                    return (200, json!({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items}));
                 }
                 match st.objects.get(&path) {
                     Some(o) => (200, o.clone()),
@@ -134,7 +151,46 @@ impl FakeApiServer {
                     return (200, obj.clone());
                 }
                 let previous = st.objects.get(&path).cloned();
+                let manager = uri.query().and_then(|q| query_param(q, "fieldManager"));
+                let Some(manager) = manager else {
+                    // JSON merge patch (no field manager): merge into the stored object.
+                    let Some(mut obj) = previous else {
+                        return (404, status_body(404, "NotFound", "not found"));
+                    };
+                    json_merge(&mut obj, &patch);
+                    obj["metadata"]["resourceVersion"] = json!(rv);
+                    st.objects.insert(path, obj.clone());
+                    return (200, obj);
+                };
+                if manager != "gyre-operator"
+                    && let Some(mut obj) = previous.clone()
+                {
+                    // Another field manager applying a few fields: they merge into the object.
+                    json_merge(&mut obj, &patch);
+                    if patch["spec"].get("replicas").is_some() {
+                        let owners = replica_owners(&obj).into_iter().chain([manager]).collect();
+                        set_replica_owners(&mut obj, &owners);
+                    }
+                    obj["metadata"]["resourceVersion"] = json!(rv);
+                    st.objects.insert(path, obj.clone());
+                    return (200, obj);
+                }
                 let mut obj = patch;
+                if path.contains("/deployments/") {
+                    // Server-side apply semantics for spec.replicas: a field the applier omits is
+                    // removed if the applier was its only owner (then defaulted to 1), and kept
+                    // if another field manager also owns it.
+                    let mut owners = previous.as_ref().map(replica_owners).unwrap_or_default();
+                    if obj["spec"].get("replicas").is_some() {
+                        owners.insert(manager.clone());
+                    } else if let Some(prev_replicas) =
+                        previous.as_ref().and_then(|p| p["spec"].get("replicas").cloned())
+                    {
+                        owners.remove(&manager);
+                        obj["spec"]["replicas"] = if owners.is_empty() { json!(1) } else { prev_replicas };
+                    }
+                    set_replica_owners(&mut obj, &owners);
+                }
                 if let Some(prev) = &previous {
                     if let Some(s) = prev.get("status") {
                         obj["status"] = s.clone();
@@ -151,8 +207,31 @@ impl FakeApiServer {
                 st.objects.insert(path, obj.clone());
                 (200, obj)
             }
+            Method::PUT => {
+                let mut obj = body.expect("PUT body");
+                match st.objects.get(&path) {
+                    None => return (404, status_body(404, "NotFound", "not found")),
+                    Some(prev) if prev["metadata"]["resourceVersion"] != obj["metadata"]["resourceVersion"] => {
+                        return (409, status_body(409, "Conflict", "the object has been modified"));
+                    }
+                    Some(_) => {}
+                }
+                obj["metadata"]["resourceVersion"] = json!(rv);
+                st.objects.insert(path, obj.clone());
+                (200, obj)
+            }
             Method::DELETE => match st.objects.remove(&path) {
-                Some(o) => (200, o),
+                Some(o) => {
+                    // Garbage collection: dependents of the deleted object go too.
+                    if let Some(uid) = o["metadata"]["uid"].as_str() {
+                        st.objects.retain(|_, d| {
+                            !d["metadata"]["ownerReferences"]
+                                .as_array()
+                                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+                        });
+                    }
+                    (200, o)
+                }
                 None => (404, status_body(404, "NotFound", "not found")),
             },
             _ => (405, status_body(405, "MethodNotAllowed", "unsupported")),
@@ -203,6 +282,59 @@ impl FakeApiServer {
             .map(|c| (c.method, c.path))
             .collect()
     }
+}
+
+fn query_param(q: &str, key: &str) -> Option<String> {
+    q.split('&').find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(|v| v.replace("%2F", "/").replace("%3D", "=")))
+}
+
+fn label_selector(q: &str) -> Option<Vec<(String, String)>> {
+    let sel = query_param(q, "labelSelector")?;
+    Some(sel.split(',').filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect())
+}
+
+/// `/api/v1/namespaces/x/secrets/name` → `/api/v1/secrets` (cluster-wide collection).
+fn collection_of(key: &str) -> String {
+    let (parent, _) = key.rsplit_once('/').unwrap_or((key, ""));
+    match parent.split_once("/namespaces/") {
+        Some((base, rest)) => match rest.split_once('/') {
+            Some((_, resource)) => format!("{base}/{resource}"),
+            None => parent.to_string(),
+        },
+        None => parent.to_string(),
+    }
+}
+
+fn json_merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    json_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn replica_owners(obj: &Value) -> std::collections::BTreeSet<String> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["manager"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+fn set_replica_owners(obj: &mut Value, owners: &std::collections::BTreeSet<String>) {
+    obj["metadata"]["managedFields"] = owners
+        .iter()
+        .map(|m| {
+            json!({"manager": m, "operation": "Apply", "apiVersion": "apps/v1", "fieldsType": "FieldsV1",
+                   "fieldsV1": {"f:spec": {"f:replicas": {}}}})
+        })
+        .collect();
 }
 
 fn context(fake: &FakeApiServer) -> Arc<Context> {
@@ -256,14 +388,15 @@ async fn create_from_scratch() {
         (Method::DELETE, "/api/v1/namespaces/prod/configmaps/chat-nats-config".into()),
         (Method::PATCH, "/api/v1/namespaces/prod/serviceaccounts/chat".into()),
         (Method::PATCH, CONFIGMAP.into()),
+        (Method::DELETE, "/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/chat".into()),
         (Method::PATCH, DEPLOYMENT.into()),
         (Method::PATCH, "/api/v1/namespaces/prod/services/chat".into()),
         (Method::PATCH, "/api/v1/namespaces/prod/services/chat-internal".into()),
         (Method::DELETE, "/apis/networking.k8s.io/v1/namespaces/prod/ingresses/chat".into()),
-        (Method::DELETE, "/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/chat".into()),
         (Method::DELETE, "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/chat".into()),
         (Method::DELETE, "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/chat".into()),
         (Method::DELETE, "/apis/monitoring.coreos.com/v1/namespaces/prod/servicemonitors/chat".into()),
+        (Method::DELETE, "/apis/gateway.networking.k8s.io/v1/namespaces/prod/httproutes/chat".into()),
         (Method::PATCH, format!("{CR_PATH}/status")),
     ];
     assert_eq!(writes, expect);
@@ -376,7 +509,7 @@ async fn rotation_regenerates_and_rolls() {
     let hash1 = pod_hash(&fake);
 
     let mut cr = (*fake.cr()).clone();
-    cr.spec.secrets = Some(SecretsSpec { existing_secret: None, rotation_generation: 1 });
+    cr.spec.secrets = Some(SecretsSpec { rotation_generation: 1, ..Default::default() });
     cr.metadata.generation = Some(2);
     fake.clear_calls();
     run(fake.store_cr(&cr), &ctx).await.unwrap();
@@ -402,7 +535,7 @@ async fn user_secret_missing_or_incomplete_is_reported() {
     let fake = FakeApiServer::new();
     let ctx = context(&fake);
     let cr = fixtures::cr(CentrifugoSpec {
-        secrets: Some(SecretsSpec { existing_secret: Some("my-creds".into()), rotation_generation: 0 }),
+        secrets: Some(SecretsSpec { existing_secret: Some("my-creds".into()), ..Default::default() }),
         ..Default::default()
     });
     let action = run(fake.store_cr(&cr), &ctx).await.unwrap();
@@ -604,4 +737,279 @@ async fn broker_condition_follows_a_real_nats() {
     assert_eq!(action, Action::requeue(crate::controller::BROKER_RETRY));
     assert_eq!(condition(&fake, "BrokerReady"), ("False".into(), "BrokerUnreachable".into()));
     assert_eq!(condition(&fake, "Ready"), ("False".into(), "BrokerNotReady".into()));
+}
+
+/// Issue 11 #4: a running instance at 3 pods, autoscaling switched on. The Deployment apply
+/// leaves `replicas` out; if the operator were still its only owner the apiserver would reset it
+/// to 1 (the fake models that), dropping two pods and their connections.
+#[tokio::test]
+async fn switching_autoscaling_on_keeps_the_live_replica_count() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let spec: CentrifugoSpec =
+        serde_json::from_value(json!({"replicas": 3, "nats": {"url": "nats://nats:4222"}})).unwrap();
+    run(fake.store_cr(&fixtures::cr(spec)), &ctx).await.unwrap();
+    assert_eq!(fake.get(DEPLOYMENT).unwrap()["spec"]["replicas"], 3);
+
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.autoscaling = serde_json::from_value(json!({"minReplicas": 2, "maxReplicas": 8})).unwrap();
+    fake.clear_calls();
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+
+    let dep = fake.get(DEPLOYMENT).unwrap();
+    assert_eq!(dep["spec"]["replicas"], 3, "live replica count kept, never 1");
+    // The HPA exists before the Deployment stops claiming the field.
+    let writes = fake.writes();
+    let pos = |p: &str| writes.iter().position(|(m, w)| *m == Method::PATCH && w == p).unwrap();
+    assert!(pos("/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/chat") < pos(DEPLOYMENT));
+    let handover = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == Method::PATCH && c.path == DEPLOYMENT)
+        .find(|c| c.query.contains("gyre-operator-hpa-handover"))
+        .expect("replicas handed over under a second field manager");
+    assert_eq!(handover.body.unwrap()["spec"], json!({"replicas": 3}));
+
+    // The HPA scales to 6; later passes neither reset it nor repeat the handover.
+    let mut d = fake.get(DEPLOYMENT).unwrap();
+    d["spec"]["replicas"] = json!(6);
+    fake.put(DEPLOYMENT, d);
+    fake.clear_calls();
+    run(fake.cr(), &ctx).await.unwrap();
+    assert_eq!(fake.get(DEPLOYMENT).unwrap()["spec"]["replicas"], 6);
+    assert!(!fake.calls().iter().any(|c| c.query.contains("hpa-handover")));
+
+    // Autoscaling off again: the operator owns the count once more.
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.autoscaling = None;
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    assert_eq!(fake.get(DEPLOYMENT).unwrap()["spec"]["replicas"], 3);
+    let hpa = fake.get("/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/chat");
+    assert!(hpa.is_none());
+}
+
+#[tokio::test]
+async fn hpa_behavior_is_passed_through() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let spec: CentrifugoSpec = serde_json::from_value(json!({
+        "nats": {"url": "nats://nats:4222"},
+        "autoscaling": {"maxReplicas": 5, "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600,
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}]}}}
+    }))
+    .unwrap();
+    run(fake.store_cr(&fixtures::cr(spec)), &ctx).await.unwrap();
+    let hpa = fake.get("/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/chat").unwrap();
+    assert_eq!(hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"], 600);
+    assert_eq!(hpa["spec"]["behavior"]["scaleDown"]["policies"][0]["periodSeconds"], 120);
+}
+
+/// Issue 11 #6: deleting and recreating the resource (new uid) keeps the generated keys.
+#[tokio::test]
+async fn generated_secret_survives_delete_and_recreate() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    run(fake.store_cr(&fixtures::cr(CentrifugoSpec::default())), &ctx).await.unwrap();
+    let before = secret_values(&fake);
+    assert!(fake.get(&format!("{SECRETS}/chat-secrets")).unwrap()["metadata"].get("ownerReferences").is_none());
+
+    // kubectl delete: the apiserver garbage-collects every owned child.
+    fake.handle(&Method::DELETE, &CR_PATH.parse().unwrap(), b"");
+    assert!(fake.get(DEPLOYMENT).is_none(), "owned children collected");
+    assert!(fake.get(&format!("{SECRETS}/chat-secrets")).is_some(), "the Secret is retained");
+
+    let mut again = fixtures::cr(CentrifugoSpec::default());
+    again.metadata.uid = Some("another-uid".into());
+    run(fake.store_cr(&again), &ctx).await.unwrap();
+    assert_eq!(secret_values(&fake), before, "same keys after recreation");
+
+    // retainOnDelete: false ties the Secret to the resource again.
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.secrets = Some(SecretsSpec { retain_on_delete: false, ..Default::default() });
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    let s = fake.get(&format!("{SECRETS}/chat-secrets")).unwrap();
+    assert_eq!(s["metadata"]["ownerReferences"][0]["uid"], "another-uid");
+    assert_eq!(secret_values(&fake), before, "re-owning does not rotate");
+    fake.handle(&Method::DELETE, &CR_PATH.parse().unwrap(), b"");
+    assert!(fake.get(&format!("{SECRETS}/chat-secrets")).is_none());
+}
+
+/// A Secret from before retention (owner reference set) loses the reference on the next pass.
+#[tokio::test]
+async fn legacy_owned_secret_is_released() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let cr = fixtures::cr(CentrifugoSpec::default());
+    let mut legacy = serde_json::to_value(builders::build_generated_secret(&cr, &fixtures::secret_values())).unwrap();
+    legacy["metadata"]["ownerReferences"] = json!([{"apiVersion": "centrifugo.gyre.dev/v1alpha1", "kind": "Centrifugo",
+        "name": "chat", "uid": fixtures::UID, "controller": true}]);
+    fake.put(&format!("{SECRETS}/chat-secrets"), legacy);
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    let s = fake.get(&format!("{SECRETS}/chat-secrets")).unwrap();
+    assert!(s["metadata"].get("ownerReferences").is_none(), "{s}");
+    assert_eq!(s["data"]["apiKey"], "YXBpLWJiYmI=", "values untouched (base64 of api-bbbb)");
+}
+
+/// Issue 11 #6: rotating the HMAC key keeps the old one as the previous key for the window, and
+/// leaves the other keys alone; the pods read both.
+#[tokio::test]
+async fn per_key_rotation_keeps_the_previous_hmac_key() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    run(fake.store_cr(&fixtures::cr(CentrifugoSpec::default())), &ctx).await.unwrap();
+    let before = secret_values(&fake);
+    let hash_before = pod_hash(&fake);
+
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.secrets = Some(serde_json::from_value(json!({"rotate": {"tokenHmacSecretKey": 1}})).unwrap());
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    let after = secret_values(&fake);
+    assert_ne!(after["tokenHmacSecretKey"], before["tokenHmacSecretKey"]);
+    assert_eq!(after["tokenHmacPreviousSecretKey"], before["tokenHmacSecretKey"]);
+    assert_eq!(after["apiKey"], before["apiKey"], "only the rotated key changes");
+    assert_eq!(after["adminSecret"], before["adminSecret"]);
+    let until: i64 = {
+        use base64::Engine as _;
+        let b64 = after["tokenHmacPreviousSecretKeyValidUntil"].as_str().unwrap();
+        let raw = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        String::from_utf8(raw).unwrap().parse().unwrap()
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((until - now - 86_400).abs() < 60, "window of 24 h, got {}", until - now);
+    assert_ne!(pod_hash(&fake), hash_before, "pods roll to pick up the keys");
+    assert!(fake.events().contains(&("Normal".into(), "SecretRotated".into())));
+
+    let dep: Deployment = serde_json::from_value(fake.get(DEPLOYMENT).unwrap()).unwrap();
+    let env = dep.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+    let previous = env.iter().find(|e| e.name == "CENTRIFUGO_CLIENT_TOKEN_HMAC_PREVIOUS_SECRET_KEY").unwrap();
+    let r = previous.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+    assert_eq!((r.key.as_str(), r.optional), ("tokenHmacPreviousSecretKey", Some(true)));
+
+    // Steady state: no further writes to the Secret.
+    fake.clear_calls();
+    run(fake.cr(), &ctx).await.unwrap();
+    assert!(!fake.writes().iter().any(|(_, p)| p.contains("/secrets")), "{:?}", fake.writes());
+}
+
+/// Issue 11 #6: backends in other namespaces get a copy of the API key; a namespace leaving
+/// the list loses its copy.
+#[tokio::test]
+async fn api_key_is_exported_to_listed_namespaces() {
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    let spec = CentrifugoSpec {
+        secrets: Some(SecretsSpec { export_to: vec!["backend".into(), "billing".into()], ..Default::default() }),
+        ..Default::default()
+    };
+    run(fake.store_cr(&fixtures::cr(spec)), &ctx).await.unwrap();
+    let key = secret_values(&fake)["apiKey"].clone();
+    for ns in ["backend", "billing"] {
+        let copy = fake.get(&format!("/api/v1/namespaces/{ns}/secrets/chat-api-key")).unwrap();
+        assert_eq!(copy["data"]["apiKey"], key);
+    }
+    assert_eq!(fake.get(CR_PATH).unwrap()["status"]["exportedTo"], json!(["backend", "billing"]));
+
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.secrets.as_mut().unwrap().export_to = vec!["backend".into()];
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    assert!(fake.get("/api/v1/namespaces/billing/secrets/chat-api-key").is_none(), "removed copy");
+    assert!(fake.get("/api/v1/namespaces/backend/secrets/chat-api-key").is_some());
+    assert_eq!(fake.get(CR_PATH).unwrap()["status"]["exportedTo"], json!(["backend"]));
+}
+
+/// Issue 11 #9: the grants are exactly what the code calls. Every reconcile path (create, every
+/// optional child on and off, autoscaling handover, rotation, repair, legacy Secret, exports
+/// added and removed, invalid config twice so the recorder patches an Event series, missing
+/// user Secret) and the leader election run against the recording apiserver; each request is
+/// mapped to (group, resource, verb), the controller's watches are added, and the union must
+/// equal `rbac::REQUIRED` (admission-only grants aside).
+#[tokio::test]
+async fn rbac_is_exactly_what_the_code_calls() {
+    use std::collections::BTreeSet;
+
+    use crate::{
+        leader::LeaderElector,
+        rbac::{REQUIRED, WATCHED, request_permission},
+    };
+
+    let fake = FakeApiServer::new();
+    fake.serve_group("monitoring.coreos.com/v1");
+    fake.serve_group("gateway.networking.k8s.io/v1");
+    let ctx = context(&fake);
+
+    // Everything on, with exports and a legacy owned Secret.
+    let mut spec = full_spec();
+    spec.gateway_api = serde_json::from_value(json!({"parentRefs": [{"name": "gw"}]})).unwrap();
+    spec.secrets = Some(SecretsSpec { export_to: vec!["backend".into(), "billing".into()], ..Default::default() });
+    let cr = fixtures::cr(spec);
+    let mut legacy = serde_json::to_value(builders::build_generated_secret(&cr, &fixtures::secret_values())).unwrap();
+    legacy["metadata"]["ownerReferences"] = json!([{"apiVersion": "centrifugo.gyre.dev/v1alpha1", "kind": "Centrifugo",
+        "name": "chat", "uid": fixtures::UID, "controller": true}]);
+    fake.put(&format!("{SECRETS}/chat-secrets"), legacy);
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    // The operator's own NATS (spec.nats.managed): StatefulSet, Services, ConfigMap, PDB applied.
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.nats = serde_json::from_value(json!({"managed": true})).unwrap();
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    // Autoscaling on (handover), rotation, one export removed.
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.autoscaling = serde_json::from_value(json!({"maxReplicas": 6})).unwrap();
+    cr.spec.secrets.as_mut().unwrap().rotate = Some(serde_json::from_value(json!({"tokenHmacSecretKey": 1})).unwrap());
+    cr.spec.secrets.as_mut().unwrap().export_to = vec!["backend".into()];
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    // Every optional child off.
+    let mut cr = (*fake.cr()).clone();
+    for f in [
+        |c: &mut Centrifugo| c.spec.ingress = None,
+        |c: &mut Centrifugo| c.spec.gateway_api = None,
+        |c: &mut Centrifugo| c.spec.metrics = None,
+        |c: &mut Centrifugo| c.spec.network_policy = None,
+        |c: &mut Centrifugo| c.spec.autoscaling = None,
+        |c: &mut Centrifugo| c.spec.pod_disruption_budget = serde_json::from_value(json!({"enabled": false})).unwrap(),
+    ] {
+        f(&mut cr);
+    }
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    // A key removed by hand: repaired.
+    let mut s = fake.get(&format!("{SECRETS}/chat-secrets")).unwrap();
+    s["data"].as_object_mut().unwrap().remove("apiKey");
+    fake.put(&format!("{SECRETS}/chat-secrets"), s);
+    run(fake.cr(), &ctx).await.unwrap();
+    // The Secret deleted by hand: generated anew.
+    fake.handle(&Method::DELETE, &format!("{SECRETS}/chat-secrets").parse().unwrap(), b"");
+    run(fake.cr(), &ctx).await.unwrap();
+    // Invalid config twice: the same Warning twice is patched as an Event series.
+    let mut bad = (*fake.cr()).clone();
+    bad.spec.config = Some(json!({"http_api": {"key": "x"}}));
+    run(fake.store_cr(&bad), &ctx).await.unwrap();
+    run(fake.cr(), &ctx).await.unwrap();
+    // A user Secret that does not exist.
+    let mut ext = (*fake.cr()).clone();
+    ext.spec.config = None;
+    ext.spec.secrets = Some(SecretsSpec { existing_secret: Some("nope".into()), ..Default::default() });
+    run(fake.store_cr(&ext), &ctx).await.unwrap();
+    // Leader election: create, renew, release.
+    let leases = LeaderElector::new(kube::Api::namespaced(fake.client(), "ops"), "gyre-operator", "pod-a");
+    let now = k8s_openapi::jiff::Timestamp::now();
+    assert!(leases.try_acquire_or_renew(now).await.unwrap());
+    assert!(leases.try_acquire_or_renew(now).await.unwrap());
+    leases.release().await.unwrap();
+
+    let mut called: BTreeSet<(String, String, String)> =
+        fake.calls().iter().filter_map(|c| request_permission(c.method.as_str(), &c.path, &c.query)).collect();
+    for (g, r) in WATCHED {
+        called.insert((g.to_string(), r.to_string(), "list".into()));
+        called.insert((g.to_string(), r.to_string(), "watch".into()));
+    }
+    let granted: BTreeSet<(String, String, String)> = REQUIRED
+        .iter()
+        .filter(|p| !p.why.starts_with("admission:"))
+        .flat_map(|p| p.verbs.iter().map(|v| (p.group.to_string(), p.resource.to_string(), v.to_string())))
+        .collect();
+    let unused: Vec<_> = granted.difference(&called).collect();
+    let missing: Vec<_> = called.difference(&granted).collect();
+    assert!(
+        unused.is_empty() && missing.is_empty(),
+        "granted but never called: {unused:?}\ncalled without a grant: {missing:?}"
+    );
 }
