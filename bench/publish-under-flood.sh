@@ -6,7 +6,10 @@
 #   bash bench/publish-under-flood.sh [GYRE_BINARY ...]     (default: target/release/gyre)
 #
 # Environment: SUBS (2000), FLOODERS (8), RATE (50 publishes/s), PHASE_S (15), OUT (directory for
-# the JSON lines, default bench/results/flood-<date>). Builds gyre-loadgen in release if missing.
+# the JSON lines, default bench/results/flood-<date>), LABELS (space-separated names for the
+# binaries, default their commit), PRIO (rt, the default: server on core 0 and load generator on
+# core 1 under SCHED_FIFO `chrt -f 10`, as bench/run-matrix.sh does, so other work on a shared
+# machine does not decide the tail; `normal` for neither). Builds gyre-loadgen in release if missing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -21,6 +24,13 @@ if [ ${#BINS[@]} -eq 0 ]; then
     BINS=("$ROOT/target/release/gyre")
 fi
 ulimit -n "$(ulimit -Hn)"
+read -r -a LABELS_A <<< "${LABELS:-}"
+if [ "${PRIO:-rt}" = rt ]; then
+    SRV=(taskset -c 0 chrt -f 10); GEN=(taskset -c 1 chrt -f 10)
+else
+    SRV=(); GEN=()
+fi
+i=0
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 for bin in "${BINS[@]}"; do
     port=$(free_port)
@@ -34,12 +44,13 @@ for bin in "${BINS[@]}"; do
   "channel": {"namespaces": [{"name": "jl", "join_leave": true, "force_push_join_leave": true, "presence": true, "allow_subscribe_for_client": true}]}
 }
 JSON
-    "$bin" --config "$cfg" > "$OUT/server-$port.log" 2>&1 &
+    "${SRV[@]}" "$bin" --config "$cfg" > "$OUT/server-$port.log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.1; done
-    rev=$(git -C "$(dirname "$bin")" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    rev="${LABELS_A[$i]:-$(git -C "$(dirname "$bin")" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+    i=$((i + 1))
     echo "== $bin (commit $rev, pid $pid)" >&2
-    "$LOADGEN" flood --addr "127.0.0.1:$port" --token-secret flood-secret --scenario "$rev" \
+    "${GEN[@]}" "$LOADGEN" flood --addr "127.0.0.1:$port" --token-secret flood-secret --scenario "$rev" \
         --subs "$SUBS" --flooders "$FLOODERS" --pub-rate "$RATE" --phase-s "$PHASE_S" --threads 1 \
         | tee -a "$OUT/results.jsonl"
     kill -TERM "$pid" 2>/dev/null || true
