@@ -239,7 +239,7 @@ pub(crate) fn spawn_stream(
     let mut client = Client::new(node.clone(), shared);
     client.set_http_user(http_user);
     // SSE clients get a first line at once so proxies and EventSource see the stream open.
-    let prelude = (format == StreamFormat::Sse).then(|| Bytes::from_static(b"\r\n"));
+    let prelude = (format == StreamFormat::Sse).then(|| Bytes::from_static(crate::stream::SSE_PRELUDE));
     let (body, tx) = ChannelBody::new(prelude);
     let (rx, guard) = match inbound {
         Some((rx, g)) => (Some(rx), Some(g)),

@@ -108,6 +108,19 @@ impl StreamFormat {
     }
 }
 
+/// The first bytes of an SSE stream: an empty line, sent with the headers so
+/// proxies and EventSource see the stream open before the first event.
+///
+/// LF, not CRLF: every event is LF-framed ([`put_sse_event`]), and mixing the
+/// two breaks the `eventsource` npm polyfill 2.x that centrifuge-js uses in
+/// Node. It rescans each read from the start of its buffer, so a CR anywhere
+/// before the current line makes it swallow the LF of the blank line ending
+/// the next event, which is then never dispatched. Behind a proxy that
+/// delivers this line and the connect reply in one read (nginx, with or
+/// without buffering, whenever the reply is ready before it reads the
+/// upstream) the client never saw its connect reply and timed out.
+pub const SSE_PRELUDE: &[u8] = b"\n";
+
 /// Writes one SSE event carrying `m`.
 ///
 /// An SSE parser ends a line at CR, LF or CRLF. JSON payloads reach here with

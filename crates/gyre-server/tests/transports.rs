@@ -313,6 +313,31 @@ async fn sse_get_with_cf_connect_and_post() {
     assert!(st2.sse().await.unwrap()["connect"]["session"].is_string());
 }
 
+/// SSE streams end every line with LF alone, from the first byte on. A proxy
+/// (nginx with buffering off) often hands the client the stream's opening line
+/// and the connect reply in one read; the `eventsource` npm polyfill 2.x (what
+/// centrifuge-js uses in Node) rescans such a read from its start, so a CR
+/// seen earlier makes it drop the LF of the blank line that ends the next
+/// event: the connect reply was never dispatched and the client timed out.
+/// Checked on the coalesced bytes up to the connect reply, as such a proxy
+/// delivers them, for both SSE endpoints.
+#[tokio::test]
+async fn sse_streams_use_lf_line_endings_only() {
+    let s = server().await;
+    let connect = json!({"id": 1, "connect": {"token": user_token("lf")}}).to_string();
+    let uni = json!({"token": user_token("lf")}).to_string();
+    for (path, cf_connect) in [("/connection/sse", &connect), ("/connection/uni_sse", &uni)] {
+        let q = urlencode(cf_connect);
+        let mut st = HttpStream::open(s.addr, "GET", &format!("{path}?cf_connect={q}"), &[], b"").await;
+        assert_eq!(st.status, 200, "{path}");
+        // Everything up to the end of the connect reply's event, undrained.
+        while !(st.buf.windows(9).any(|w| w == b"\"connect\"") && st.buf.ends_with(b"\n\n")) {
+            assert!(st.more().await, "{path}: stream ended before the connect reply");
+        }
+        assert!(!st.buf.contains(&b'\r'), "{path}: CR in the SSE stream: {:?}", String::from_utf8_lossy(&st.buf));
+    }
+}
+
 #[tokio::test]
 async fn emulation_bad_input_gets_the_protocols_answers() {
     let s = server().await;
