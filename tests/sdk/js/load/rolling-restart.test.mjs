@@ -47,7 +47,7 @@ import { nginxConf } from '../../../operator/ingress/ingress-to-nginx.mjs';
 
 const CLIENTS = Number(process.env.GYRE_ROLLING_CLIENTS || 3000);
 const CHANNELS = Number(process.env.GYRE_ROLLING_CHANNELS || 30);
-const RATE = Number(process.env.GYRE_ROLLING_RATE || 30);
+const RATE = Number(process.env.GYRE_ROLLING_RATE || 10);
 const TRANSPORTS = (process.env.GYRE_ROLLING_TRANSPORTS || 'websocket,http_stream,sse,sockjs').split(',');
 // centrifuge-js 5.8 defaults, spelled out because the herd check is measured against them.
 const MIN_RECONNECT_DELAY = 500;
