@@ -224,7 +224,7 @@ describe(`rolling restart behind the rendered Ingress: ${CLIENTS} clients, 3 nod
   const phases = [];
   const published = new Map(); // channel -> last seq published (acknowledged by the API)
   let publisher = null;
-  let publishErrors = [];
+  const publishErrors = [];
   /** Accepted-connection samples per node: name -> [{ at, accepted }] */
   const samples = new Map();
   let sampler = null;
