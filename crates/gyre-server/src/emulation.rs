@@ -238,8 +238,11 @@ pub(crate) fn spawn_stream(
     let shared = ClientShared::with_session(encoding, info, node.config.client.queue_max_size, session);
     let mut client = Client::new(node.clone(), shared);
     client.set_http_user(http_user);
-    // SSE clients get a first line at once so proxies and EventSource see the stream open.
-    let prelude = (format == StreamFormat::Sse).then(|| Bytes::from_static(b"\r\n"));
+    // SSE clients get a first line at once so proxies and EventSource see the stream open. "\n",
+    // not "\r\n": when a proxy relays it in one chunk with the connect reply, the `eventsource`
+    // npm package (2.x, centrifuge-js's EventSource in Node) rescans the consumed "\r" and then
+    // skips the blank line ending the reply, which is never dispatched (the client times out).
+    let prelude = (format == StreamFormat::Sse).then(|| Bytes::from_static(b"\n"));
     let (body, tx) = ChannelBody::new(prelude);
     let (rx, guard) = match inbound {
         Some((rx, g)) => (Some(rx), Some(g)),
