@@ -35,7 +35,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import http from 'node:http';
+import EventSource from 'eventsource';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import SockJS from 'sockjs-client';
 import WebSocket from 'ws';
@@ -131,66 +131,6 @@ async function startIngress(ingress, endpoints) {
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
-}
-
-/**
- * A minimal EventSource (the part centrifuge-js's SSE transport uses: onopen, onmessage, onerror,
- * close) over node:http. The `eventsource` 2.0.2 package the other suites use mis-parses a chunk
- * that holds the server's "\r\n" preamble (Centrifugo's too) together with the first event: it
- * rescans the consumed "\r", then skips the blank line that ends the event as if it were the
- * "\n" of that "\r\n", so the connect reply is never dispatched and the client times out.
- * Straight from gyre the two arrive in separate chunks; through nginx they are often coalesced.
- */
-class NodeEventSource {
-  constructor(url) {
-    this.onopen = null;
-    this.onmessage = null;
-    this.onerror = null;
-    this._done = false;
-    let buf = '';
-    let data = [];
-    const line = (l) => {
-      if (l === '') {
-        if (data.length) this.onmessage?.({ data: data.join('\n') });
-        data = [];
-      } else if (l.startsWith('data:')) {
-        data.push(l.slice(l[5] === ' ' ? 6 : 5));
-      } // comments and other fields: centrifuge-js uses data only
-    };
-    this._req = http.get(url, { agent: false, headers: { Accept: 'text/event-stream', 'Cache-Control': 'no-cache' } }, (res) => {
-      if (res.statusCode !== 200) {
-        res.resume();
-        this._fail();
-        return;
-      }
-      this.onopen?.({});
-      res.setEncoding('utf8');
-      res.on('data', (chunk) => {
-        buf += chunk;
-        for (;;) {
-          const m = /\r\n|\r|\n/.exec(buf);
-          // A "\r" at the end may be the first half of "\r\n": wait for the next chunk.
-          if (!m || (m[0] === '\r' && m.index === buf.length - 1)) break;
-          line(buf.slice(0, m.index));
-          buf = buf.slice(m.index + m[0].length);
-        }
-      });
-      res.on('end', () => this._fail());
-      res.on('error', () => this._fail());
-    });
-    this._req.on('error', () => this._fail());
-  }
-
-  _fail() {
-    if (this._done) return;
-    this._done = true;
-    this.onerror?.({});
-  }
-
-  close() {
-    this._done = true;
-    this._req.destroy();
-  }
 }
 
 function quantile(sorted, q) {
@@ -293,7 +233,7 @@ describe(`rolling restart behind the rendered Ingress: ${CLIENTS} clients, 3 nod
       });
     } else {
       c = new Centrifuge([{ transport, endpoint: `${base}/connection/${transport}` }], {
-        ...common, emulationEndpoint: `${base}/emulation`, eventsource: NodeEventSource,
+        ...common, emulationEndpoint: `${base}/emulation`, eventsource: EventSource,
       });
     }
     const sub = c.newSubscription(channel);
