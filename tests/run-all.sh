@@ -4,7 +4,8 @@
 #   2. cargo fmt --all --check, cargo clippy --workspace --all-targets -- -D warnings
 #   3. cargo build --workspace --all-targets
 #   4. cargo test --workspace           (Rust unit + integration tests, the abuse suite in tests/abuse)
-#   5. real SDKs, JavaScript:  node --test  in tests/sdk/js   (centrifuge-js JSON+protobuf, cent.js)
+#   5. real SDKs, JavaScript:  node --test  in tests/sdk/js   (centrifuge-js JSON+protobuf, cent.js),
+#      then the measured rolling restart (tests/sdk/js/load/rolling-restart.test.mjs)
 #   6. real SDKs, Python:      pytest       in tests/sdk/python (centrifuge-python JSON+protobuf, cent)
 #   7. tests/operator/{install,run}.sh, if tests/operator/run.sh exists
 #   8. tests/images/run.sh: deploy/build-images.sh (debug binaries), run with podman + runc
@@ -80,6 +81,13 @@ js_suite() (
     node --test --test-concurrency=1 --test-timeout=120000 test/*.test.mjs
 )
 
+# The measured rolling restart (tests/sdk/js/load/): 3 nodes behind nginx, GYRE_ROLLING_CLIENTS
+# SDK clients (default 3000), its own step because it runs for minutes, not seconds.
+js_rolling() (
+    cd "$ROOT/tests/sdk/js"
+    node --test --test-timeout=900000 load/rolling-restart.test.mjs
+)
+
 py_suite() (
     cd "$ROOT/tests/sdk/python"
     "$ROOT/tests/.deps/venv/bin/python" -m pytest -p no:cacheprovider
@@ -96,6 +104,7 @@ if [ ! -x "$GYRE_BIN" ]; then
 fi
 step "cargo test" cargo test --workspace
 step "SDK tests: JavaScript (centrifuge-js, cent.js)" js_suite
+step "rolling restart (3 nodes, nginx, SDK clients)" js_rolling
 step "SDK tests: Python (centrifuge-python, cent)" py_suite
 if [ -f tests/operator/run.sh ]; then
     step "operator install" bash tests/operator/install.sh

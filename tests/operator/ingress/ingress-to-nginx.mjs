@@ -19,8 +19,9 @@ const KNOWN = new Set([
  * @param endpoints  { [serviceName]: ["127.0.0.1:PORT", ...] } : the Service's ready pods
  * @param listen  port nginx listens on
  * @param dir  writable prefix directory (pid, logs, temp files)
+ * @param workerConnections  nginx's worker_connections (default 1024; load tests need more)
  */
-export function nginxConf(ingress, endpoints, { listen, dir }) {
+export function nginxConf(ingress, endpoints, { listen, dir, workerConnections = 1024 }) {
   const ann = ingress.metadata.annotations || {};
   for (const k of Object.keys(ann)) {
     if (k.startsWith(NGINX) && !KNOWN.has(k.slice(NGINX.length))) {
@@ -50,7 +51,9 @@ export function nginxConf(ingress, endpoints, { listen, dir }) {
   w(`pid ${dir}/nginx.pid;`);
   w(`error_log ${dir}/error.log info;`);
   w('worker_processes 1;');
-  w('events { worker_connections 1024; }');
+  // Each proxied connection takes two: the client's and the upstream's.
+  if (workerConnections > 1024) w(`worker_rlimit_nofile ${workerConnections * 2 + 64};`);
+  w(`events { worker_connections ${workerConnections}; }`);
   w('http {');
   w('  log_format gyre \'$request $status upstream=$upstream_addr cookie="$http_cookie"\';');
   w(`  access_log ${dir}/access.log gyre;`);

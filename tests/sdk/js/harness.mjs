@@ -201,6 +201,11 @@ async function startOnce(port, overrides, startTimeoutMs) {
     wsUrl: `ws://127.0.0.1:${port}/connection/websocket`,
     apiUrl: `${httpUrl}/api`,
     logs: () => output,
+    pid: child.pid,
+    /** Sends `sig` to the process (e.g. SIGTERM, as kubelet does after preStop). */
+    signal: (sig) => { if (!exited) child.kill(sig); },
+    /** Resolves with { code, signal } once the process has exited. */
+    exited: () => exitPromise,
     /** POST /api/<method> with the API key; resolves { status, body(parsed or text) }. */
     async api(method, body = {}, { key = API_KEY, timeoutMs = 5000 } = {}) {
       const res = await fetch(`${httpUrl}/api/${method}`, {
