@@ -208,7 +208,8 @@ mod tests {
     #[test]
     fn certificate_and_secret_table() {
         // (spec, secret name, certificate dnsNames or None when no Certificate)
-        let cases: Vec<(Value, Option<&str>, Option<Vec<&str>>)> = vec![
+        type Case<'a> = (Value, Option<&'a str>, Option<Vec<&'a str>>);
+        let cases: Vec<Case> = vec![
             (json!({}), None, None),
             (json!({"tls": {"enabled": false, "issuerRef": {"name": "le"}}}), None, None),
             (json!({"tls": {"secretName": "mine"}}), Some("mine"), None),
