@@ -1040,9 +1040,8 @@ pub struct GrpcApi {
     pub max_receive_message_size: usize,
     /// gRPC server reflection (not supported by this Gyre version; must stay false).
     pub reflection: bool,
-    /// TLS object (not supported by this Gyre version; `enabled` must stay false).
-    /// Kept as raw JSON so a Centrifugo TLS block is recognised and refused by name.
-    pub tls: serde_json::Value,
+    /// TLS of the gRPC listener (`client_ca_pem`: mTLS), as `http_server.tls`.
+    pub tls: Tls,
 }
 
 impl Default for GrpcApi {
@@ -1055,7 +1054,7 @@ impl Default for GrpcApi {
             error_mode: ErrorMode::Default,
             max_receive_message_size: 0,
             reflection: false,
-            tls: serde_json::Value::Null,
+            tls: Tls::default(),
         }
     }
 }
@@ -1419,16 +1418,6 @@ impl Config {
         if self.grpc_api.reflection {
             e("grpc_api.reflection", "gRPC reflection is not supported by this Gyre version".into());
         }
-        match &self.grpc_api.tls {
-            serde_json::Value::Null => {}
-            serde_json::Value::Object(m) if !m.get("enabled").and_then(serde_json::Value::as_bool).unwrap_or(false) => {
-            }
-            serde_json::Value::Object(_) => e(
-                "grpc_api.tls.enabled",
-                "TLS on the gRPC API is not supported by this Gyre version (terminate TLS in front of it)".into(),
-            ),
-            _ => e("grpc_api.tls", "must be an object".into()),
-        }
         if self.admin.enabled && !self.admin.insecure {
             if self.admin.password.is_empty() {
                 e("admin.password", "must be set when admin.enabled (or set admin.insecure)".into());
@@ -1556,8 +1545,8 @@ mod tests {
             (serde_json::json!({}), None),
             (serde_json::json!({"grpc_api": {"enabled": true, "key": "k", "port": 0}}), None),
             (serde_json::json!({"grpc_api": {"tls": {"enabled": false, "cert_pem": "x"}}}), None),
-            (serde_json::json!({"grpc_api": {"tls": {"enabled": true}}}), Some("grpc_api.tls.enabled")),
-            (serde_json::json!({"grpc_api": {"tls": true}}), Some("grpc_api.tls")),
+            // TLS material is checked when the listener starts (gyre-server's tls module).
+            (serde_json::json!({"grpc_api": {"tls": {"enabled": true}}}), None),
             (serde_json::json!({"grpc_api": {"reflection": true}}), Some("grpc_api.reflection")),
             (serde_json::json!({"admin": {"enabled": true, "secret": "s"}}), Some("admin.password")),
             (serde_json::json!({"admin": {"enabled": true, "password": "p"}}), Some("admin.secret")),

@@ -512,7 +512,8 @@ mod tests {
             (json!({"http_server": {"tls": {"enabled": true, "cert_pem": "x", "key_pem": "y"}}}), None),
             (json!({"http_server": {"tls_external": true, "internal_tls": {"enabled": true}}}), None),
             (json!({"broker": {"type": "nats", "nats": {"tls": {"enabled": true, "server_ca_pem": "x"}}}}), None),
-            (json!({"grpc_api": {"enabled": true, "tls": {"enabled": true}}}), Some("grpc_api.tls.enabled")),
+            (json!({"grpc_api": {"enabled": true, "tls": {"enabled": true}}}), None),
+            (json!({"uni_grpc": {"enabled": true, "tls": {"enabled": true}}}), Some("uni_grpc.enabled")),
             (
                 json!({"engine": {"type": "redis", "redis": {"tls": {"enabled": true}}}}),
                 Some("engine.redis.tls.enabled"),
@@ -571,7 +572,7 @@ mod tests {
     #[test]
     fn secrets_never_appear_in_errors() {
         let c = check(
-            &json!({"grpc_api": {"enabled": true, "tls": {"enabled": true, "key_pem": "hunter2-secret"}}, "client": {"proxy": {"connect": {"enabled": true, "endpoint": "http://k-secret-42"}}}}),
+            &json!({"engine": {"type": "redis", "redis": {"tls": {"enabled": true, "key_pem": "hunter2-secret"}}}, "client": {"proxy": {"connect": {"enabled": true, "endpoint": "http://k-secret-42"}}}}),
         );
         assert!(!c.errors.is_empty());
         for e in &c.errors {
