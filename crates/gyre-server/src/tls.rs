@@ -136,7 +136,13 @@ struct Files {
     prefix: String,
     cert: Source,
     key: Source,
+    /// Stamps of the files as loaded at start, taken before reading them: a
+    /// change between start-up and the watcher's first look is still seen.
+    loaded: (Stamp, Stamp),
 }
+
+/// Size and modification time of a file source (`None`: inline, or unreadable).
+type Stamp = Option<(u64, SystemTime)>;
 
 /// A listener's TLS: the rustls config and, when the certificate comes from
 /// files, what the reloader must watch.
@@ -164,7 +170,9 @@ impl ServerTls {
         if t.key_pem.trim().is_empty() {
             return Err(err(&format!("{prefix}.key_pem"), "required when TLS is enabled"));
         }
-        let files = Files { prefix: prefix.to_string(), cert: source(&t.cert_pem), key: source(&t.key_pem) };
+        let (cert_src, key_src) = (source(&t.cert_pem), source(&t.key_pem));
+        let loaded = (stamp_sync(&cert_src), stamp_sync(&key_src));
+        let files = Files { prefix: prefix.to_string(), cert: cert_src, key: key_src, loaded };
         let cert = read_sync(&format!("{prefix}.cert_pem"), &files.cert)?;
         let key = read_sync(&format!("{prefix}.key_pem"), &files.key)?;
         let ck = certified(prefix, &cert, &key)?;
@@ -200,7 +208,7 @@ impl ServerTls {
         if !matches!(self.files.cert, Source::File(_)) && !matches!(self.files.key, Source::File(_)) {
             return;
         }
-        let mut seen = (stamp(&self.files.cert).await, stamp(&self.files.key).await);
+        let mut seen = self.files.loaded;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -228,12 +236,18 @@ impl ServerTls {
     }
 }
 
-/// Size and modification time of a file source (`None`: inline, or unreadable).
-/// The metadata follows symlinks, so a Kubernetes Secret volume's `..data`
-/// swap shows as a change.
-async fn stamp(src: &Source) -> Option<(u64, SystemTime)> {
+/// The [`Stamp`] of a source. The metadata follows symlinks, so a Kubernetes
+/// Secret volume's `..data` swap shows as a change.
+async fn stamp(src: &Source) -> Stamp {
     let Source::File(p) = src else { return None };
     let m = tokio::fs::metadata(p).await.ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+/// [`stamp`] at start-up (a one-off metadata read before serving).
+fn stamp_sync(src: &Source) -> Stamp {
+    let Source::File(p) = src else { return None };
+    let m = std::fs::metadata(p).ok()?;
     Some((m.len(), m.modified().ok()?))
 }
 

@@ -305,6 +305,30 @@ async fn stalled_handshake_is_closed_by_read_header_timeout() {
     }
 }
 
+/// A socket in its TLS handshake is pending: over `max_pending_connections`
+/// new sockets are closed at once; once the stalled one is gone (deadline),
+/// handshakes succeed again.
+#[tokio::test]
+async fn sockets_in_handshake_count_as_pending() {
+    let ca = Ca::new("gyre test ca");
+    let dir = Dir::new();
+    install(&dir, &ca.leaf("server"));
+    let srv = TestServer::start(json!({"http_server": {"tls": tls_files(&dir), "read_header_timeout": "1s",
+        "max_pending_connections": 1}}))
+    .await;
+    let mut stalled = TcpStream::connect(srv.addr).await.unwrap();
+    stalled.write_all(b"\x16\x03\x01\x02\x00\x01").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = tls_connect(srv.addr, client_config(&[ca.der()], None, &[])).await;
+    assert!(refused.is_err(), "a second socket must be closed while one handshake is pending");
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf)).await.expect("stalled closed");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    let ok =
+        tls_connect(srv.addr, client_config(&[ca.der()], None, &[])).await.expect("handshake after the slot freed");
+    assert_eq!(https_get(ok, "/health").await.0, 200);
+}
+
 async fn start_err(cfg: Value) -> String {
     let mut base = common::base_config();
     common::merge(&mut base, cfg);
