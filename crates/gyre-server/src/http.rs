@@ -255,7 +255,6 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
     // Before binding: a bad certificate stops start-up naming its key, and
     // nothing ever listens in plain text where TLS was asked for.
     let tls = crate::tls::ListenerTls::load(&cfg.http_server, split)?;
-    let mut watched: Vec<crate::tls::ServerTls> = Vec::new();
     let ext = listen(&bind_addr(&cfg.http_server.address, cfg.http_server.port))
         .await
         .map_err(|e| anyhow::anyhow!("http_server.port {}: {e}", cfg.http_server.port))?;
@@ -294,8 +293,9 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
         app.tracker.spawn(accept_loop(app.clone(), int, Listener::Internal, Arc::new(AtomicUsize::new(0)), acceptor));
     }
     // One reloader per certificate (the internal listener may share the external one's).
+    let mut watched: Vec<crate::tls::ServerTls> = Vec::new();
     for t in [&tls.external, &tls.internal].into_iter().flatten() {
-        if !watched.iter().any(|w: &crate::tls::ServerTls| Arc::ptr_eq(&w.config, &t.config)) {
+        if !watched.iter().any(|w| Arc::ptr_eq(&w.config, &t.config)) {
             watched.push(t.clone());
         }
     }
