@@ -409,8 +409,10 @@ async fn internal_port_tls() {
 
 /// `broker.nats.tls`: a real nats-server requiring TLS and a client
 /// certificate (`--tlsverify`) is reached with the CA and a client
-/// certificate; without the client certificate, or trusting another CA,
-/// the node stays not ready (it never falls back to plain text).
+/// certificate; without the client certificate, trusting another CA, or
+/// with a `server_name` the certificate does not carry, the node stays not
+/// ready (it never falls back to plain text); `insecure_skip_verify` skips
+/// the server certificate check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_over_tls_with_client_certificate() {
     let ca = Ca::new("nats ca");
@@ -460,6 +462,17 @@ async fn nats_over_tls_with_client_certificate() {
     let wrong_ca = json!({"enabled": true, "server_ca_pem": other.pem(),
         "cert_pem": client.cert_pem, "key_pem": client.key_pem});
     assert!(!ready(wrong_ca).await, "a server certificate from another CA must be refused");
+    // server_name: the certificate is checked against it instead of the URL's host.
+    let named = |name: &str| {
+        json!({"enabled": true, "server_ca_pem": ca.pem(), "server_name": name,
+            "cert_pem": client.cert_pem, "key_pem": client.key_pem})
+    };
+    assert!(ready(named("localhost")).await, "server_name matching the certificate must connect");
+    assert!(!ready(named("nats.other.example")).await, "server_name not in the certificate must be refused");
+    // insecure_skip_verify: any server certificate (here from an unknown CA) is accepted.
+    let insecure = json!({"enabled": true, "insecure_skip_verify": true, "server_ca_pem": other.pem(),
+        "cert_pem": client.cert_pem, "key_pem": client.key_pem});
+    assert!(ready(insecure).await, "insecure_skip_verify must accept the server certificate");
 }
 
 fn rand_suffix() -> u64 {
