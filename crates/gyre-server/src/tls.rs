@@ -1,4 +1,5 @@
-//! TLS of the HTTP listeners (`http_server.tls`, `http_server.internal_tls`)
+//! TLS of the HTTP listeners (`http_server.tls`, `http_server.internal_tls`),
+//! of the gRPC API (`grpc_api.tls`)
 //! and of the NATS connection (`broker.nats.tls`), with rustls and the ring
 //! provider.
 //!
@@ -194,11 +195,6 @@ impl ServerTls {
         // HTTP/2 when the client offers it (the listener serves both).
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(ServerTls { config: Arc::new(config), resolver, files })
-    }
-
-    /// The certificate chain new handshakes get now.
-    pub fn current_chain(&self) -> Vec<CertificateDer<'static>> {
-        self.resolver.0.read().cert.clone()
     }
 
     /// Polls the certificate's files until `stop`, swapping in a changed
