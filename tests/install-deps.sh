@@ -44,6 +44,8 @@ have nats-server || missing+=(nats-server)
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
 have curl || missing+=(curl)
+# TLS tests (tests/sdk/js/test/tls.test.mjs) make their certificates with the openssl CLI.
+have openssl || missing+=(openssl)
 # Container images (deploy/build-images.sh, tests/images/run.sh): buildah builds them, podman
 # runs them with runc (crun fails on some hosts' cgroups). GYRE_NEED_IMAGES=0 skips them.
 if [ "${GYRE_NEED_IMAGES:-1}" = 1 ]; then

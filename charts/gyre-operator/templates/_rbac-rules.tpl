@@ -64,6 +64,12 @@
   resources: ["httproutes"]
   verbs: ["patch", "delete"]
 {{- end }}
+{{- if .Values.rbac.certificates }}
+# optional cert-manager Certificate (spec.tls.issuerRef; not watched)
+- apiGroups: ["cert-manager.io"]
+  resources: ["certificates"]
+  verbs: ["patch", "delete"]
+{{- end }}
 # Events; the recorder patches a repeated Event's series
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

@@ -111,6 +111,9 @@ pub struct NatsOptions {
     pub history_max_bytes: i64,
     /// Messages the history stream may hold in total (oldest go first).
     pub history_max_messages: i64,
+    /// TLS to the server (`broker.nats.tls`): required when set, so a server
+    /// offering plain text only is refused instead of used unencrypted.
+    pub tls: Option<async_nats::rustls::ClientConfig>,
 }
 
 impl Default for NatsOptions {
@@ -126,6 +129,7 @@ impl Default for NatsOptions {
             name: "gyre".into(),
             history_max_bytes: 1 << 30,
             history_max_messages: 10_000_000,
+            tls: None,
         }
     }
 }
@@ -499,7 +503,11 @@ enum SetupError {
 async fn setup(inner: &Arc<Inner>) -> Result<Arc<Conn>, SetupError> {
     let o = &inner.opts;
     let weak = Arc::downgrade(inner);
-    let client = async_nats::ConnectOptions::new()
+    let mut connect = async_nats::ConnectOptions::new();
+    if let Some(tls) = &o.tls {
+        connect = connect.require_tls(true).tls_client_config(tls.clone());
+    }
+    let client = connect
         .name(&o.name)
         .connection_timeout(o.dial_timeout.max(Duration::from_millis(100)))
         .request_timeout(Some(o.write_timeout))

@@ -47,6 +47,7 @@ pub struct NatsServer {
     /// Store directory (JetStream files).
     pub dir: PathBuf,
     jetstream: bool,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -63,6 +64,15 @@ impl NatsServer {
         s
     }
 
+    /// Starts it with extra command-line arguments (e.g. `--tls --tlscert …`).
+    /// Readiness is a TCP connect, so TLS-only servers are waited for too.
+    pub fn start_with_args(jetstream: bool, args: &[&str]) -> NatsServer {
+        let mut s = Self::reserved(jetstream);
+        s.args = args.iter().map(|a| a.to_string()).collect();
+        s.spawn();
+        s
+    }
+
     /// Chooses the port and store directory without starting the server
     /// (for "NATS comes up after Gyre" tests): [`NatsServer::restart`] starts it.
     /// The port is free when chosen; another process could take it meanwhile,
@@ -71,7 +81,7 @@ impl NatsServer {
         let dir = std::env::temp_dir().join(format!("gyre-nats-{}-{}", std::process::id(), rand::random::<u64>()));
         std::fs::create_dir_all(&dir).expect("nats store dir");
         let port = free_port();
-        NatsServer { url: format!("nats://127.0.0.1:{port}"), port, dir, jetstream, child: None }
+        NatsServer { url: format!("nats://127.0.0.1:{port}"), port, dir, jetstream, args: Vec::new(), child: None }
     }
 
     fn spawn(&mut self) {
@@ -80,6 +90,7 @@ impl NatsServer {
         if self.jetstream {
             cmd.arg("-js").arg("-sd").arg(&self.dir);
         }
+        cmd.args(&self.args);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -420,6 +420,12 @@ pub struct HttpServer {
     /// Gyre: accepted sockets that are not (yet) a client connection, at most;
     /// sockets over the cap are closed at once. 0 = no cap.
     pub max_pending_connections: usize,
+    /// TLS of the listeners (both, unless `tls_external` or `internal_tls`).
+    pub tls: Tls,
+    /// With a separate internal port: TLS only on the external listener.
+    pub tls_external: bool,
+    /// TLS of the separate internal listener (wins over `tls` there).
+    pub internal_tls: Tls,
 }
 
 impl Default for HttpServer {
@@ -432,7 +438,48 @@ impl Default for HttpServer {
             read_header_timeout: Dur::secs(10),
             read_body_timeout: Dur::secs(10),
             max_pending_connections: 2048,
+            tls: Tls::default(),
+            tls_external: false,
+            internal_tls: Tls::default(),
         }
+    }
+}
+
+/// Centrifugo's TLS object (`http_server.tls`, `http_server.internal_tls`,
+/// `broker.nats.tls`). Each `*_pem` holds raw PEM, base64-encoded PEM or a
+/// file path; loading and checking them is the server's job (gyre-server's
+/// `tls` module), so a bad certificate is reported naming its key at start.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tls {
+    /// Use TLS.
+    pub enabled: bool,
+    /// Certificate chain (server side: the served one; client side: the client certificate for mTLS).
+    pub cert_pem: String,
+    /// Private key of `cert_pem`.
+    pub key_pem: String,
+    /// Client side: CA the peer's certificate must chain to (system roots when empty).
+    pub server_ca_pem: String,
+    /// Server side: clients must present a certificate signed by this CA (mTLS).
+    pub client_ca_pem: String,
+    /// Client side: accept any server certificate.
+    pub insecure_skip_verify: bool,
+    /// Client side: name the server certificate is checked against (the URL's host when empty).
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for Tls {
+    // `key_pem` may hold the key itself: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("enabled", &self.enabled)
+            .field("cert_pem", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .field("server_ca_pem", &self.server_ca_pem.len())
+            .field("client_ca_pem", &self.client_ca_pem.len())
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("server_name", &self.server_name)
+            .finish()
     }
 }
 
@@ -894,11 +941,13 @@ pub struct Nats {
     /// Write timeout.
     #[serde(default = "d_1s")]
     pub write_timeout: Dur,
+    /// TLS to the NATS server (CA, client certificate for mTLS).
+    pub tls: Tls,
 }
 
 impl Default for Nats {
     fn default() -> Self {
-        Nats { url: d_nats_url(), prefix: d_prefix(), dial_timeout: d_1s(), write_timeout: d_1s() }
+        Nats { url: d_nats_url(), prefix: d_prefix(), dial_timeout: d_1s(), write_timeout: d_1s(), tls: Tls::default() }
     }
 }
 
@@ -991,9 +1040,8 @@ pub struct GrpcApi {
     pub max_receive_message_size: usize,
     /// gRPC server reflection (not supported by this Gyre version; must stay false).
     pub reflection: bool,
-    /// TLS object (not supported by this Gyre version; `enabled` must stay false).
-    /// Kept as raw JSON so a Centrifugo TLS block is recognised and refused by name.
-    pub tls: serde_json::Value,
+    /// TLS of the gRPC listener (`client_ca_pem`: mTLS), as `http_server.tls`.
+    pub tls: Tls,
 }
 
 impl Default for GrpcApi {
@@ -1006,7 +1054,7 @@ impl Default for GrpcApi {
             error_mode: ErrorMode::Default,
             max_receive_message_size: 0,
             reflection: false,
-            tls: serde_json::Value::Null,
+            tls: Tls::default(),
         }
     }
 }
@@ -1370,16 +1418,6 @@ impl Config {
         if self.grpc_api.reflection {
             e("grpc_api.reflection", "gRPC reflection is not supported by this Gyre version".into());
         }
-        match &self.grpc_api.tls {
-            serde_json::Value::Null => {}
-            serde_json::Value::Object(m) if !m.get("enabled").and_then(serde_json::Value::as_bool).unwrap_or(false) => {
-            }
-            serde_json::Value::Object(_) => e(
-                "grpc_api.tls.enabled",
-                "TLS on the gRPC API is not supported by this Gyre version (terminate TLS in front of it)".into(),
-            ),
-            _ => e("grpc_api.tls", "must be an object".into()),
-        }
         if self.admin.enabled && !self.admin.insecure {
             if self.admin.password.is_empty() {
                 e("admin.password", "must be set when admin.enabled (or set admin.insecure)".into());
@@ -1507,8 +1545,8 @@ mod tests {
             (serde_json::json!({}), None),
             (serde_json::json!({"grpc_api": {"enabled": true, "key": "k", "port": 0}}), None),
             (serde_json::json!({"grpc_api": {"tls": {"enabled": false, "cert_pem": "x"}}}), None),
-            (serde_json::json!({"grpc_api": {"tls": {"enabled": true}}}), Some("grpc_api.tls.enabled")),
-            (serde_json::json!({"grpc_api": {"tls": true}}), Some("grpc_api.tls")),
+            // TLS material is checked when the listener starts (gyre-server's tls module).
+            (serde_json::json!({"grpc_api": {"tls": {"enabled": true}}}), None),
             (serde_json::json!({"grpc_api": {"reflection": true}}), Some("grpc_api.reflection")),
             (serde_json::json!({"admin": {"enabled": true, "secret": "s"}}), Some("admin.password")),
             (serde_json::json!({"admin": {"enabled": true, "password": "p"}}), Some("admin.secret")),

@@ -378,6 +378,25 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
         ..Default::default()
     };
 
+    let tls_volume = crate::tls::volume(cr);
+    let mut container = container;
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource { name: config_map_name(cr), ..Default::default() }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity("16Mi".into())), ..Default::default() }),
+            ..Default::default()
+        },
+    ];
+    if let Some((volume, mount)) = tls_volume {
+        volumes.push(volume);
+        container.volume_mounts.get_or_insert_with(Vec::new).push(mount);
+    }
+
     let pod_spec = PodSpec {
         service_account_name: Some(cr.name_any()),
         automount_service_account_token: Some(false),
@@ -388,21 +407,7 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
             ..Default::default()
         }),
         containers: vec![container],
-        volumes: Some(vec![
-            Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource { name: config_map_name(cr), ..Default::default() }),
-                ..Default::default()
-            },
-            Volume {
-                name: "tmp".into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    size_limit: Some(Quantity("16Mi".into())),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ]),
+        volumes: Some(volumes),
         image_pull_secrets: (!spec.image_pull_secrets.is_empty()).then(|| spec.image_pull_secrets.clone()),
         node_selector: (!pod.node_selector.is_empty()).then(|| pod.node_selector.clone()),
         tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
@@ -676,6 +681,9 @@ pub fn render_all(
         out.push(serde_json::to_value(&x).expect("dynamic objects serialize"));
     }
     if let Some(x) = crate::ingress::build_http_route(cr) {
+        out.push(serde_json::to_value(&x).expect("dynamic objects serialize"));
+    }
+    if let Some(x) = crate::tls::build_certificate(cr) {
         out.push(serde_json::to_value(&x).expect("dynamic objects serialize"));
     }
     out

@@ -169,6 +169,8 @@ pub fn build_config(spec: &CentrifugoSpec) -> Result<GeneratedConfig, ConfigErro
         owned.push(("presence_manager.enabled", json!(true)));
         owned.push(("presence_manager.type", json!("nats")));
     }
+    // TLS: the mounted Secret's files (see `tls`).
+    owned.extend(crate::tls::config_keys(spec));
     for (path, value) in owned {
         if let Some(existing) = lookup(&root, path)
             && !existing.is_null()

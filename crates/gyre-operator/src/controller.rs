@@ -376,6 +376,26 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
         None => remove(&route_api, &name, "HTTPRoute").await?,
     }
 
+    let cert_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &crate::tls::certificate_resource());
+    match crate::tls::build_certificate(cr) {
+        Some(cert) => {
+            if resource_served(&client, "cert-manager.io/v1", "certificates", "Certificate").await? {
+                apply(&cert_api, &cert, "Certificate").await?;
+            } else {
+                publish(
+                    ctx,
+                    cr,
+                    EventType::Warning,
+                    "CertManagerUnavailable",
+                    "tls.issuerRef is set but cert-manager.io/v1 Certificate is not served (cert-manager not installed); skipped: the pods wait for the TLS Secret".into(),
+                )
+                .await;
+            }
+        }
+        // As for the ServiceMonitor: a 404 covers both "absent" and "CRD not installed".
+        None => remove(&cert_api, &name, "Certificate").await?,
+    }
+
     let exported_to = credentials::sync_exports(cr, ctx, &secret_data, &prev.exported_to).await?;
 
     let pod_hash = inputs.pod_hash();

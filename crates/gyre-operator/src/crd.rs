@@ -128,6 +128,12 @@ pub struct CentrifugoSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_api: Option<crate::ingress::GatewayApiSpec>,
 
+    /// TLS of the client port: a cert-manager Certificate (`issuerRef`) or your own
+    /// `kubernetes.io/tls` Secret, mounted into the pods (reloaded on renewal, no restart) and
+    /// used by the Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsSpec>,
+
     /// Container resources. Defaults: requests cpu 100m / memory 128Mi, limit memory 256Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -801,6 +807,7 @@ impl Default for CentrifugoSpec {
             service: None,
             ingress: None,
             gateway_api: None,
+            tls: None,
             resources: None,
             autoscaling: None,
             pod_disruption_budget: None,

@@ -144,6 +144,10 @@ pub fn ingress_annotations(spec: &CentrifugoSpec) -> BTreeMap<String, String> {
         out.insert(NGINX_READ_TIMEOUT.into(), LONG_TIMEOUT_SECONDS.into());
         out.insert(NGINX_SEND_TIMEOUT.into(), LONG_TIMEOUT_SECONDS.into());
         out.insert(NGINX_BUFFERING.into(), "off".into());
+        // The pods serve TLS on the client port (spec.tls): the controller must speak it.
+        if crate::tls::enabled(spec).is_some() {
+            out.insert(crate::tls::NGINX_BACKEND_PROTOCOL.into(), "HTTPS".into());
+        }
     }
     if affinity_needed(spec) {
         out.insert(NGINX_AFFINITY.into(), "cookie".into());
@@ -234,7 +238,7 @@ pub fn build_ingress(cr: &Centrifugo) -> Option<Ingress> {
         spec: Some(K8sIngressSpec {
             ingress_class_name: ing.class_name.clone(),
             rules: Some(rules),
-            tls: (!ing.tls.is_empty()).then(|| ing.tls.clone()),
+            tls: Some(crate::tls::ingress_tls(cr)).filter(|t| !t.is_empty()),
             ..Default::default()
         }),
         ..Default::default()

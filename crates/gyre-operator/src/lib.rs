@@ -14,6 +14,7 @@ pub mod nats;
 pub mod podspec;
 pub mod rbac;
 pub mod status;
+pub mod tls;
 
 use kube::CustomResourceExt;
 

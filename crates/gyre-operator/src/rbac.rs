@@ -133,6 +133,14 @@ pub const REQUIRED: &[Permission] = &[
         optional: Some("httpRoutes"),
         why: "optional Gateway API HTTPRoute (not watched)",
     },
+    Permission {
+        group: "cert-manager.io",
+        resource: "certificates",
+        verbs: &["patch", "delete"],
+        scope: Scope::Watched,
+        optional: Some("certificates"),
+        why: "optional cert-manager Certificate (spec.tls.issuerRef; not watched)",
+    },
     p("events.k8s.io", "events", &["create", "patch"], "Events; the recorder patches a repeated Event's series"),
     Permission {
         group: "coordination.k8s.io",
@@ -235,6 +243,7 @@ mod tests {
         let mut spec = fixtures::full_spec();
         spec.autoscaling = serde_json::from_value(serde_json::json!({"maxReplicas": 4})).unwrap();
         spec.gateway_api = serde_json::from_value(serde_json::json!({"parentRefs": [{"name": "gw"}]})).unwrap();
+        spec.tls = serde_json::from_value(serde_json::json!({"issuerRef": {"name": "ca"}})).unwrap();
         let c = fixtures::cr(spec);
         let objs = render_all(&c, &fixtures::inputs(&c), Some(&fixtures::secret_values()));
         assert!(objs.len() >= 12);

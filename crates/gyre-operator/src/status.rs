@@ -111,12 +111,18 @@ pub fn endpoints(cr: &Centrifugo) -> Endpoints {
     let svc = cr.spec.service();
     let external_client = cr.spec.ingress.as_ref().filter(|i| i.enabled).and_then(|i| {
         let host = i.hosts.first()?;
-        let tls = i.tls.iter().any(|t| t.hosts.as_ref().is_none_or(|h| h.contains(host)));
+        let tls = crate::tls::ingress_tls(cr).iter().any(|t| t.hosts.as_ref().is_none_or(|h| h.contains(host)));
         Some(format!("{}://{host}/connection/websocket", if tls { "wss" } else { "ws" }))
     });
     Endpoints {
         api: format!("http://{}.{ns}.svc:{}/api", internal_service_name(cr), svc.internal_port),
-        client: format!("ws://{}.{ns}.svc:{}/connection/websocket", cr.name_any(), svc.port),
+        // spec.tls: the client port itself serves TLS.
+        client: format!(
+            "{}://{}.{ns}.svc:{}/connection/websocket",
+            if crate::tls::enabled(&cr.spec).is_some() { "wss" } else { "ws" },
+            cr.name_any(),
+            svc.port
+        ),
         external_client,
     }
 }

@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 /// Groups other branches are implementing: their keys are marked
 /// `refused:<group>` in the TSV, and listing the group here turns all of them
 /// into implemented keys (a one-line change when the feature lands).
-const LANDED_GROUPS: &[&str] = &["grpc_api", "admin"];
+const LANDED_GROUPS: &[&str] = &["grpc_api", "admin", "tls"];
 
 /// Keys Gyre has and Centrifugo v6 does not: (key, type, default, what it does).
 /// Types and defaults use the TSV's notation.
@@ -491,7 +491,9 @@ mod tests {
         for k in &r.keys {
             assert!(seen.insert(k.key.clone()), "duplicate key {}", k.key);
         }
-        assert_eq!(r.get("http_server.tls.enabled").map(|k| k.status), Some(Status::Refused));
+        assert_eq!(r.get("http_server.tls.enabled").map(|k| k.status), Some(Status::Implemented));
+        assert_eq!(r.get("broker.nats.tls.server_ca_pem").map(|k| k.status), Some(Status::Implemented));
+        assert_eq!(r.get("http_server.tls_autocert.enabled").map(|k| k.status), Some(Status::Refused));
         assert_eq!(r.get("http_server.port").map(|k| k.status), Some(Status::Implemented));
         assert_eq!(r.get("demo.enabled").map(|k| k.status), Some(Status::GyreOnly));
     }
@@ -500,9 +502,22 @@ mod tests {
     fn refusal_and_inert_table() {
         // (tree, key that must be refused or None when the tree must pass, unknown key expected)
         let cases: Vec<(Value, Option<&str>)> = vec![
-            (json!({"http_server": {"tls": {"enabled": true}}}), Some("http_server.tls.enabled")),
-            (json!({"http_server": {"tls": {"enabled": false, "cert_pem": "x"}}}), None),
-            (json!({"http_server": {"tls": {"enabled": true, "cert_pem": "x"}}}), Some("http_server.tls.cert_pem")),
+            (json!({"http_server": {"tls_autocert": {"enabled": true}}}), Some("http_server.tls_autocert.enabled")),
+            (json!({"http_server": {"tls_autocert": {"enabled": false, "email": "x"}}}), None),
+            (
+                json!({"http_server": {"tls_autocert": {"enabled": true, "email": "x"}}}),
+                Some("http_server.tls_autocert.email"),
+            ),
+            // TLS objects of the listeners and of NATS are implemented; other TLS objects are not.
+            (json!({"http_server": {"tls": {"enabled": true, "cert_pem": "x", "key_pem": "y"}}}), None),
+            (json!({"http_server": {"tls_external": true, "internal_tls": {"enabled": true}}}), None),
+            (json!({"broker": {"type": "nats", "nats": {"tls": {"enabled": true, "server_ca_pem": "x"}}}}), None),
+            (json!({"grpc_api": {"enabled": true, "tls": {"enabled": true}}}), None),
+            (json!({"uni_grpc": {"enabled": true, "tls": {"enabled": true}}}), Some("uni_grpc.enabled")),
+            (
+                json!({"engine": {"type": "redis", "redis": {"tls": {"enabled": true}}}}),
+                Some("engine.redis.tls.enabled"),
+            ),
             (json!({"grpc_api": {"port": 10001}}), None),
             (json!({"grpc_api": {"enabled": true}}), None),
             (json!({"grpc_api": {"enabled": true, "reflection": true}}), Some("grpc_api.reflection")),
@@ -557,7 +572,7 @@ mod tests {
     #[test]
     fn secrets_never_appear_in_errors() {
         let c = check(
-            &json!({"grpc_api": {"enabled": true, "tls": {"enabled": true, "key_pem": "hunter2-secret"}}, "client": {"proxy": {"connect": {"enabled": true, "endpoint": "http://k-secret-42"}}}}),
+            &json!({"engine": {"type": "redis", "redis": {"tls": {"enabled": true, "key_pem": "hunter2-secret"}}}, "client": {"proxy": {"connect": {"enabled": true, "endpoint": "http://k-secret-42"}}}}),
         );
         assert!(!c.errors.is_empty());
         for e in &c.errors {

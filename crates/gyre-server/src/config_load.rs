@@ -627,8 +627,10 @@ mod tests {
 
     #[test]
     fn env_vars_reach_refused_and_element_keys() {
-        let err = load(None, &env(&[("CENTRIFUGO_HTTP_SERVER_TLS_ENABLED", "true")]), &vec![]).unwrap_err();
-        assert!(err.to_string().contains("http_server.tls.enabled: not supported"), "{err}");
+        let err = load(None, &env(&[("CENTRIFUGO_HTTP_SERVER_TLS_AUTOCERT_ENABLED", "true")]), &vec![]).unwrap_err();
+        assert!(err.to_string().contains("http_server.tls_autocert.enabled: not supported"), "{err}");
+        let l = load(None, &env(&[("CENTRIFUGO_HTTP_SERVER_TLS_ENABLED", "true")]), &vec![]).unwrap();
+        assert!(l.config.http_server.tls.enabled);
         let err = load(
             None,
             &env(&[

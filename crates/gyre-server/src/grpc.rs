@@ -17,6 +17,7 @@ use gyre_node::{ClientError, Node};
 use gyre_proto::api;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Code, Request as GrpcRequest, Response, Status};
@@ -400,6 +401,8 @@ fn authorized(key: &str, headers: &http::HeaderMap) -> bool {
 /// Connection tasks are spawned on `tracker`, so shutdown waits for them.
 pub async fn start(node: Arc<Node>, tracker: &TaskTracker, cancel: CancellationToken) -> anyhow::Result<SocketAddr> {
     let cfg = node.config.grpc_api.clone();
+    // Before binding: a bad certificate stops start-up naming its key.
+    let tls = if cfg.tls.enabled { Some(crate::tls::ServerTls::load("grpc_api.tls", &cfg.tls)?) } else { None };
     let listener = TcpListener::bind(crate::http::bind_addr(&cfg.address, cfg.port))
         .await
         .map_err(|e| anyhow::anyhow!("grpc_api.port {}: {e}", cfg.port))?;
@@ -415,6 +418,10 @@ pub async fn start(node: Arc<Node>, tracker: &TaskTracker, cancel: CancellationT
     .max_decoding_message_size(cfg.max_receive());
     let key: Arc<str> = cfg.key.into();
     let conns = tracker.clone();
+    if let Some(t) = &tls {
+        tracker.spawn(t.clone().watch(cancel.clone()));
+    }
+    let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config));
     tracker.spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -430,15 +437,28 @@ pub async fn start(node: Arc<Node>, tracker: &TaskTracker, cancel: CancellationT
                 },
             };
             let _ = stream.set_nodelay(true);
-            let (svc, key, cancel) = (svc.clone(), key.clone(), cancel.clone());
+            let (svc, key, cancel, acceptor) = (svc.clone(), key.clone(), cancel.clone(), acceptor.clone());
             conns.spawn(async move {
-                // A socket that never sends its HTTP/2 preface is dropped instead
-                // of holding a descriptor forever (h2 itself waits without limit).
-                let mut probe = [0u8; 1];
-                match tokio::time::timeout(PREFACE_TIMEOUT, stream.peek(&mut probe)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return,
-                }
+                // A socket that never sends its HTTP/2 preface (or never finishes
+                // its TLS handshake) is dropped instead of holding a descriptor
+                // forever (h2 itself waits without limit).
+                let stream = match acceptor {
+                    None => {
+                        let mut probe = [0u8; 1];
+                        match tokio::time::timeout(PREFACE_TIMEOUT, stream.peek(&mut probe)).await {
+                            Ok(Ok(n)) if n > 0 => Either::Left(stream),
+                            _ => return,
+                        }
+                    }
+                    Some(acceptor) => match tokio::time::timeout(PREFACE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => Either::Right(s),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "gRPC TLS handshake failed; socket closed");
+                            return;
+                        }
+                        Err(_) => return,
+                    },
+                };
                 let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let mut svc = svc.clone();
                     let ok = authorized(&key, req.headers());

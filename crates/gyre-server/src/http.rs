@@ -16,6 +16,11 @@
 //! `client.connection_limit`, and over `http_server.max_pending_connections`
 //! new sockets are closed at once, so descriptors cannot be run out by
 //! sockets that never become clients.
+//!
+//! With `http_server.tls` (see [`crate::tls`]) the TLS handshake runs inside
+//! the socket's task and counts under the same first-request deadline, so a
+//! client that stalls mid-handshake is closed like one that stalls before its
+//! headers; a failed handshake closes the socket (logged at debug level).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,6 +38,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -99,11 +105,11 @@ pub(crate) fn socket_of(ext: &http::Extensions) -> Option<Arc<SocketSlot>> {
     ext.get::<Arc<SocketSlot>>().cloned()
 }
 
-/// Resolves once `timeout` passed without a first request on the socket;
-/// never if one came, or if `timeout` is zero (no limit).
-async fn first_request_deadline(slot: &SocketSlot, timeout: Duration) {
-    if !timeout.is_zero() {
-        tokio::time::sleep(timeout).await;
+/// Resolves once `deadline` passed without a first request on the socket;
+/// never if one came, or without a deadline (no limit).
+async fn first_request_deadline(slot: &SocketSlot, deadline: Option<tokio::time::Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline).await;
         if !slot.started.load(Ordering::Relaxed) {
             return;
         }
@@ -245,11 +251,14 @@ pub async fn start(node: Arc<Node>) -> anyhow::Result<Running> {
 /// when given, HTTP request handling stays on the current runtime.
 pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>) -> anyhow::Result<Running> {
     let cfg = node.config.clone();
+    let split = cfg.http_server.internal_port != 0 && cfg.http_server.internal_port != cfg.http_server.port;
+    // Before binding: a bad certificate stops start-up naming its key, and
+    // nothing ever listens in plain text where TLS was asked for.
+    let tls = crate::tls::ListenerTls::load(&cfg.http_server, split)?;
     let ext = listen(&bind_addr(&cfg.http_server.address, cfg.http_server.port))
         .await
         .map_err(|e| anyhow::anyhow!("http_server.port {}: {e}", cfg.http_server.port))?;
     let addr = ext.local_addr()?;
-    let split = cfg.http_server.internal_port != 0 && cfg.http_server.internal_port != cfg.http_server.port;
     let app = Arc::new(App {
         node: node.clone(),
         tracker: TaskTracker::new(),
@@ -280,7 +289,18 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
         internal_addr = int.local_addr()?;
         // Its own pending count: a flood of the client port must not lock
         // health checks and the API out of the internal one.
-        app.tracker.spawn(accept_loop(app.clone(), int, Listener::Internal, Arc::new(AtomicUsize::new(0))));
+        let acceptor = tls.internal.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+        app.tracker.spawn(accept_loop(app.clone(), int, Listener::Internal, Arc::new(AtomicUsize::new(0)), acceptor));
+    }
+    // One reloader per certificate (the internal listener may share the external one's).
+    let mut watched: Vec<crate::tls::ServerTls> = Vec::new();
+    for t in [&tls.external, &tls.internal].into_iter().flatten() {
+        if !watched.iter().any(|w| Arc::ptr_eq(&w.config, &t.config)) {
+            watched.push(t.clone());
+        }
+    }
+    for t in watched {
+        app.tracker.spawn(t.watch(app.cancel.clone()));
     }
     let grpc_addr = if cfg.grpc_api.enabled {
         Some(crate::grpc::start(node.clone(), &app.tracker, app.cancel.clone()).await?)
@@ -288,7 +308,8 @@ pub async fn start_with(node: Arc<Node>, conn_rt: Option<tokio::runtime::Handle>
         None
     };
     let kind = if split { Listener::External } else { Listener::Both };
-    app.tracker.spawn(accept_loop(app.clone(), ext, kind, app.pending.clone()));
+    let acceptor = tls.external.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+    app.tracker.spawn(accept_loop(app.clone(), ext, kind, app.pending.clone(), acceptor));
     Ok(Running { addr, internal_addr, grpc_addr, node, app })
 }
 
@@ -310,7 +331,13 @@ enum Listener {
     Both,
 }
 
-async fn accept_loop(app: Arc<App>, listener: TcpListener, kind: Listener, pending: Arc<AtomicUsize>) {
+async fn accept_loop(
+    app: Arc<App>,
+    listener: TcpListener,
+    kind: Listener,
+    pending: Arc<AtomicUsize>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let hs = &app.node.config.http_server;
     let (header_timeout, max_pending) = (hs.read_header_timeout.0, hs.max_pending_connections);
     // Sockets closed over the cap since the last warning (warned at most every 10 s).
@@ -341,9 +368,28 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, kind: Listener, pendi
         }
         let slot = SocketSlot::new(pending.clone());
         let _ = stream.set_nodelay(true);
+        let deadline = (!header_timeout.is_zero()).then(|| tokio::time::Instant::now() + header_timeout);
         let app2 = app.clone();
         let cancel = app.cancel.clone();
+        let tls = tls.clone();
         app.tracker.spawn(async move {
+            let io = match tls {
+                None => Either::Left(stream),
+                Some(acceptor) => tokio::select! {
+                    r = acceptor.accept(stream) => match r {
+                        Ok(s) => Either::Right(s),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "TLS handshake failed; socket closed");
+                            return;
+                        }
+                    },
+                    () = first_request_deadline(&slot, deadline) => {
+                        tracing::debug!("TLS handshake not done within http_server.read_header_timeout; socket closed");
+                        return;
+                    }
+                    _ = cancel.cancelled() => return,
+                },
+            };
             let slot2 = slot.clone();
             let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let app = app2.clone();
@@ -359,14 +405,14 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, kind: Listener, pendi
                 .timer(TokioTimer::new())
                 .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
                 .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
                 // Protocol detection and the HTTP/2 handshake wait for bytes
                 // with no timer of their own: a socket that never gets to a
                 // request is dropped here.
-                () = first_request_deadline(&slot, header_timeout) => {
+                () = first_request_deadline(&slot, deadline) => {
                     tracing::debug!("no request within http_server.read_header_timeout; socket closed");
                 }
                 _ = cancel.cancelled() => {

@@ -18,6 +18,7 @@ pub mod health;
 pub mod http;
 pub mod sockjs;
 pub mod stream;
+pub mod tls;
 pub mod uni;
 pub mod ws;
 
@@ -75,7 +76,11 @@ pub fn build_node(config: Config) -> anyhow::Result<Arc<Node>> {
     if !nats_broker && !nats_presence {
         return Ok(Node::new(config, name)?);
     }
-    let engine = NatsEngine::start(nats_options(&config, &name));
+    let mut opts = nats_options(&config, &name);
+    if config.broker.nats.tls.enabled {
+        opts.tls = Some(crate::tls::client_config("broker.nats.tls", &config.broker.nats.tls)?);
+    }
+    let engine = NatsEngine::start(opts);
     let broker: Arc<dyn Broker> = if nats_broker { Arc::new(engine.clone()) } else { Arc::new(MemoryBroker::new()) };
     let presence: Arc<dyn PresenceManager> =
         if nats_presence { Arc::new(engine) } else { Arc::new(MemoryPresence::default()) };

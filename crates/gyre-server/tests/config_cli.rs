@@ -202,7 +202,7 @@ fn any_configuring_flag_or_variable_disables_quickstart() {
 }
 
 #[test]
-fn tls_turned_on_stops_startup_instead_of_serving_plain_http() {
+fn tls_without_a_usable_certificate_stops_startup_instead_of_serving_plain_http() {
     let dir = Dir::new();
     let cfg = dir.write(
         "config.json",
@@ -211,16 +211,19 @@ fn tls_turned_on_stops_startup_instead_of_serving_plain_http() {
     );
     let (ok, out) = run(gyre(&dir, &["-c", cfg.to_str().unwrap()], &[]));
     assert!(!ok, "{out}");
-    assert!(out.contains("http_server.tls.enabled: not supported"), "{out}");
+    assert!(out.contains("http_server.tls.cert_pem: cannot read cert.pem"), "{out}");
     assert!(!out.contains("gyre serving"), "{out}");
 
+    // No config file here: TLS on through the environment, no certificate.
+    let empty = Dir::new();
     let (ok, out) = run(gyre(
-        &dir,
+        &empty,
         &["--port", "0"],
         &[("CENTRIFUGO_HTTP_SERVER_TLS_ENABLED", "true"), ("CENTRIFUGO_HTTP_SERVER_ADDRESS", "127.0.0.1")],
     ));
     assert!(!ok, "{out}");
-    assert!(out.contains("http_server.tls.enabled: not supported"), "{out}");
+    assert!(out.contains("http_server.tls.cert_pem: required when TLS is enabled"), "{out}");
+    assert!(!out.contains("gyre serving"), "{out}");
 }
 
 #[test]

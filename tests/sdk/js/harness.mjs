@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -114,7 +115,7 @@ export function baseConfig(port) {
  * Starts gyre with baseConfig(port) deep-merged with `overrides`.
  * Returns { port, httpUrl, wsUrl, apiUrl, config, api(), stop(), logs() }.
  */
-export async function startGyre(overrides = {}, { startTimeoutMs = 20000 } = {}) {
+export async function startGyre(overrides = {}, { startTimeoutMs = 20000, caPem = null } = {}) {
   if (!fs.existsSync(gyreBin)) {
     throw new Error(`gyre binary not found at ${gyreBin} (build it or set GYRE_BIN)`);
   }
@@ -124,7 +125,7 @@ export async function startGyre(overrides = {}, { startTimeoutMs = 20000 } = {})
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
     try {
-      return await startOnce(port, overrides, startTimeoutMs);
+      return await startOnce(port, overrides, startTimeoutMs, caPem);
     } catch (e) {
       lastErr = e;
       if (!e.exitedEarly) throw e;
@@ -133,7 +134,19 @@ export async function startGyre(overrides = {}, { startTimeoutMs = 20000 } = {})
   throw lastErr;
 }
 
-async function startOnce(port, overrides, startTimeoutMs) {
+/** GET over https trusting `ca` (fetch has no per-request CA): resolves the status. */
+export function httpsStatus(url, ca, timeoutMs = 1000) {
+  return new Promise((resolve, reject) => {
+    const req = https.get(url, { ca, timeout: timeoutMs }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
+}
+
+async function startOnce(port, overrides, startTimeoutMs, caPem) {
   const config = merge(baseConfig(port), overrides);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gyre-js-'));
   const configPath = path.join(dir, 'config.json');
@@ -160,15 +173,22 @@ async function startOnce(port, overrides, startTimeoutMs) {
     });
   });
 
-  const httpUrl = `http://127.0.0.1:${port}`;
+  // With `caPem` the server serves TLS (http_server.tls) for `localhost`.
+  const httpUrl = caPem ? `https://localhost:${port}` : `http://127.0.0.1:${port}`;
   const deadline = Date.now() + startTimeoutMs;
   let healthy = false;
   while (Date.now() < deadline) {
     if (exited) break;
     try {
-      const res = await fetch(`${httpUrl}/health/ready`, { signal: AbortSignal.timeout(1000) });
-      await res.arrayBuffer();
-      if (res.status === 200) { healthy = true; break; }
+      let status;
+      if (caPem) {
+        status = await httpsStatus(`${httpUrl}/health/ready`, caPem);
+      } else {
+        const res = await fetch(`${httpUrl}/health/ready`, { signal: AbortSignal.timeout(1000) });
+        await res.arrayBuffer();
+        status = res.status;
+      }
+      if (status === 200) { healthy = true; break; }
     } catch { /* not listening yet */ }
     await sleep(50);
   }
@@ -198,7 +218,7 @@ async function startOnce(port, overrides, startTimeoutMs) {
     config,
     configPath,
     httpUrl,
-    wsUrl: `ws://127.0.0.1:${port}/connection/websocket`,
+    wsUrl: caPem ? `wss://localhost:${port}/connection/websocket` : `ws://127.0.0.1:${port}/connection/websocket`,
     apiUrl: `${httpUrl}/api`,
     logs: () => output,
     pid: child.pid,

@@ -10,6 +10,8 @@ import base64
 import importlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -437,7 +439,55 @@ async def test_transport_error_mode_and_no_key():
         server.stop()
 
 
-def test_tls_is_refused_at_startup():
+# -- TLS (grpc_api.tls) -----------------------------------------------------------------------
+
+
+def _openssl(cwd, *args):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _ca_and_leaf(d, ca, leaf):
+    """A CA `<ca>.crt/.key` and a leaf `<leaf>.crt/.key` for localhost/127.0.0.1 signed by it."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl(d, "req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "1",
+             "-subj", f"/CN={ca}", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    _openssl(d, "req", *ec, "-keyout", f"{leaf}.key", "-out", f"{leaf}.csr", "-subj", f"/CN={leaf}")
+    with open(os.path.join(d, f"{leaf}.ext"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    _openssl(d, "x509", "-req", "-in", f"{leaf}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-out", f"{leaf}.crt", "-days", "1", "-extfile", f"{leaf}.ext")
+    with open(os.path.join(d, f"{ca}.crt"), "rb") as f:
+        return f.read()
+
+
+async def test_grpc_over_tls_with_the_right_ca_only():
+    d = tempfile.mkdtemp(prefix="gyre-grpc-tls-")
+    ca = _ca_and_leaf(d, "ca", "server")
+    other = _ca_and_leaf(d, "other", "unused")
+    server, port = _server({"key": GRPC_KEY, "tls": {
+        "enabled": True, "cert_pem": os.path.join(d, "server.crt"), "key_pem": os.path.join(d, "server.key")}})
+    try:
+        opts = (("grpc.ssl_target_name_override", "localhost"),)
+        good = grpc.aio.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(ca), options=opts)
+        res = await call(pb_grpc.CentrifugoApiStub(good), "Info", pb.InfoRequest())
+        assert len(res.result.nodes) >= 1
+        await good.close()
+        bad = grpc.aio.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(other), options=opts)
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await call(pb_grpc.CentrifugoApiStub(bad), "Info", pb.InfoRequest())
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+        await bad.close()
+        plain = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call(pb_grpc.CentrifugoApiStub(plain), "Info", pb.InfoRequest())
+        await plain.close()
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_tls_without_a_certificate_stops_startup():
     with pytest.raises(RuntimeError) as ei:
-        _server({"tls": {"enabled": True, "cert_pem_file": "x", "key_pem_file": "y"}})
-    assert "grpc_api.tls.enabled" in str(ei.value)
+        _server({"tls": {"enabled": True}})
+    assert "grpc_api.tls.cert_pem: required" in str(ei.value)

@@ -557,6 +557,12 @@ fn endpoints_in_status() {
     assert_eq!(e.external_client.as_deref(), Some("wss://rt.example.com/connection/websocket"));
     let plain = cr(CentrifugoSpec::default());
     assert_eq!(endpoints(&plain).external_client, None);
+    // spec.tls: the pods serve TLS, and the Ingress gets the Secret without an explicit ingress.tls.
+    let tls: CentrifugoSpec =
+        serde_json::from_value(serde_json::json!({"tls": {}, "ingress": {"hosts": ["rt.example.com"]}})).unwrap();
+    let e = endpoints(&cr(tls));
+    assert_eq!(e.client, "wss://chat.prod.svc:8000/connection/websocket");
+    assert_eq!(e.external_client.as_deref(), Some("wss://rt.example.com/connection/websocket"));
 }
 
 /// Issue 11 #8: with a ServiceMonitor on and `apiClients` restricted to the backend namespace,

@@ -102,6 +102,9 @@ impl FakeApiServer {
                             "resources": if group.starts_with("gateway.") {
                                 json!([{"name": "httproutes", "singularName": "httproute",
                                         "namespaced": true, "kind": "HTTPRoute", "verbs": ["get", "patch"]}])
+                            } else if group.starts_with("cert-manager.") {
+                                json!([{"name": "certificates", "singularName": "certificate",
+                                        "namespaced": true, "kind": "Certificate", "verbs": ["get", "patch"]}])
                             } else {
                                 json!([{"name": "servicemonitors", "singularName": "servicemonitor",
                                         "namespaced": true, "kind": "ServiceMonitor", "verbs": ["get", "patch"]}])
@@ -397,6 +400,7 @@ async fn create_from_scratch() {
         (Method::DELETE, "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/chat".into()),
         (Method::DELETE, "/apis/monitoring.coreos.com/v1/namespaces/prod/servicemonitors/chat".into()),
         (Method::DELETE, "/apis/gateway.networking.k8s.io/v1/namespaces/prod/httproutes/chat".into()),
+        (Method::DELETE, "/apis/cert-manager.io/v1/namespaces/prod/certificates/chat".into()),
         (Method::PATCH, format!("{CR_PATH}/status")),
     ];
     assert_eq!(writes, expect);
@@ -935,11 +939,13 @@ async fn rbac_is_exactly_what_the_code_calls() {
     let fake = FakeApiServer::new();
     fake.serve_group("monitoring.coreos.com/v1");
     fake.serve_group("gateway.networking.k8s.io/v1");
+    fake.serve_group("cert-manager.io/v1");
     let ctx = context(&fake);
 
     // Everything on, with exports and a legacy owned Secret.
     let mut spec = full_spec();
     spec.gateway_api = serde_json::from_value(json!({"parentRefs": [{"name": "gw"}]})).unwrap();
+    spec.tls = serde_json::from_value(json!({"issuerRef": {"name": "ca", "kind": "ClusterIssuer"}})).unwrap();
     spec.secrets = Some(SecretsSpec { export_to: vec!["backend".into(), "billing".into()], ..Default::default() });
     let cr = fixtures::cr(spec);
     let mut legacy = serde_json::to_value(builders::build_generated_secret(&cr, &fixtures::secret_values())).unwrap();
@@ -962,6 +968,7 @@ async fn rbac_is_exactly_what_the_code_calls() {
     for f in [
         |c: &mut Centrifugo| c.spec.ingress = None,
         |c: &mut Centrifugo| c.spec.gateway_api = None,
+        |c: &mut Centrifugo| c.spec.tls = None,
         |c: &mut Centrifugo| c.spec.metrics = None,
         |c: &mut Centrifugo| c.spec.network_policy = None,
         |c: &mut Centrifugo| c.spec.autoscaling = None,
