@@ -73,6 +73,36 @@ struct Pending {
     append_to_result: bool,
 }
 
+/// What the transport knows from the client's HTTP request.
+#[derive(Debug, Clone, Default)]
+pub struct ConnRequest {
+    /// User id from the trusted `client.user_id_http_header`.
+    pub user: Option<String>,
+    /// Request headers some proxy forwards (`http_headers`; names lowercase).
+    pub headers: Vec<(String, String)>,
+}
+
+impl ConnRequest {
+    /// Keeps the headers named in `wanted` (lowercase names).
+    pub fn from_headers<'a>(
+        user: Option<String>,
+        wanted: &[String],
+        headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+    ) -> Self {
+        let mut out = Vec::new();
+        if !wanted.is_empty() {
+            for (k, v) in headers {
+                if wanted.iter().any(|w| w.eq_ignore_ascii_case(k))
+                    && let Ok(v) = std::str::from_utf8(v)
+                {
+                    out.push((k.to_ascii_lowercase(), v.to_string()));
+                }
+            }
+        }
+        ConnRequest { user, headers: out }
+    }
+}
+
 /// Per-connection state machine.
 pub struct Client {
     node: Arc<Node>,
@@ -88,7 +118,13 @@ pub struct Client {
     pong_deadline: Option<Instant>,
     next_periodic: Option<Instant>,
     next_position_check: Option<Instant>,
-    http_user: Option<String>,
+    request: ConnRequest,
+    /// Client-sent `connect.headers` (forwarded to proxies as `emulated_headers`).
+    emulated: std::collections::HashMap<String, String>,
+    /// Connection meta (token `meta` or connect proxy `meta`).
+    meta: Option<serde_json::Value>,
+    /// Expiry is extended by the refresh proxy, not by the client.
+    proxy_refresh: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -119,13 +155,32 @@ impl Client {
             pong_deadline: None,
             next_periodic: None,
             next_position_check: None,
-            http_user: None,
+            request: ConnRequest::default(),
+            emulated: Default::default(),
+            meta: None,
+            proxy_refresh: false,
         }
     }
 
-    /// User id taken from a trusted request header (`client.user_id_http_header`).
-    pub fn set_http_user(&mut self, user: Option<String>) {
-        self.http_user = user;
+    /// What the transport took from the client's HTTP request.
+    pub fn set_request(&mut self, request: ConnRequest) {
+        self.request = request;
+    }
+
+    /// The common fields of a proxy request.
+    pub(super) fn proxy_ctx(&self) -> crate::proxy::CallCtx<'_> {
+        crate::proxy::CallCtx {
+            client: &self.shared.id,
+            transport: self.shared.transport.name,
+            protocol: match self.shared.encoding {
+                crate::push::Encoding::Protobuf => "protobuf",
+                _ => "json",
+            },
+            user: (self.state == State::Connected).then_some(self.user.as_str()),
+            meta: self.meta.as_ref(),
+            headers: &self.request.headers,
+            emulated: &self.emulated,
+        }
     }
 
     /// The shared half.
@@ -220,7 +275,7 @@ impl Client {
         } else if let Some(r) = cmd.history {
             self.cmd_history(r).await.map(|x| Some(Reply { id, history: Some(x), ..Default::default() }))
         } else if let Some(r) = cmd.rpc {
-            self.cmd_rpc(r).map(|x| Some(Reply { id, rpc: Some(x), ..Default::default() }))
+            self.cmd_rpc(r).await.map(|x| Some(Reply { id, rpc: Some(x), ..Default::default() }))
         } else if cmd.send.is_some() {
             // Centrifugo OSS registers no message handler for async sends.
             Err(Disconnect::NOT_AVAILABLE.into())
@@ -338,7 +393,10 @@ impl Client {
             return Err(Disconnect::NO_PONG);
         }
         if self.expire_deadline.is_some_and(|d| now >= d) {
-            return Err(Disconnect::EXPIRED);
+            if !self.proxy_refresh {
+                return Err(Disconnect::EXPIRED);
+            }
+            self.refresh_by_proxy().await?;
         }
         if let Some(at) = self.next_ping.filter(|d| now >= *d) {
             self.shared.enqueue_reply(&Reply::default());

@@ -1,0 +1,544 @@
+//! Proxies: connect, refresh, subscribe, publish, sub_refresh and RPC
+//! decisions delegated to the application's backend over HTTP (POST JSON).
+//!
+//! A call is one request with a deadline (`timeout`, body included) made
+//! from the connection's own task: a slow or dead backend delays only the
+//! command that asked, never a runtime thread or another connection, and no
+//! lock is held while it runs. Every way a call can fail maps to a wire
+//! outcome here, once:
+//!
+//! * `{"result":…}` → the typed result of that proxy kind;
+//! * `{"error":{code,message,temporary}}` → that reply error;
+//! * `{"disconnect":{code,reason}}` → that disconnect;
+//! * timeout, connection refused, a status other than 200 (unless a
+//!   `status_to_code_transforms` entry matches) → error 100 (temporary), so
+//!   the SDK retries;
+//! * an answer that is not the contract (not JSON, wrong field types, bad
+//!   base64) → error 100 and a warning naming the proxy and what was wrong.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::auth::KeyError;
+use crate::config::{Config, ProxyConfig};
+use crate::errors::{ClientError, CommandError, Disconnect};
+
+/// Largest proxy answer read.
+const MAX_ANSWER: usize = 4 << 20;
+
+type HttpClient = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Which decision a call asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `client.proxy.connect`
+    Connect,
+    /// `client.proxy.refresh`
+    Refresh,
+    /// `channel.proxy.subscribe`
+    Subscribe,
+    /// `channel.proxy.publish`
+    Publish,
+    /// `channel.proxy.sub_refresh`
+    SubRefresh,
+    /// `rpc.proxy`
+    Rpc,
+}
+
+impl Kind {
+    /// Name used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Connect => "connect",
+            Kind::Refresh => "refresh",
+            Kind::Subscribe => "subscribe",
+            Kind::Publish => "publish",
+            Kind::SubRefresh => "sub_refresh",
+            Kind::Rpc => "rpc",
+        }
+    }
+}
+
+/// What a call knows about the connection (Centrifugo's common request fields).
+#[derive(Debug, Clone, Copy)]
+pub struct CallCtx<'a> {
+    /// Client id.
+    pub client: &'a str,
+    /// Transport name (`websocket`, `sse`, …).
+    pub transport: &'a str,
+    /// `json` or `protobuf`.
+    pub protocol: &'static str,
+    /// User id; `None` before connect (the connect proxy gets no `user`).
+    pub user: Option<&'a str>,
+    /// Connection meta (sent with `include_connection_meta`).
+    pub meta: Option<&'a Value>,
+    /// Headers of the client's transport request (names lowercase).
+    pub headers: &'a [(String, String)],
+    /// Client-sent `connect.headers` (headers emulation).
+    pub emulated: &'a HashMap<String, String>,
+}
+
+/// One configured proxy.
+pub struct Proxy {
+    /// `default` or the `proxies[]` name.
+    pub name: String,
+    cfg: ProxyConfig,
+    uri: hyper::Uri,
+    http: HttpClient,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("name", &self.name).field("endpoint", &self.cfg.endpoint).finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer<T> {
+    result: Option<T>,
+    error: Option<AnswerError>,
+    disconnect: Option<AnswerDisconnect>,
+}
+
+#[derive(Deserialize)]
+struct AnswerError {
+    code: u32,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    temporary: bool,
+}
+
+#[derive(Deserialize)]
+struct AnswerDisconnect {
+    code: u32,
+    #[serde(default)]
+    reason: String,
+}
+
+/// A payload given as raw JSON (`data`, `info`) or base64 (`b64data`, `b64info`).
+fn payload(raw: Option<&RawValue>, b64: &str, what: &str) -> Result<Bytes, String> {
+    if !b64.is_empty() {
+        return base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Bytes::from)
+            .map_err(|e| format!("b64{what} is not base64: {e}"));
+    }
+    Ok(match raw {
+        Some(r) if r.get() != "null" => Bytes::copy_from_slice(r.get().as_bytes()),
+        _ => Bytes::new(),
+    })
+}
+
+/// Declares a result struct whose payload fields come in JSON and base64 forms.
+macro_rules! payload_fields {
+    ($raw:ident, $b64:ident, $get:ident) => {
+        /// The payload, from its JSON or its base64 field.
+        pub fn $get(&self) -> Result<Bytes, String> {
+            payload(self.$raw.as_deref(), &self.$b64, stringify!($raw))
+        }
+    };
+}
+
+/// `subs` entry of a connect result, and the subscribe result's `override`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SubOptionsResult {
+    info: Option<Box<RawValue>>,
+    b64info: String,
+    data: Option<Box<RawValue>>,
+    b64data: String,
+    /// `{"presence":{"value":true},…}`
+    #[serde(rename = "override")]
+    pub overrides: Option<Value>,
+}
+
+impl SubOptionsResult {
+    payload_fields!(info, b64info, info_bytes);
+    payload_fields!(data, b64data, data_bytes);
+}
+
+/// Connect proxy result.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ConnectResult {
+    /// User id ("" = anonymous).
+    pub user: String,
+    /// Connection expiry (unix seconds; 0 = never).
+    pub expire_at: i64,
+    info: Option<Box<RawValue>>,
+    b64info: String,
+    data: Option<Box<RawValue>>,
+    b64data: String,
+    /// Server-side subscriptions.
+    pub channels: Vec<String>,
+    /// Server-side subscriptions with options.
+    pub subs: HashMap<String, SubOptionsResult>,
+    /// Connection meta.
+    pub meta: Option<Value>,
+}
+
+impl ConnectResult {
+    payload_fields!(info, b64info, info_bytes);
+    payload_fields!(data, b64data, data_bytes);
+}
+
+/// Refresh and sub_refresh proxy result.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RefreshResult {
+    /// End the connection (3005) / subscription.
+    pub expired: bool,
+    /// New expiry (unix seconds).
+    pub expire_at: i64,
+    info: Option<Box<RawValue>>,
+    b64info: String,
+    /// New connection meta.
+    pub meta: Option<Value>,
+}
+
+impl RefreshResult {
+    payload_fields!(info, b64info, info_bytes);
+}
+
+/// Subscribe proxy result.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SubscribeResult {
+    /// Subscription expiry (unix seconds; 0 = never).
+    pub expire_at: i64,
+    info: Option<Box<RawValue>>,
+    b64info: String,
+    data: Option<Box<RawValue>>,
+    b64data: String,
+    /// Option overrides.
+    #[serde(rename = "override")]
+    pub overrides: Option<Value>,
+}
+
+impl SubscribeResult {
+    payload_fields!(info, b64info, info_bytes);
+    payload_fields!(data, b64data, data_bytes);
+}
+
+/// Publish proxy result.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PublishResult {
+    data: Option<Box<RawValue>>,
+    b64data: String,
+    /// Do not keep this publication in history.
+    pub skip_history: bool,
+    /// Publication tags.
+    pub tags: HashMap<String, String>,
+    /// Idempotency key.
+    pub idempotency_key: String,
+    /// Delta-capable publication.
+    pub delta: bool,
+}
+
+impl PublishResult {
+    /// The replacement payload (`None`: publish the client's data).
+    pub fn replacement(&self) -> Result<Option<Bytes>, String> {
+        if self.b64data.is_empty() && self.data.as_ref().is_none_or(|r| r.get() == "null") {
+            return Ok(None);
+        }
+        payload(self.data.as_deref(), &self.b64data, "data").map(Some)
+    }
+}
+
+/// RPC proxy result.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RpcResult {
+    data: Option<Box<RawValue>>,
+    b64data: String,
+}
+
+impl RpcResult {
+    payload_fields!(data, b64data, data_bytes);
+}
+
+impl Proxy {
+    fn new(name: &str, cfg: &ProxyConfig, http: HttpClient, key: &str) -> Result<Self, KeyError> {
+        let err = |m: String| KeyError { key: format!("{key}.endpoint"), message: m };
+        if cfg.endpoint.starts_with("grpc://") {
+            return Err(err("gRPC proxies are not supported by this Gyre version (use http:// or https://)".into()));
+        }
+        let uri: hyper::Uri = cfg.endpoint.parse().map_err(|e| err(format!("invalid URL: {e}")))?;
+        Ok(Proxy { name: name.to_string(), cfg: cfg.clone(), uri, http })
+    }
+
+    /// Whether payloads go as base64 (`binary_encoding`).
+    pub fn binary(&self) -> bool {
+        self.cfg.binary_encoding
+    }
+
+    /// Puts a payload into a request as `data` (JSON) or `b64data`. Bytes
+    /// that are not JSON (a protobuf client's binary data) always go as
+    /// `b64data`: they cannot be embedded as JSON.
+    pub fn put_payload(&self, body: &mut Map<String, Value>, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if !self.cfg.binary_encoding
+            && let Ok(v) = serde_json::from_slice::<Value>(data)
+        {
+            body.insert("data".into(), v);
+            return;
+        }
+        body.insert("b64data".into(), Value::String(base64::engine::general_purpose::STANDARD.encode(data)));
+    }
+
+    /// Calls the proxy with the common fields plus `extra`; `Ok(None)` is an
+    /// answer without a result (e.g. `{}` or `{"result":null}`).
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        ctx: &CallCtx<'_>,
+        extra: Map<String, Value>,
+    ) -> Result<Option<T>, CommandError> {
+        let mut body = Map::new();
+        body.insert("client".into(), ctx.client.into());
+        body.insert("transport".into(), ctx.transport.into());
+        body.insert("protocol".into(), ctx.protocol.into());
+        body.insert("encoding".into(), if self.cfg.binary_encoding { "binary" } else { "json" }.into());
+        if let Some(u) = ctx.user {
+            body.insert("user".into(), u.into());
+        }
+        if self.cfg.include_connection_meta
+            && let Some(m) = ctx.meta
+        {
+            body.insert("meta".into(), m.clone());
+        }
+        body.extend(extra);
+        let body = serde_json::to_vec(&Value::Object(body)).expect("a JSON map serializes");
+        let mut req = hyper::Request::post(self.uri.clone()).header(hyper::header::CONTENT_TYPE, "application/json");
+        for (k, v) in &self.cfg.http.static_headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        for (k, v) in ctx.headers {
+            if self.cfg.http_headers.iter().any(|h| h.eq_ignore_ascii_case(k)) {
+                req = req.header(k.as_str(), v.as_str());
+            }
+        }
+        for (k, v) in ctx.emulated {
+            if self.cfg.emulated_headers.iter().any(|h| h.eq_ignore_ascii_case(k)) {
+                req = req.header(k.as_str(), v.as_str());
+            }
+        }
+        let req = match req.body(Full::new(Bytes::from(body))) {
+            Ok(r) => r,
+            Err(e) => {
+                // A header name or value from config/client that HTTP cannot carry.
+                tracing::warn!(proxy = %self.name, kind = kind.as_str(), error = %e, "proxy request not built");
+                return Err(ClientError::INTERNAL.into());
+            }
+        };
+        let exchange = async {
+            let res = self.http.request(req).await.map_err(|e| format!("request failed: {e}"))?;
+            let status = res.status();
+            let bytes = Limited::new(res.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer failed: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((status, bytes))
+        };
+        let (status, bytes) = match tokio::time::timeout(self.cfg.timeout.0, exchange).await {
+            Err(_) => {
+                tracing::warn!(proxy = %self.name, kind = kind.as_str(), timeout = ?self.cfg.timeout.0, "proxy call timed out");
+                return Err(ClientError::INTERNAL.into());
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(proxy = %self.name, kind = kind.as_str(), error = %e, "proxy unreachable");
+                return Err(ClientError::INTERNAL.into());
+            }
+            Ok(Ok(x)) => x,
+        };
+        if status != hyper::StatusCode::OK {
+            if let Some(t) = self.cfg.http.status_to_code_transforms.iter().find(|t| t.status_code == status.as_u16()) {
+                if t.to_disconnect.code != 0 {
+                    return Err(Disconnect::custom(t.to_disconnect.code, t.to_disconnect.reason.clone()).into());
+                }
+                if t.to_error.code != 0 {
+                    return Err(ClientError {
+                        code: t.to_error.code,
+                        message: t.to_error.message.clone().into(),
+                        temporary: t.to_error.temporary,
+                    }
+                    .into());
+                }
+            }
+            tracing::warn!(proxy = %self.name, kind = kind.as_str(), status = status.as_u16(), "proxy answered with an error status");
+            return Err(ClientError::INTERNAL.into());
+        }
+        decode(&self.name, kind, &bytes)
+    }
+}
+
+/// Maps a 200 answer body to the call's outcome.
+fn decode<T: DeserializeOwned>(proxy: &str, kind: Kind, bytes: &[u8]) -> Result<Option<T>, CommandError> {
+    let a: Answer<T> = serde_json::from_slice(bytes).map_err(|e| {
+        tracing::warn!(proxy, kind = kind.as_str(), error = %e, "proxy answer is not the {} contract", kind.as_str());
+        CommandError::Reply(ClientError::INTERNAL)
+    })?;
+    if let Some(d) = a.disconnect {
+        return Err(Disconnect::custom(d.code, d.reason).into());
+    }
+    if let Some(e) = a.error {
+        return Err(ClientError { code: e.code, message: e.message.into(), temporary: e.temporary }.into());
+    }
+    Ok(a.result)
+}
+
+/// Logs a contract violation found after decoding (e.g. bad base64) and
+/// returns the error the client gets.
+pub fn contract_error(proxy: &Proxy, kind: Kind, what: &str) -> CommandError {
+    tracing::warn!(proxy = %proxy.name, kind = kind.as_str(), error = what, "proxy answer is not the {} contract", kind.as_str());
+    ClientError::INTERNAL.into()
+}
+
+/// Every configured proxy, by kind and name.
+#[derive(Debug, Default)]
+pub struct Proxies {
+    connect: Option<Arc<Proxy>>,
+    refresh: Option<Arc<Proxy>>,
+    defaults: HashMap<Kind, Arc<Proxy>>,
+    named: HashMap<String, Arc<Proxy>>,
+    headers: Vec<String>,
+}
+
+impl Proxies {
+    /// Builds the proxies of a validated config.
+    pub fn new(cfg: &Config) -> Result<Self, KeyError> {
+        let mut out = Proxies::default();
+        let cp = &cfg.client.proxy;
+        let chp = &cfg.channel.proxy;
+        let any = cp.connect.enabled
+            || cp.refresh.enabled
+            || !cfg.proxies.is_empty()
+            || [&chp.subscribe, &chp.publish, &chp.sub_refresh, &cfg.rpc.proxy].iter().any(|p| !p.endpoint.is_empty());
+        if !any {
+            return Ok(out);
+        }
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| KeyError { key: "proxies".into(), message: format!("TLS roots: {e}") })?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http: HttpClient = HyperClient::builder(TokioExecutor::new()).build(https);
+        let mut all: Vec<&ProxyConfig> = Vec::new();
+        let mk = |key: &str, p: &ProxyConfig, name: &str| Proxy::new(name, p, http.clone(), key).map(Arc::new);
+        if cp.connect.enabled {
+            out.connect = Some(mk("client.proxy.connect", &cp.connect.proxy, "default")?);
+            all.push(&cp.connect.proxy);
+        }
+        if cp.refresh.enabled {
+            out.refresh = Some(mk("client.proxy.refresh", &cp.refresh.proxy, "default")?);
+            all.push(&cp.refresh.proxy);
+        }
+        for (kind, key, p) in [
+            (Kind::Subscribe, "channel.proxy.subscribe", &chp.subscribe),
+            (Kind::Publish, "channel.proxy.publish", &chp.publish),
+            (Kind::SubRefresh, "channel.proxy.sub_refresh", &chp.sub_refresh),
+            (Kind::Rpc, "rpc.proxy", &cfg.rpc.proxy),
+        ] {
+            if !p.endpoint.is_empty() {
+                out.defaults.insert(kind, mk(key, p, "default")?);
+                all.push(p);
+            }
+        }
+        for (i, p) in cfg.proxies.iter().enumerate() {
+            out.named.insert(p.name.clone(), mk(&format!("proxies[{i}]"), p, &p.name)?);
+            all.push(p);
+        }
+        for p in all {
+            for h in &p.http_headers {
+                let h = h.to_ascii_lowercase();
+                if !out.headers.contains(&h) {
+                    out.headers.push(h);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The connect proxy, when enabled.
+    pub fn connect(&self) -> Option<&Arc<Proxy>> {
+        self.connect.as_ref()
+    }
+
+    /// The refresh proxy, when enabled.
+    pub fn refresh(&self) -> Option<&Arc<Proxy>> {
+        self.refresh.as_ref()
+    }
+
+    /// A channel or RPC proxy by name ("" and "default" name the built-in one of `kind`).
+    pub fn get(&self, kind: Kind, name: &str) -> Option<&Arc<Proxy>> {
+        match name {
+            "" | "default" => self.defaults.get(&kind),
+            n => self.named.get(n),
+        }
+    }
+
+    /// Lowercase names of the transport request headers any proxy forwards:
+    /// transports keep only these.
+    pub fn header_names(&self) -> &[String] {
+        &self.headers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_mapping_table() {
+        // (body, Ok(user) | Err(code))
+        let rows: &[(&str, Result<Option<&str>, u32>)] = &[
+            (r#"{"result":{"user":"42"}}"#, Ok(Some("42"))),
+            (r#"{"result":null}"#, Ok(None)),
+            (r#"{}"#, Ok(None)),
+            (r#"{"error":{"code":1000,"message":"nope"}}"#, Err(1000)),
+            (r#"{"disconnect":{"code":4500,"reason":"bye"}}"#, Err(4500)),
+            (r#"{"result":{"user":42}}"#, Err(100)),
+            (r#"not json"#, Err(100)),
+            (r#"[1,2]"#, Err(100)),
+        ];
+        for (body, want) in rows {
+            let got = decode::<ConnectResult>("p", Kind::Connect, body.as_bytes());
+            let got = match got {
+                Ok(r) => Ok(r.map(|r| r.user)),
+                Err(CommandError::Reply(e)) => Err(e.code),
+                Err(CommandError::Disconnect(d)) => Err(d.code),
+            };
+            assert_eq!(got.as_ref().map(|o| o.as_deref()), want.as_ref().map(|o| *o), "{body}");
+        }
+    }
+
+    #[test]
+    fn payloads_come_as_json_or_base64() {
+        let r: ConnectResult = serde_json::from_str(r#"{"info":{"a":1},"b64data":"aGk=","channels":["x"]}"#).unwrap();
+        assert_eq!(r.info_bytes().unwrap(), Bytes::from_static(br#"{"a":1}"#));
+        assert_eq!(r.data_bytes().unwrap(), Bytes::from_static(b"hi"));
+        let bad: ConnectResult = serde_json::from_str(r#"{"b64info":"%%%"}"#).unwrap();
+        assert!(bad.info_bytes().is_err());
+        let p: PublishResult = serde_json::from_str(r#"{"skip_history":true}"#).unwrap();
+        assert_eq!(p.replacement().unwrap(), None);
+        let p: PublishResult = serde_json::from_str(r#"{"data":{"x":2}}"#).unwrap();
+        assert_eq!(p.replacement().unwrap(), Some(Bytes::from_static(br#"{"x":2}"#)));
+    }
+}
