@@ -174,6 +174,8 @@ pub struct SubPlan {
     pub cache_mode: bool,
     /// Cache mode: the latest publication comes with the result even without recovery.
     pub auto_cache: bool,
+    /// The expiry is extended by the sub_refresh proxy, not by the client.
+    pub proxy_refresh: bool,
 }
 
 /// Token- or API-given parts of a subscription.
@@ -222,6 +224,7 @@ pub fn plan(o: &ChannelOptions, a: Actor, grant: Grant, ask: SubscribeAsk) -> Su
         tags_filter: ask.tags_filter,
         cache_mode,
         auto_cache: o.auto_cache_recover && cache_mode && recoverable,
+        proxy_refresh: o.sub_refresh_proxy_enabled,
     }
 }
 

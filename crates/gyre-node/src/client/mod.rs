@@ -62,6 +62,8 @@ struct ChannelCtx {
     positioned: bool,
     /// A stream top seen by the last position check that we had not reached.
     check_top: Option<u64>,
+    /// Expiry extended by the sub_refresh proxy.
+    proxy_refresh: bool,
 }
 
 /// A subscription registered but not yet live: goes live with its reply.
@@ -455,14 +457,20 @@ impl Client {
         let now = self.now_unix();
         let grace = node.config.client.expired_sub_close_delay.0.as_secs() as i64;
         let mut expired = Vec::new();
+        let mut due = Vec::new();
         for (ch, ctx) in &self.channels {
             if ctx.presence {
                 node.refresh_presence(ch, &self.shared.id, self.client_info(&ctx.chan_info)).await;
             }
-            if let Some(at) = ctx.expire_at
-                && at + grace <= now
-            {
-                expired.push((ch.clone(), ctx.server_side));
+            match ctx.expire_at {
+                Some(at) if ctx.proxy_refresh && at <= now => due.push(ch.clone()),
+                Some(at) if !ctx.proxy_refresh && at + grace <= now => expired.push((ch.clone(), ctx.server_side)),
+                _ => {}
+            }
+        }
+        for ch in due {
+            if let Some(server_side) = self.sub_refresh_by_proxy(&ch).await? {
+                expired.push((ch, server_side));
             }
         }
         for (ch, server_side) in expired {

@@ -104,6 +104,44 @@ impl Client {
         })
     }
 
+    /// A subscription with a sub_refresh proxy reached its expiry: the
+    /// backend extends it, or it ends (returns `Some(server_side)`). A
+    /// backend that cannot be asked leaves it as it is until the next
+    /// periodic check asks again.
+    pub(super) async fn sub_refresh_by_proxy(&mut self, ch: &str) -> Result<Option<bool>, Disconnect> {
+        let node = self.node.clone();
+        let Some(server_side) = self.channels.get(ch).map(|c| c.server_side) else { return Ok(None) };
+        let Ok(ns) = node.rules.namespace(ch) else { return Ok(Some(server_side)) };
+        let Some(p) = node.proxies.get(Kind::SubRefresh, &ns.options.sub_refresh_proxy_name) else {
+            return Ok(Some(server_side));
+        };
+        let mut extra = serde_json::Map::new();
+        extra.insert("channel".into(), ch.into());
+        let r = match p.call::<proxy::RefreshResult>(Kind::SubRefresh, &self.proxy_ctx(), extra).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(Some(server_side)),
+            Err(CommandError::Disconnect(d)) => return Err(d),
+            Err(CommandError::Reply(_)) => return Ok(None),
+        };
+        if r.expired || r.expire_at <= self.now_unix() {
+            return Ok(Some(server_side));
+        }
+        let info = match r.info_bytes() {
+            Ok(i) => i,
+            Err(e) => {
+                proxy::contract_error(p, Kind::SubRefresh, &e);
+                return Ok(None);
+            }
+        };
+        if let Some(ctx) = self.channels.get_mut(ch) {
+            ctx.expire_at = Some(r.expire_at);
+            if !info.is_empty() {
+                ctx.chan_info = info;
+            }
+        }
+        Ok(None)
+    }
+
     /// Registers a subscription (hub, broker, presence) and computes its
     /// result, leaving it in buffering mode until [`Self::go_live`].
     pub(super) async fn register(
@@ -159,7 +197,7 @@ impl Client {
             let last = top.offset.max(result.publications.last().map(|p| p.offset).unwrap_or(0));
             pending.position = Some((last, top.epoch));
         }
-        if let Some(at) = plan.expire_at {
+        if let Some(at) = plan.expire_at.filter(|_| !plan.proxy_refresh) {
             result.expires = true;
             result.ttl = ttl_secs(at, self.now_unix());
         }
@@ -176,6 +214,7 @@ impl Client {
                 expire_at: plan.expire_at,
                 positioned: stateful,
                 check_top: None,
+                proxy_refresh: plan.proxy_refresh,
             },
         );
         Ok((result, pending))

@@ -61,7 +61,14 @@ function startBackend() {
     },
     '/subscribe': (b) => {
       if (b.channel.endsWith(':refused')) return { error: { code: 1403, message: 'not for you' } };
+      if (b.channel.startsWith('sr:')) return { result: { expire_at: now() + 2, info: { gen: 0 } } };
       return { result: { info: { role: 'member' }, data: { welcome: b.channel, user: b.user } } };
+    },
+    '/sub_refresh': (b) => {
+      const key = `${b.client}/${b.channel}`;
+      const n = (refreshes.get(key) || 0) + 1;
+      refreshes.set(key, n);
+      return n === 1 ? { result: { expire_at: now() + 2, info: { gen: 1 } } } : { result: { expired: true } };
     },
     '/publish': (b) => {
       if (b.channel.endsWith(':ro')) return { error: { code: 1404, message: 'read only' } };
@@ -120,15 +127,18 @@ describe('HTTP proxies with centrifuge-js', () => {
           connect: { enabled: true, endpoint: `${b}/connect`, timeout: '1s', http_headers: ['Cookie'] },
           refresh: { enabled: true, endpoint: `${b}/refresh`, timeout: '1s' },
         },
+        presence_update_interval: '1s', // subscription expiry is checked at this tick
       },
       channel: {
         proxy: {
           subscribe: { endpoint: `${b}/subscribe`, http_headers: ['Cookie'], http: { static_headers: { 'X-Gyre-Test': 'yes' } } },
           publish: { endpoint: `${b}/publish` },
+          sub_refresh: { endpoint: `${b}/sub_refresh` },
         },
         namespaces: [
           { name: 'ro', allow_subscribe_for_client: true },
           { name: 'px', subscribe_proxy_enabled: true, publish_proxy_enabled: true },
+          { name: 'sr', subscribe_proxy_enabled: true, sub_refresh_proxy_enabled: true },
           { name: 'slow', subscribe_proxy_enabled: true, subscribe_proxy_name: 'slow' },
           { name: 'dead', subscribe_proxy_enabled: true, subscribe_proxy_name: 'dead' },
         ],
@@ -295,6 +305,40 @@ describe('HTTP proxies with centrifuge-js', () => {
     const calls = backend.calls.filter((x) => x.path === '/refresh' && x.body.user === user);
     assert.equal(calls[0].body.client, ctx.client);
     c.disconnect();
+  });
+
+  it('refresh proxy: the connect reply carries no expiry, and a client refresh command is 3501', async () => {
+    const ws = new WebSocket(server.wsUrl, 'centrifuge-json', { headers: { Cookie: 'session=short' } });
+    const frames = [];
+    const closed = new Promise((resolve) => ws.on('close', (code) => resolve(code)));
+    ws.on('message', (m) => frames.push(JSON.parse(m.toString().split('\n')[0])));
+    await withTimeout(new Promise((r) => ws.on('open', r)), T, 'ws open');
+    ws.send(JSON.stringify({ id: 1, connect: {} }));
+    await withTimeout((async () => { while (!frames.length) await sleep(20); })(), T, 'connect reply');
+    const reply = frames[0].connect;
+    assert.ok(reply && reply.client, JSON.stringify(frames[0]));
+    assert.equal(reply.expires, undefined, 'no expires: the server refreshes through the proxy');
+    assert.equal(reply.ttl, undefined);
+    ws.send(JSON.stringify({ id: 2, refresh: { token: connToken('short') } }));
+    assert.equal(await withTimeout(closed, T, 'close'), 3501);
+  });
+
+  it('sub_refresh proxy: the server extends a subscription once, then ends it (2501)', async () => {
+    const { c, ctx } = await connected('session=henry');
+    const ch = `sr:${uniq('room')}`;
+    const sub = c.newSubscription(ch);
+    const subscribed = waitEvent(sub, 'subscribed', T);
+    const t0 = Date.now();
+    sub.subscribe();
+    await subscribed;
+    const ended = await waitEvent(sub, 'subscribing', 12000, (x) => x.code === 2501);
+    assert.equal(ended.code, 2501);
+    const elapsed = Date.now() - t0;
+    assert.equal(backend.refreshes.get(`${ctx.client}/${ch}`), 2, 'one extension, then expired');
+    assert.ok(elapsed >= 3000, `extended before ending (${elapsed} ms)`);
+    const call = backend.calls.find((x) => x.path === '/sub_refresh' && x.body.channel === ch);
+    assert.equal(call.body.user, 'henry');
+    sub.unsubscribe();
   });
 
   it('a slow proxy times out with 100 and harms nobody else; a dead one is 100 too', async () => {
