@@ -1,5 +1,9 @@
 //! Proxies: connect, refresh, subscribe, publish, sub_refresh and RPC
-//! decisions delegated to the application's backend over HTTP (POST JSON).
+//! decisions delegated to the application's backend, over HTTP (`http(s)://`
+//! endpoints: POST JSON) or gRPC (`grpc://host:port`: unary calls of
+//! `centrifugal.centrifugo.proxy.CentrifugoProxy` from `proto/proxy.proto`,
+//! over cleartext HTTP/2). A gRPC answer is turned into the JSON answer it
+//! stands for, so both transports share one result mapping.
 //!
 //! A call is one request with a deadline (`timeout`, body included) made
 //! from the connection's own task: a slow or dead backend delays only the
@@ -11,8 +15,8 @@
 //! * `{"error":{code,message,temporary}}` → that reply error;
 //! * `{"disconnect":{code,reason}}` → that disconnect;
 //! * timeout, connection refused, a status other than 200 (unless a
-//!   `status_to_code_transforms` entry matches) → error 100 (temporary), so
-//!   the SDK retries;
+//!   `status_to_code_transforms` entry matches), a gRPC status other than OK
+//!   → error 100 (temporary), so the SDK retries;
 //! * an answer that is not the contract (not JSON, wrong field types, bad
 //!   base64) → error 100 and a warning naming the proxy and what was wrong.
 
@@ -38,6 +42,7 @@ use crate::errors::{ClientError, CommandError, Disconnect};
 const MAX_ANSWER: usize = 4 << 20;
 
 type HttpClient = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type H2cClient = HyperClient<HttpConnector, Full<Bytes>>;
 
 /// Which decision a call asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,8 +99,15 @@ pub struct Proxy {
     /// `default` or the `proxies[]` name.
     pub name: String,
     cfg: ProxyConfig,
-    uri: hyper::Uri,
+    target: Target,
+    clients: Clients,
+}
+
+/// HTTP clients shared by every proxy (connection pools).
+#[derive(Clone)]
+struct Clients {
     http: HttpClient,
+    h2c: H2cClient,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -270,25 +282,54 @@ impl RpcResult {
     payload_fields!(data, b64data, data_bytes);
 }
 
+/// The per-kind part of a request (Centrifugo's extra request fields).
+#[derive(Debug, Default, Clone)]
+pub struct Req<'a> {
+    /// `data` / `b64data`: the command's payload.
+    pub data: &'a [u8],
+    /// Connect: SDK name.
+    pub name: &'a str,
+    /// Connect: SDK version.
+    pub version: &'a str,
+    /// Connect: keys of `connect.subs`.
+    pub channels: Vec<String>,
+    /// Subscribe, publish, sub_refresh: the channel.
+    pub channel: &'a str,
+    /// RPC: the method.
+    pub method: &'a str,
+}
+
+/// Where a proxy's requests go.
+enum Target {
+    /// `http(s)://…`: POST JSON.
+    Http(hyper::Uri),
+    /// `grpc://host:port`: unary calls of `CentrifugoProxy` over h2c.
+    Grpc(String),
+}
+
+const GRPC_SERVICE: &str = "centrifugal.centrifugo.proxy.CentrifugoProxy";
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
 impl Proxy {
-    fn new(name: &str, cfg: &ProxyConfig, http: HttpClient, key: &str) -> Result<Self, KeyError> {
+    fn new(name: &str, cfg: &ProxyConfig, clients: &Clients, key: &str) -> Result<Self, KeyError> {
         let err = |m: String| KeyError { key: format!("{key}.endpoint"), message: m };
-        if cfg.endpoint.starts_with("grpc://") {
-            return Err(err("gRPC proxies are not supported by this Gyre version (use http:// or https://)".into()));
-        }
-        let uri: hyper::Uri = cfg.endpoint.parse().map_err(|e| err(format!("invalid URL: {e}")))?;
-        Ok(Proxy { name: name.to_string(), cfg: cfg.clone(), uri, http })
+        let target = if let Some(addr) = cfg.endpoint.strip_prefix("grpc://") {
+            let base = format!("http://{}", addr.trim_end_matches('/'));
+            let _: hyper::Uri = base.parse().map_err(|e| err(format!("invalid address: {e}")))?;
+            Target::Grpc(base)
+        } else {
+            Target::Http(cfg.endpoint.parse().map_err(|e| err(format!("invalid URL: {e}")))?)
+        };
+        Ok(Proxy { name: name.to_string(), cfg: cfg.clone(), target, clients: clients.clone() })
     }
 
-    /// Whether payloads go as base64 (`binary_encoding`).
-    pub fn binary(&self) -> bool {
-        self.cfg.binary_encoding
-    }
-
-    /// Puts a payload into a request as `data` (JSON) or `b64data`. Bytes
-    /// that are not JSON (a protobuf client's binary data) always go as
-    /// `b64data`: they cannot be embedded as JSON.
-    pub fn put_payload(&self, body: &mut Map<String, Value>, data: &[u8]) {
+    /// The payload in JSON form: `data` when the bytes are JSON and
+    /// `binary_encoding` is off, else `b64data` (a protobuf client's binary
+    /// data cannot be embedded as JSON).
+    fn json_payload(&self, body: &mut Map<String, Value>, data: &[u8]) {
         if data.is_empty() {
             return;
         }
@@ -298,17 +339,11 @@ impl Proxy {
             body.insert("data".into(), v);
             return;
         }
-        body.insert("b64data".into(), Value::String(base64::engine::general_purpose::STANDARD.encode(data)));
+        body.insert("b64data".into(), Value::String(b64(data)));
     }
 
-    /// Calls the proxy with the common fields plus `extra`; `Ok(None)` is an
-    /// answer without a result (e.g. `{}` or `{"result":null}`).
-    pub async fn call<T: DeserializeOwned>(
-        &self,
-        kind: Kind,
-        ctx: &CallCtx<'_>,
-        extra: Map<String, Value>,
-    ) -> Result<Option<T>, CommandError> {
+    /// The HTTP request body.
+    fn json_request(&self, kind: Kind, ctx: &CallCtx<'_>, req: &Req<'_>) -> Vec<u8> {
         let mut body = Map::new();
         body.insert("client".into(), ctx.client.into());
         body.insert("transport".into(), ctx.transport.into());
@@ -322,51 +357,175 @@ impl Proxy {
         {
             body.insert("meta".into(), m.clone());
         }
-        body.extend(extra);
-        let body = serde_json::to_vec(&Value::Object(body)).expect("a JSON map serializes");
-        let mut req = hyper::Request::post(self.uri.clone()).header(hyper::header::CONTENT_TYPE, "application/json");
-        for (k, v) in &self.cfg.http.static_headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        for (k, v) in ctx.headers {
-            if self.cfg.http_headers.iter().any(|h| h.eq_ignore_ascii_case(k)) {
-                req = req.header(k.as_str(), v.as_str());
+        match kind {
+            Kind::Connect => {
+                self.json_payload(&mut body, req.data);
+                body.insert("name".into(), req.name.into());
+                body.insert("version".into(), req.version.into());
+                if !req.channels.is_empty() {
+                    body.insert("channels".into(), req.channels.clone().into());
+                }
+            }
+            Kind::Refresh => {}
+            Kind::Subscribe | Kind::Publish => {
+                body.insert("channel".into(), req.channel.into());
+                self.json_payload(&mut body, req.data);
+            }
+            Kind::SubRefresh => {
+                body.insert("channel".into(), req.channel.into());
+            }
+            Kind::Rpc => {
+                body.insert("method".into(), req.method.into());
+                self.json_payload(&mut body, req.data);
             }
         }
-        for (k, v) in ctx.emulated {
-            if self.cfg.emulated_headers.iter().any(|h| h.eq_ignore_ascii_case(k)) {
-                req = req.header(k.as_str(), v.as_str());
+        serde_json::to_vec(&Value::Object(body)).expect("a JSON map serializes")
+    }
+
+    /// The gRPC method and request message.
+    fn grpc_request(&self, kind: Kind, ctx: &CallCtx<'_>, req: &Req<'_>) -> (&'static str, Vec<u8>) {
+        use gyre_proto::proxy as pb;
+        use prost::Message;
+        let binary = self.cfg.binary_encoding;
+        let (data, b64data) =
+            if binary { (Bytes::new(), b64(req.data)) } else { (Bytes::copy_from_slice(req.data), String::new()) };
+        let (client, transport, protocol) =
+            (ctx.client.to_string(), ctx.transport.to_string(), ctx.protocol.to_string());
+        let encoding = if binary { "binary" } else { "json" }.to_string();
+        let user = ctx.user.unwrap_or_default().to_string();
+        let meta = match ctx.meta.filter(|_| self.cfg.include_connection_meta) {
+            Some(m) => Bytes::from(serde_json::to_vec(m).expect("JSON serializes")),
+            None => Bytes::new(),
+        };
+        match kind {
+            Kind::Connect => (
+                "Connect",
+                pb::ConnectRequest {
+                    client,
+                    transport,
+                    protocol,
+                    encoding,
+                    data,
+                    b64data,
+                    name: req.name.into(),
+                    version: req.version.into(),
+                    channels: req.channels.clone(),
+                }
+                .encode_to_vec(),
+            ),
+            Kind::Refresh => {
+                ("Refresh", pb::RefreshRequest { client, transport, protocol, encoding, user, meta }.encode_to_vec())
             }
+            Kind::Subscribe => (
+                "Subscribe",
+                pb::SubscribeRequest {
+                    client,
+                    transport,
+                    protocol,
+                    encoding,
+                    user,
+                    channel: req.channel.into(),
+                    token: String::new(),
+                    meta,
+                    data,
+                    b64data,
+                }
+                .encode_to_vec(),
+            ),
+            Kind::Publish => (
+                "Publish",
+                pb::PublishRequest {
+                    client,
+                    transport,
+                    protocol,
+                    encoding,
+                    user,
+                    channel: req.channel.into(),
+                    data,
+                    b64data,
+                    meta,
+                }
+                .encode_to_vec(),
+            ),
+            Kind::SubRefresh => (
+                "SubRefresh",
+                pb::SubRefreshRequest {
+                    client,
+                    transport,
+                    protocol,
+                    encoding,
+                    user,
+                    channel: req.channel.into(),
+                    meta,
+                }
+                .encode_to_vec(),
+            ),
+            Kind::Rpc => (
+                "RPC",
+                pb::RpcRequest {
+                    client,
+                    transport,
+                    protocol,
+                    encoding,
+                    user,
+                    method: req.method.into(),
+                    data,
+                    b64data,
+                    meta,
+                }
+                .encode_to_vec(),
+            ),
         }
-        let req = match req.body(Full::new(Bytes::from(body))) {
-            Ok(r) => r,
-            Err(e) => {
-                // A header name or value from config/client that HTTP cannot carry.
-                tracing::warn!(proxy = %self.name, kind = kind.as_str(), error = %e, "proxy request not built");
-                return Err(ClientError::INTERNAL.into());
+    }
+
+    /// Calls the proxy; `Ok(None)` is an answer without a result (e.g. `{}`
+    /// or `{"result":null}`).
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        ctx: &CallCtx<'_>,
+        req: Req<'_>,
+    ) -> Result<Option<T>, CommandError> {
+        let warn = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::warn!(proxy = %self.name, kind = kind.as_str(), error = %e, "{what}");
+            CommandError::Reply(ClientError::INTERNAL)
+        };
+        let answer = match &self.target {
+            Target::Http(uri) => {
+                let body = self.json_request(kind, ctx, &req);
+                let mut r = hyper::Request::post(uri.clone()).header(hyper::header::CONTENT_TYPE, "application/json");
+                for (k, v) in &self.cfg.http.static_headers {
+                    r = r.header(k.as_str(), v.as_str());
+                }
+                for (k, v) in self.forwarded(ctx, &self.cfg.http_headers) {
+                    r = r.header(k, v);
+                }
+                let r = r.body(Full::new(Bytes::from(body))).map_err(|e| warn("proxy request not built", &e))?;
+                self.exchange(kind, self.clients.http.request(r)).await?
+            }
+            Target::Grpc(base) => {
+                let (method, msg) = self.grpc_request(kind, ctx, &req);
+                let mut frame = Vec::with_capacity(msg.len() + 5);
+                frame.push(0); // not compressed
+                frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+                frame.extend_from_slice(&msg);
+                let mut r = hyper::Request::post(format!("{base}/{GRPC_SERVICE}/{method}"))
+                    .header(hyper::header::CONTENT_TYPE, "application/grpc")
+                    .header(hyper::header::TE, "trailers");
+                for (k, v) in &self.cfg.grpc.static_metadata {
+                    r = r.header(k.as_str(), v.as_str());
+                }
+                for (k, v) in self.forwarded(ctx, &self.cfg.grpc_metadata) {
+                    r = r.header(k, v);
+                }
+                let r = r.body(Full::new(Bytes::from(frame))).map_err(|e| warn("proxy request not built", &e))?;
+                let (status, trailers, body) = self.exchange(kind, self.clients.h2c.request(r)).await?;
+                let json = grpc_answer(kind, status, trailers.as_ref(), &body)
+                    .map_err(|e| warn("gRPC proxy call failed", &e))?;
+                (hyper::StatusCode::OK, None, Bytes::from(json))
             }
         };
-        let exchange = async {
-            let res = self.http.request(req).await.map_err(|e| format!("request failed: {e}"))?;
-            let status = res.status();
-            let bytes = Limited::new(res.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer failed: {e}"))?
-                .to_bytes();
-            Ok::<_, String>((status, bytes))
-        };
-        let (status, bytes) = match tokio::time::timeout(self.cfg.timeout.0, exchange).await {
-            Err(_) => {
-                tracing::warn!(proxy = %self.name, kind = kind.as_str(), timeout = ?self.cfg.timeout.0, "proxy call timed out");
-                return Err(ClientError::INTERNAL.into());
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(proxy = %self.name, kind = kind.as_str(), error = %e, "proxy unreachable");
-                return Err(ClientError::INTERNAL.into());
-            }
-            Ok(Ok(x)) => x,
-        };
+        let (status, _, bytes) = answer;
         if status != hyper::StatusCode::OK {
             if let Some(t) = self.cfg.http.status_to_code_transforms.iter().find(|t| t.status_code == status.as_u16()) {
                 if t.to_disconnect.code != 0 {
@@ -381,11 +540,163 @@ impl Proxy {
                     .into());
                 }
             }
-            tracing::warn!(proxy = %self.name, kind = kind.as_str(), status = status.as_u16(), "proxy answered with an error status");
-            return Err(ClientError::INTERNAL.into());
+            return Err(warn("proxy answered with an error status", &status.as_u16()));
         }
         decode(&self.name, kind, &bytes)
     }
+
+    /// Transport request headers (`http_headers` / `grpc_metadata`) and
+    /// client-sent `connect.headers` (`emulated_headers`) this proxy forwards.
+    fn forwarded<'c>(&'c self, ctx: &'c CallCtx<'_>, names: &'c [String]) -> impl Iterator<Item = (&'c str, &'c str)> {
+        let from_request = ctx
+            .headers
+            .iter()
+            .filter(move |(k, _)| names.iter().any(|h| h.eq_ignore_ascii_case(k)))
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let emulated = ctx
+            .emulated
+            .iter()
+            .filter(move |(k, _)| self.cfg.emulated_headers.iter().any(|h| h.eq_ignore_ascii_case(k)))
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        from_request.chain(emulated)
+    }
+
+    /// Runs one exchange under the proxy's deadline (body included).
+    async fn exchange<F>(
+        &self,
+        kind: Kind,
+        send: F,
+    ) -> Result<(hyper::StatusCode, Option<hyper::HeaderMap>, Bytes), CommandError>
+    where
+        F: std::future::Future<
+                Output = Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+            >,
+    {
+        let exchange = async {
+            let res = send.await.map_err(|e| format!("request failed: {e}"))?;
+            let (parts, body) = res.into_parts();
+            let collected = Limited::new(body, MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer failed: {e}"))?;
+            // gRPC puts grpc-status in the trailers, or in the headers of a
+            // trailers-only answer.
+            let mut trailers = collected.trailers().cloned().unwrap_or_default();
+            for (k, v) in &parts.headers {
+                if k.as_str().starts_with("grpc-") && !trailers.contains_key(k) {
+                    trailers.insert(k.clone(), v.clone());
+                }
+            }
+            Ok::<_, String>((parts.status, Some(trailers), collected.to_bytes()))
+        };
+        match tokio::time::timeout(self.cfg.timeout.0, exchange).await {
+            Err(_) => {
+                tracing::warn!(proxy = %self.name, kind = kind.as_str(), timeout = ?self.cfg.timeout.0, "proxy call timed out");
+                Err(ClientError::INTERNAL.into())
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(proxy = %self.name, kind = kind.as_str(), error = %e, "proxy unreachable");
+                Err(ClientError::INTERNAL.into())
+            }
+            Ok(Ok(x)) => Ok(x),
+        }
+    }
+}
+
+/// A gRPC answer as the JSON answer it stands for, so both transports share
+/// [`decode`]: payload bytes become `b64*` fields, `meta` bytes JSON.
+fn grpc_answer(
+    kind: Kind,
+    status: hyper::StatusCode,
+    trailers: Option<&hyper::HeaderMap>,
+    body: &[u8],
+) -> Result<Vec<u8>, String> {
+    use gyre_proto::proxy as pb;
+    use prost::Message;
+    use serde_json::json;
+    if status != hyper::StatusCode::OK {
+        return Err(format!("HTTP status {status}"));
+    }
+    let get = |k: &str| trailers.and_then(|t| t.get(k)).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let code = get("grpc-status");
+    if code != "0" {
+        return Err(format!("grpc-status {code:?}: {}", get("grpc-message")));
+    }
+    if body.len() < 5 {
+        return Err("no response message".into());
+    }
+    if body[0] != 0 {
+        return Err("compressed response (compression is not negotiated)".into());
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    let msg = body.get(5..5 + len).ok_or("truncated response message")?;
+    let bad = |e: prost::DecodeError| format!("undecodable response: {e}");
+    let pay = |raw: &Bytes, b64s: &str| if b64s.is_empty() && !raw.is_empty() { b64(raw) } else { b64s.to_string() };
+    let meta = |m: &Bytes| if m.is_empty() { Value::Null } else { serde_json::from_slice(m).unwrap_or(Value::Null) };
+    let ov = |o: &Option<pb::SubscribeOptionOverride>| {
+        o.as_ref().map(|o| {
+            let f = |b: &Option<pb::BoolValue>| b.as_ref().map(|b| json!({"value": b.value}));
+            json!({"presence": f(&o.presence), "join_leave": f(&o.join_leave), "force_recovery": f(&o.force_recovery),
+                   "force_positioning": f(&o.force_positioning), "force_push_join_leave": f(&o.force_push_join_leave)})
+        })
+    };
+    let err = |e: &Option<pb::Error>| {
+        e.as_ref().map(|e| json!({"code": e.code, "message": e.message, "temporary": e.temporary}))
+    };
+    let disc = |d: &Option<pb::Disconnect>| d.as_ref().map(|d| json!({"code": d.code, "reason": d.reason}));
+    let v = match kind {
+        Kind::Connect => {
+            let r = pb::ConnectResponse::decode(msg).map_err(bad)?;
+            let result = r.result.as_ref().map(|x| {
+                let subs: Map<String, Value> = x
+                    .subs
+                    .iter()
+                    .map(|(k, o)| {
+                        (k.clone(), json!({"b64info": pay(&o.info, &o.b64info), "b64data": pay(&o.data, &o.b64data), "override": ov(&o.r#override)}))
+                    })
+                    .collect();
+                json!({"user": x.user, "expire_at": x.expire_at, "b64info": pay(&x.info, &x.b64info),
+                       "b64data": pay(&x.data, &x.b64data), "channels": x.channels, "subs": subs, "meta": meta(&x.meta)})
+            });
+            json!({"result": result, "error": err(&r.error), "disconnect": disc(&r.disconnect)})
+        }
+        Kind::Refresh => {
+            let r = pb::RefreshResponse::decode(msg).map_err(bad)?;
+            let result = r.result.as_ref().map(|x| {
+                json!({"expired": x.expired, "expire_at": x.expire_at, "b64info": pay(&x.info, &x.b64info), "meta": meta(&x.meta)})
+            });
+            json!({"result": result, "error": err(&r.error), "disconnect": disc(&r.disconnect)})
+        }
+        Kind::Subscribe => {
+            let r = pb::SubscribeResponse::decode(msg).map_err(bad)?;
+            let result = r.result.as_ref().map(|x| {
+                json!({"expire_at": x.expire_at, "b64info": pay(&x.info, &x.b64info), "b64data": pay(&x.data, &x.b64data), "override": ov(&x.r#override)})
+            });
+            json!({"result": result, "error": err(&r.error), "disconnect": disc(&r.disconnect)})
+        }
+        Kind::Publish => {
+            let r = pb::PublishResponse::decode(msg).map_err(bad)?;
+            let result = r.result.as_ref().map(|x| {
+                json!({"b64data": pay(&x.data, &x.b64data), "skip_history": x.skip_history, "tags": x.tags,
+                       "idempotency_key": x.idempotency_key, "delta": x.delta})
+            });
+            json!({"result": result, "error": err(&r.error), "disconnect": disc(&r.disconnect)})
+        }
+        Kind::SubRefresh => {
+            let r = pb::SubRefreshResponse::decode(msg).map_err(bad)?;
+            let result = r
+                .result
+                .as_ref()
+                .map(|x| json!({"expired": x.expired, "expire_at": x.expire_at, "b64info": pay(&x.info, &x.b64info)}));
+            json!({"result": result, "error": err(&r.error), "disconnect": disc(&r.disconnect)})
+        }
+        Kind::Rpc => {
+            let r = pb::RpcResponse::decode(msg).map_err(bad)?;
+            let result = r.result.as_ref().map(|x| json!({"b64data": pay(&x.data, &x.b64data)}));
+            json!({"result": result, "error": err(&r.error), "disconnect": disc(&r.disconnect)})
+        }
+    };
+    Ok(serde_json::to_vec(&v).expect("JSON serializes"))
 }
 
 /// Maps a 200 answer body to the call's outcome.
@@ -439,9 +750,12 @@ impl Proxies {
             .https_or_http()
             .enable_http1()
             .build();
-        let http: HttpClient = HyperClient::builder(TokioExecutor::new()).build(https);
+        let clients = Clients {
+            http: HyperClient::builder(TokioExecutor::new()).build(https),
+            h2c: HyperClient::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new()),
+        };
         let mut all: Vec<&ProxyConfig> = Vec::new();
-        let mk = |key: &str, p: &ProxyConfig, name: &str| Proxy::new(name, p, http.clone(), key).map(Arc::new);
+        let mk = |key: &str, p: &ProxyConfig, name: &str| Proxy::new(name, p, &clients, key).map(Arc::new);
         if cp.connect.enabled {
             out.connect = Some(mk("client.proxy.connect", &cp.connect.proxy, "default")?);
             all.push(&cp.connect.proxy);
@@ -466,7 +780,7 @@ impl Proxies {
             all.push(p);
         }
         for p in all {
-            for h in &p.http_headers {
+            for h in p.http_headers.iter().chain(&p.grpc_metadata) {
                 let h = h.to_ascii_lowercase();
                 if !out.headers.contains(&h) {
                     out.headers.push(h);

@@ -24,10 +24,8 @@ impl Client {
             // may rewrite the payload.
             let p =
                 node.proxies.get(Kind::Publish, &ns.options.publish_proxy_name).ok_or(ClientError::NOT_AVAILABLE)?;
-            let mut extra = serde_json::Map::new();
-            extra.insert("channel".into(), req.channel.clone().into());
-            p.put_payload(&mut extra, &data);
-            if let Some(r) = p.call::<proxy::PublishResult>(Kind::Publish, &self.proxy_ctx(), extra).await? {
+            let ask = proxy::Req { channel: &req.channel, data: &data, ..Default::default() };
+            if let Some(r) = p.call::<proxy::PublishResult>(Kind::Publish, &self.proxy_ctx(), ask).await? {
                 if let Some(d) = r.replacement().map_err(|e| proxy::contract_error(p, Kind::Publish, &e))? {
                     data = d;
                 }
@@ -124,10 +122,8 @@ impl Client {
             RpcRoute::Proxy(name) => name,
         };
         let p = node.proxies.get(Kind::Rpc, name).ok_or(ClientError::NOT_AVAILABLE)?;
-        let mut extra = serde_json::Map::new();
-        extra.insert("method".into(), req.method.clone().into());
-        p.put_payload(&mut extra, &req.data);
-        let data = match p.call::<proxy::RpcResult>(Kind::Rpc, &self.proxy_ctx(), extra).await? {
+        let ask = proxy::Req { method: &req.method, data: &req.data, ..Default::default() };
+        let data = match p.call::<proxy::RpcResult>(Kind::Rpc, &self.proxy_ctx(), ask).await? {
             Some(r) => r.data_bytes().map_err(|e| proxy::contract_error(p, Kind::Rpc, &e))?,
             None => Bytes::new(),
         };

@@ -303,16 +303,11 @@ impl Client {
         p: &proxy::Proxy,
         req: &ConnectRequest,
     ) -> Result<Option<proxy::ConnectResult>, CommandError> {
-        let mut extra = serde_json::Map::new();
-        p.put_payload(&mut extra, &req.data);
-        extra.insert("name".into(), req.name.clone().into());
-        extra.insert("version".into(), req.version.clone().into());
-        if !req.subs.is_empty() {
-            let mut chans: Vec<&String> = req.subs.keys().collect();
-            chans.sort();
-            extra.insert("channels".into(), chans.into_iter().cloned().collect::<Vec<_>>().into());
-        }
-        p.call(Kind::Connect, &self.proxy_ctx(), extra).await
+        let mut channels: Vec<String> = req.subs.keys().cloned().collect();
+        channels.sort();
+        let ask =
+            proxy::Req { data: &req.data, name: &req.name, version: &req.version, channels, ..Default::default() };
+        p.call(Kind::Connect, &self.proxy_ctx(), ask).await
     }
 
     /// The connection reached its expiry with a refresh proxy configured:
@@ -323,7 +318,7 @@ impl Client {
         let Some(p) = self.node.proxies.refresh().cloned() else {
             return Err(Disconnect::EXPIRED);
         };
-        let r = match p.call::<proxy::RefreshResult>(Kind::Refresh, &self.proxy_ctx(), serde_json::Map::new()).await {
+        let r = match p.call::<proxy::RefreshResult>(Kind::Refresh, &self.proxy_ctx(), proxy::Req::default()).await {
             Ok(Some(r)) => r,
             Ok(None) => return Err(Disconnect::EXPIRED),
             Err(CommandError::Disconnect(d)) => return Err(d),

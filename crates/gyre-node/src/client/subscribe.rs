@@ -89,10 +89,8 @@ impl Client {
     async fn subscribe_proxy(&self, name: &str, req: &SubscribeRequest) -> Result<Grant, CommandError> {
         let node = self.node.clone();
         let p = node.proxies.get(Kind::Subscribe, name).ok_or(ClientError::NOT_AVAILABLE)?;
-        let mut extra = serde_json::Map::new();
-        extra.insert("channel".into(), req.channel.clone().into());
-        p.put_payload(&mut extra, &req.data);
-        let Some(r) = p.call::<proxy::SubscribeResult>(Kind::Subscribe, &self.proxy_ctx(), extra).await? else {
+        let ask = proxy::Req { channel: &req.channel, data: &req.data, ..Default::default() };
+        let Some(r) = p.call::<proxy::SubscribeResult>(Kind::Subscribe, &self.proxy_ctx(), ask).await? else {
             return Ok(Grant::default());
         };
         let bad = |e: String| proxy::contract_error(p, Kind::Subscribe, &e);
@@ -115,9 +113,8 @@ impl Client {
         let Some(p) = node.proxies.get(Kind::SubRefresh, &ns.options.sub_refresh_proxy_name) else {
             return Ok(Some(server_side));
         };
-        let mut extra = serde_json::Map::new();
-        extra.insert("channel".into(), ch.into());
-        let r = match p.call::<proxy::RefreshResult>(Kind::SubRefresh, &self.proxy_ctx(), extra).await {
+        let ask = proxy::Req { channel: ch, ..Default::default() };
+        let r = match p.call::<proxy::RefreshResult>(Kind::SubRefresh, &self.proxy_ctx(), ask).await {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(Some(server_side)),
             Err(CommandError::Disconnect(d)) => return Err(d),
