@@ -1743,6 +1743,62 @@ mod tests {
     }
 
     #[test]
+    fn proxy_rules() {
+        use serde_json::json;
+        let ep = json!({"endpoint": "http://127.0.0.1:1/p"});
+        // (patch, the key the error must name; None = valid)
+        let table: &[(serde_json::Value, Option<&str>)] = &[
+            (json!({"client": {"proxy": {"connect": {"enabled": true}}}}), Some("client.proxy.connect.endpoint")),
+            (
+                json!({"client": {"proxy": {"connect": {"enabled": true, "endpoint": "ftp://x"}}}}),
+                Some("client.proxy.connect.endpoint"),
+            ),
+            (json!({"client": {"proxy": {"connect": {"enabled": true, "endpoint": "grpc://127.0.0.1:9"}}}}), None),
+            (
+                json!({"client": {"proxy": {"refresh": {"enabled": true, "endpoint": "http://x", "timeout": "0s"}}}}),
+                Some("client.proxy.refresh.timeout"),
+            ),
+            (json!({"client": {"proxy": {"connect": {"enabled": false, "endpoint": "nonsense"}}}}), None),
+            (json!({"proxies": [{"name": "default", "endpoint": "http://x"}]}), Some("proxies[0].name")),
+            (json!({"proxies": [{"name": "p", "endpoint": "http://x"}]}), Some("proxies[0].name")),
+            (
+                json!({"proxies": [{"name": "a", "endpoint": "http://x"}, {"name": "a", "endpoint": "http://y"}]}),
+                Some("proxies[1].name"),
+            ),
+            (
+                json!({"channel": {"without_namespace": {"subscribe_proxy_enabled": true}}}),
+                Some("channel.without_namespace.subscribe_proxy_name"),
+            ),
+            (
+                json!({"channel": {"proxy": {"subscribe": ep}, "without_namespace": {"subscribe_proxy_enabled": true}}}),
+                None,
+            ),
+            (
+                json!({"channel": {"namespaces": [{"name": "ns", "publish_proxy_enabled": true, "publish_proxy_name": "p"}]}}),
+                Some("channel.namespaces[0].publish_proxy_name"),
+            ),
+            (
+                json!({"proxies": [{"name": "pp", "endpoint": "http://x"}], "channel": {"namespaces": [{"name": "ns", "publish_proxy_enabled": true, "publish_proxy_name": "pp"}]}}),
+                None,
+            ),
+            (json!({"rpc": {"without_namespace": {"proxy_enabled": true}}}), Some("rpc.without_namespace.proxy_name")),
+            (json!({"rpc": {"proxy": ep, "without_namespace": {"proxy_enabled": true}}}), None),
+            (
+                json!({"rpc": {"namespaces": [{"name": "ns", "proxy_enabled": true, "proxy_name": "nope"}]}}),
+                Some("rpc.namespaces[0].proxy_name"),
+            ),
+        ];
+        for (patch, want) in table {
+            let c: Config = serde_json::from_value(patch.clone()).unwrap();
+            match (c.validate(), want) {
+                (Ok(()), None) => {}
+                (Err(errs), Some(key)) => assert!(errs.iter().any(|e| e.key == *key), "{patch}: {errs:?}"),
+                (got, _) => panic!("{patch}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn validation_names_keys() {
         let mut c = Config::default();
         c.channel.namespaces.push(Namespace { name: "x".into(), ..Default::default() });
