@@ -545,20 +545,27 @@ impl Proxy {
         decode(&self.name, kind, &bytes)
     }
 
-    /// Transport request headers (`http_headers` / `grpc_metadata`) and
-    /// client-sent `connect.headers` (`emulated_headers`) this proxy forwards.
-    fn forwarded<'c>(&'c self, ctx: &'c CallCtx<'_>, names: &'c [String]) -> impl Iterator<Item = (&'c str, &'c str)> {
-        let from_request = ctx
-            .headers
-            .iter()
-            .filter(move |(k, _)| names.iter().any(|h| h.eq_ignore_ascii_case(k)))
-            .map(|(k, v)| (k.as_str(), v.as_str()));
-        let emulated = ctx
-            .emulated
-            .iter()
-            .filter(move |(k, _)| self.cfg.emulated_headers.iter().any(|h| h.eq_ignore_ascii_case(k)))
-            .map(|(k, v)| (k.as_str(), v.as_str()));
-        from_request.chain(emulated)
+    /// Headers (`http_headers`) or metadata (`grpc_metadata`) this proxy
+    /// forwards: each listed name from the client's transport request, else
+    /// from the client-sent `connect.headers` (headers emulation: browsers
+    /// cannot set WebSocket headers), plus `emulated_headers` names from
+    /// `connect.headers`. One value per name; the transport's wins.
+    fn forwarded<'c>(&'c self, ctx: &'c CallCtx<'_>, names: &'c [String]) -> Vec<(&'c str, &'c str)> {
+        let mut out: Vec<(&str, &str)> = Vec::new();
+        let listed = |k: &str, list: &[String]| list.iter().any(|h| h.eq_ignore_ascii_case(k));
+        for (k, v) in ctx.headers {
+            if listed(k, names) {
+                out.push((k, v));
+            }
+        }
+        for (k, v) in ctx.emulated {
+            if (listed(k, names) || listed(k, &self.cfg.emulated_headers))
+                && !out.iter().any(|(o, _)| o.eq_ignore_ascii_case(k))
+            {
+                out.push((k, v));
+            }
+        }
+        out
     }
 
     /// Runs one exchange under the proxy's deadline (body included).

@@ -48,6 +48,7 @@ function startBackend() {
       if (!session) return { result: null };
       return {
         result: {
+          meta: { plan: 'gold', session },
           user: session,
           info: { name: session.toUpperCase() },
           data: { greeting: `hi ${session}`, sent: b.data ?? null },
@@ -78,7 +79,11 @@ function startBackend() {
       if (b.method === 'fail') return { error: { code: 1500, message: 'boom' } };
       return { result: { data: { echo: b.data, user: b.user, method: b.method } } };
     },
-    '/status500': () => null,
+    '/rpcbin': (b) => {
+      if (b.encoding !== 'binary' || b.data !== undefined) return { error: { code: 1998, message: 'not binary' } };
+      const got = JSON.parse(Buffer.from(b.b64data, 'base64').toString());
+      return { result: { b64data: Buffer.from(JSON.stringify({ decoded: got })).toString('base64') } };
+    },
   };
   const server = http.createServer((req, res) => {
     let body = '';
@@ -91,8 +96,8 @@ function startBackend() {
         if (!res.destroyed) res.end('{}');
         return;
       }
-      if (req.url === '/status500') {
-        res.statusCode = 500;
+      if (req.url === '/status500' || req.url === '/status403') {
+        res.statusCode = Number(req.url.slice(-3));
         res.end('oops');
         return;
       }
@@ -150,12 +155,28 @@ describe('HTTP proxies with centrifuge-js', () => {
           { name: 'slow', proxy_enabled: true, proxy_name: 'slow' },
           { name: 'dead', proxy_enabled: true, proxy_name: 'dead' },
           { name: 'err', proxy_enabled: true, proxy_name: 'err' },
+          { name: 'xf', proxy_enabled: true, proxy_name: 'xf' },
+          { name: 'xd', proxy_enabled: true, proxy_name: 'xd' },
+          { name: 'bin', proxy_enabled: true, proxy_name: 'bin' },
+          { name: 'meta', proxy_enabled: true, proxy_name: 'meta' },
         ],
       },
       proxies: [
         { name: 'slow', endpoint: `${b}/slow`, timeout: '500ms' },
         { name: 'dead', endpoint: dead, timeout: '1s' },
         { name: 'err', endpoint: `${b}/status500` },
+        {
+          name: 'xf',
+          endpoint: `${b}/status500`,
+          http: { status_to_code_transforms: [{ status_code: 500, to_error: { code: 1501, message: 'mapped', temporary: false } }] },
+        },
+        {
+          name: 'xd',
+          endpoint: `${b}/status403`,
+          http: { status_to_code_transforms: [{ status_code: 403, to_disconnect: { code: 4503, reason: 'forbidden' } }] },
+        },
+        { name: 'bin', endpoint: `${b}/rpcbin`, binary_encoding: true },
+        { name: 'meta', endpoint: `${b}/rpc`, include_connection_meta: true, emulated_headers: ['X-Tenant'], http_headers: ['Cookie'] },
       ],
     });
   });
@@ -289,6 +310,29 @@ describe('HTTP proxies with centrifuge-js', () => {
     const e3 = await rejection(c.rpc('nons:x', {}), 'rpc nons:x');
     assert.equal(e3.code, 104, 'unknown rpc namespace');
     assert.equal(c.state, 'connected');
+  });
+
+  it('proxy options: status_to_code_transforms, binary_encoding, include_connection_meta, emulated headers', async () => {
+    const { c } = await connected('session=ivy', { headers: { 'X-Tenant': 'acme' } });
+    const e1 = await rejection(c.rpc('xf:x', {}), 'rpc xf:x');
+    assert.deepEqual([e1.code, e1.message], [1501, 'mapped']);
+    const bin = await withTimeout(c.rpc('bin:x', { n: 7 }), T, 'rpc bin:x');
+    assert.deepEqual(bin.data, { decoded: { n: 7 } });
+    const before = backend.calls.length;
+    await withTimeout(c.rpc('meta:x', {}), T, 'rpc meta:x');
+    const call = backend.calls.slice(before).find((x) => x.path === '/rpc');
+    assert.deepEqual(call.body.meta, { plan: 'gold', session: 'ivy' }, 'meta from the connect proxy');
+    assert.equal(call.headers['x-tenant'], 'acme', 'emulated header from connect.headers');
+    assert.equal(call.headers.cookie, 'session=ivy');
+    const before2 = backend.calls.length;
+    await withTimeout(c.rpc('plain', {}), T, 'rpc plain');
+    const plain = backend.calls.slice(before2).find((x) => x.path === '/rpc');
+    assert.equal(plain.body.meta, undefined, 'no meta without include_connection_meta');
+    assert.equal(plain.headers['x-tenant'], undefined, 'no emulated header where not configured');
+    const closed = waitEvent(c, 'disconnected', T);
+    c.rpc('xd:x', {}).catch(() => {});
+    const d = await closed;
+    assert.deepEqual([d.code, d.reason], [4503, 'forbidden']);
   });
 
   it('refresh proxy: server-driven expiry extended once, then expired → 3005', async () => {
