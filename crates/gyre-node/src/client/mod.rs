@@ -347,6 +347,10 @@ impl Client {
                         self.conn_info = info;
                     }
                     self.set_expiry(expire_at);
+                    if self.proxy_refresh {
+                        // Server-driven expiry: the client is never told about it.
+                        continue;
+                    }
                     let push = Push {
                         refresh: Some(Refresh {
                             expires: expire_at.is_some(),
