@@ -851,6 +851,58 @@ mod tests {
     }
 
     #[test]
+    fn grpc_answer_table() {
+        use gyre_proto::proxy as pb;
+        use prost::Message;
+        let frame = |m: &[u8], flag: u8| {
+            let mut f = vec![flag];
+            f.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            f.extend_from_slice(m);
+            f
+        };
+        let ok_trailers = || {
+            let mut h = hyper::HeaderMap::new();
+            h.insert("grpc-status", "0".parse().unwrap());
+            h
+        };
+        let rpc = pb::RpcResponse {
+            result: Some(pb::RpcResult { data: Bytes::from_static(b"{\"x\":1}"), b64data: String::new() }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let err = pb::RpcResponse {
+            error: Some(pb::Error { code: 1500, message: "boom".into(), temporary: false }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut unavailable = hyper::HeaderMap::new();
+        unavailable.insert("grpc-status", "14".parse().unwrap());
+        let ok = hyper::StatusCode::OK;
+        // (status, trailers, body) -> Ok(rpc data) | Err(reply code)
+        let rows: Vec<(hyper::StatusCode, Option<hyper::HeaderMap>, Vec<u8>, Result<&[u8], u32>)> = vec![
+            (ok, Some(ok_trailers()), frame(&rpc, 0), Ok(br#"{"x":1}"#)),
+            (ok, Some(ok_trailers()), frame(&err, 0), Err(1500)),
+            (ok, Some(unavailable), Vec::new(), Err(100)),
+            (ok, None, frame(&rpc, 0), Err(100)),
+            (ok, Some(ok_trailers()), frame(&rpc, 1), Err(100)),
+            (ok, Some(ok_trailers()), frame(&rpc, 0)[..7].to_vec(), Err(100)),
+            (ok, Some(ok_trailers()), frame(b"\xff\xff", 0), Err(100)),
+            (hyper::StatusCode::NOT_FOUND, Some(ok_trailers()), frame(&rpc, 0), Err(100)),
+        ];
+        for (i, (status, trailers, body, want)) in rows.into_iter().enumerate() {
+            let got = grpc_answer(Kind::Rpc, status, trailers.as_ref(), &body)
+                .map_err(|_| CommandError::Reply(ClientError::INTERNAL))
+                .and_then(|json| decode::<RpcResult>("p", Kind::Rpc, &json));
+            let got = match got {
+                Ok(r) => Ok(r.expect("result").data_bytes().unwrap()),
+                Err(CommandError::Reply(e)) => Err(e.code),
+                Err(CommandError::Disconnect(d)) => Err(d.code),
+            };
+            assert_eq!(got.as_ref().map(|b| b.as_ref()).map_err(|e| *e), want, "row {i}");
+        }
+    }
+
+    #[test]
     fn payloads_come_as_json_or_base64() {
         let r: ConnectResult = serde_json::from_str(r#"{"info":{"a":1},"b64data":"aGk=","channels":["x"]}"#).unwrap();
         assert_eq!(r.info_bytes().unwrap(), Bytes::from_static(br#"{"a":1}"#));

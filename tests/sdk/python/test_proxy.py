@@ -208,7 +208,8 @@ async def http_env():
 async def grpc_env():
     backend = await GrpcBackend().start()
     g = {"endpoint": f"grpc://127.0.0.1:{backend.port}", "grpc_metadata": ["Cookie"]}
-    server = GyreServer(proxy_config(g, g, g, g)).start()
+    gone = [{"name": "gone", "endpoint": f"grpc://127.0.0.1:{free_port()}"}]
+    server = GyreServer(proxy_config(g, g, g, g, gone)).start()
     try:
         yield server, backend
     finally:
@@ -351,7 +352,7 @@ async def test_grpc_proxies(grpc_env, protobuf):
     assert rpcs and rpcs[0].method == "sum" and rpcs[0].client
 
 
-async def test_grpc_proxy_disconnect_relayed(grpc_env):
+async def test_grpc_proxy_disconnect_relayed_and_backend_down_is_100(grpc_env):
     server, backend = grpc_env
     cl = Clients(server, False)
     try:
@@ -359,5 +360,13 @@ async def test_grpc_proxy_disconnect_relayed(grpc_env):
         await asyncio.wait_for(c.connect(), TIMEOUT)
         d = await rec.wait("disconnected")
         assert (d.code, d.reason) == (4501, "banned"), d
+
+        ok, _, _ = await cl.connected("session=still-served")
+        with pytest.raises(ReplyError) as ei:
+            await asyncio.wait_for(ok.rpc("gone:x", {}), TIMEOUT)
+        assert ei.value.code == 100
+        res = await asyncio.wait_for(ok.rpc("sum", {"a": 2}), TIMEOUT)
+        assert res.data["echo"] == {"a": 2}
+        assert "proxy unreachable" in server.logs()
     finally:
         await cl.close()
