@@ -879,7 +879,8 @@ mod tests {
         unavailable.insert("grpc-status", "14".parse().unwrap());
         let ok = hyper::StatusCode::OK;
         // (status, trailers, body) -> Ok(rpc data) | Err(reply code)
-        let rows: Vec<(hyper::StatusCode, Option<hyper::HeaderMap>, Vec<u8>, Result<&[u8], u32>)> = vec![
+        type Row = (hyper::StatusCode, Option<hyper::HeaderMap>, Vec<u8>, Result<&'static [u8], u32>);
+        let rows: Vec<Row> = vec![
             (ok, Some(ok_trailers()), frame(&rpc, 0), Ok(br#"{"x":1}"#)),
             (ok, Some(ok_trailers()), frame(&err, 0), Err(1500)),
             (ok, Some(unavailable), Vec::new(), Err(100)),
