@@ -391,6 +391,8 @@ pub struct Config {
     pub usage_stats: UsageStats,
     /// Graceful shutdown.
     pub shutdown: Shutdown,
+    /// Named proxies, referenced by `*_proxy_name` / `rpc.namespaces[].proxy_name`.
+    pub proxies: Vec<ProxyConfig>,
     /// Write the process id to this file.
     pub pid_file: String,
 }
@@ -587,7 +589,7 @@ pub struct CodeTransform {
 }
 
 /// A disconnect code and reason.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(default)]
 pub struct DisconnectTo {
     /// Code.
@@ -666,8 +668,8 @@ pub struct Client {
     pub subscribe_to_user_personal_channel: PersonalChannel,
     /// Connect error code transforms for unidirectional transports.
     pub connect_code_to_unidirectional_disconnect: CodeTransforms,
-    /// Connect/refresh proxies (not implemented: the loader refuses enabling them).
-    pub proxy: serde_json::Value,
+    /// Connect and refresh proxies.
+    pub proxy: ClientProxies,
 }
 
 impl Default for Client {
@@ -700,7 +702,7 @@ impl Default for Client {
             insecure: false,
             subscribe_to_user_personal_channel: PersonalChannel::default(),
             connect_code_to_unidirectional_disconnect: CodeTransforms::default(),
-            proxy: serde_json::Value::Null,
+            proxy: ClientProxies::default(),
         }
     }
 }
@@ -767,13 +769,19 @@ pub struct ChannelOptions {
     pub channel_regex: String,
     /// "", json, json_object or binary.
     pub publication_data_format: PublicationDataFormat,
-    /// Subscribe proxy (not implemented yet).
+    /// Ask the subscribe proxy about subscriptions without a token.
     pub subscribe_proxy_enabled: bool,
-    /// Publish proxy (not implemented yet).
+    /// Which subscribe proxy ("" = "default" = `channel.proxy.subscribe`).
+    pub subscribe_proxy_name: String,
+    /// Ask the publish proxy about client publications.
     pub publish_proxy_enabled: bool,
-    /// Sub refresh proxy (not implemented yet).
+    /// Which publish proxy ("" = "default").
+    pub publish_proxy_name: String,
+    /// Server-side subscription refresh through the sub_refresh proxy.
     pub sub_refresh_proxy_enabled: bool,
-    /// Subscribe stream proxy (not implemented yet).
+    /// Which sub_refresh proxy ("" = "default").
+    pub sub_refresh_proxy_name: String,
+    /// Subscribe stream proxy (refused by the loader: not implemented).
     pub subscribe_stream_proxy_enabled: bool,
     /// Experimental subscription type.
     pub subscription_type: String,
@@ -825,8 +833,8 @@ pub struct Channel {
     /// User separator.
     #[serde(default = "d_user_sep")]
     pub user_separator: String,
-    /// Channel proxies (not implemented yet).
-    pub proxy: serde_json::Value,
+    /// The channel proxies named `default`.
+    pub proxy: ChannelProxies,
 }
 
 impl Default for Channel {
@@ -841,7 +849,7 @@ impl Default for Channel {
             namespace_boundary: d_ns_boundary(),
             user_boundary: d_user_boundary(),
             user_separator: d_user_sep(),
-            proxy: serde_json::Value::Null,
+            proxy: ChannelProxies::default(),
         }
     }
 }
@@ -896,8 +904,8 @@ pub struct Rpc {
     pub without_namespace: RpcOptions,
     /// RPC namespaces.
     pub namespaces: Vec<RpcNamespace>,
-    /// RPC proxy (not implemented yet).
-    pub proxy: serde_json::Value,
+    /// The RPC proxy named `default`.
+    pub proxy: ProxyConfig,
 }
 
 impl Default for Rpc {
@@ -907,9 +915,140 @@ impl Default for Rpc {
             namespace_boundary: d_ns_boundary(),
             without_namespace: RpcOptions::default(),
             namespaces: Vec::new(),
-            proxy: serde_json::Value::Null,
+            proxy: ProxyConfig::default(),
         }
     }
+}
+
+/// A proxy object: `client.proxy.connect`, `channel.proxy.subscribe`,
+/// `rpc.proxy`, an element of `proxies`, ...
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ProxyConfig {
+    /// Name (only in `proxies[]`; `default` is reserved for the built-in ones).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// `http(s)://…` (POST JSON) or `grpc://host:port`.
+    pub endpoint: String,
+    /// Deadline of one call, body included.
+    #[serde(default = "d_1s")]
+    pub timeout: Dur,
+    /// Headers of the client's transport request copied into the proxy request.
+    pub http_headers: Vec<String>,
+    /// Like `http_headers`, sent as gRPC metadata to a gRPC proxy.
+    pub grpc_metadata: Vec<String>,
+    /// Names from the client-sent `connect.headers` forwarded as headers.
+    pub emulated_headers: Vec<String>,
+    /// Payloads as base64 `b64data` (and `encoding: "binary"`).
+    pub binary_encoding: bool,
+    /// Send the connection's `meta` with every request after connect.
+    pub include_connection_meta: bool,
+    /// HTTP-only options.
+    pub http: ProxyHttp,
+    /// gRPC-only options (`tls`, credentials, compression: refused by the loader).
+    pub grpc: ProxyGrpc,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            name: String::new(),
+            endpoint: String::new(),
+            timeout: d_1s(),
+            http_headers: Vec::new(),
+            grpc_metadata: Vec::new(),
+            emulated_headers: Vec::new(),
+            binary_encoding: false,
+            include_connection_meta: false,
+            http: ProxyHttp::default(),
+            grpc: ProxyGrpc::default(),
+        }
+    }
+}
+
+/// `<proxy>.http.*`
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct ProxyHttp {
+    /// TLS client options (refused by the loader: https uses the system roots).
+    pub tls: serde_json::Value,
+    /// Headers added to every request.
+    pub static_headers: std::collections::BTreeMap<String, String>,
+    /// HTTP status → reply error / disconnect, instead of error 100.
+    pub status_to_code_transforms: Vec<StatusTransform>,
+}
+
+/// `<proxy>.grpc.*`
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct ProxyGrpc {
+    /// TLS (refused).
+    pub tls: serde_json::Value,
+    /// Per-call credentials key (refused).
+    pub credentials_key: String,
+    /// Per-call credentials value (refused).
+    pub credentials_value: String,
+    /// gzip (refused).
+    pub compression: bool,
+    /// Metadata added to every call.
+    pub static_metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// One `status_to_code_transforms` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct StatusTransform {
+    /// HTTP status to match.
+    pub status_code: u16,
+    /// Reply error (used when its code is non-zero).
+    pub to_error: ErrorTo,
+    /// Disconnect (used when its code is non-zero).
+    pub to_disconnect: DisconnectTo,
+}
+
+/// A reply error given in config.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct ErrorTo {
+    /// Code.
+    pub code: u32,
+    /// Message.
+    pub message: String,
+    /// Whether the SDK retries.
+    pub temporary: bool,
+}
+
+/// A proxy that is off unless `enabled` (`client.proxy.connect` / `.refresh`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct ToggledProxy {
+    /// Call it.
+    pub enabled: bool,
+    /// The proxy object.
+    #[serde(flatten)]
+    pub proxy: ProxyConfig,
+}
+
+/// `client.proxy.*`
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct ClientProxies {
+    /// Decides connections without a token.
+    pub connect: ToggledProxy,
+    /// Extends connections when they expire (server-driven refresh).
+    pub refresh: ToggledProxy,
+}
+
+/// `channel.proxy.*`: the channel proxies named `default`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct ChannelProxies {
+    /// Subscribe proxy.
+    pub subscribe: ProxyConfig,
+    /// Publish proxy.
+    pub publish: ProxyConfig,
+    /// Subscription refresh proxy.
+    pub sub_refresh: ProxyConfig,
 }
 
 /// `engine.*`
@@ -1495,7 +1634,82 @@ impl Config {
                 });
             }
         }
+        self.validate_proxies(&mut errs);
         if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+
+    /// Proxy objects and every reference to one by name.
+    fn validate_proxies(&self, errs: &mut Vec<ConfigError>) {
+        let mut e = |k: String, m: &str| errs.push(ConfigError { key: k, message: m.into() });
+        let check = |key: &str, p: &ProxyConfig, e: &mut dyn FnMut(String, &str)| {
+            let ep = &p.endpoint;
+            if ep.is_empty() {
+                e(format!("{key}.endpoint"), "must be set");
+            } else if !(ep.starts_with("http://") || ep.starts_with("https://") || ep.starts_with("grpc://")) {
+                e(format!("{key}.endpoint"), "must start with http://, https:// or grpc://");
+            }
+            if p.timeout.0.is_zero() {
+                e(format!("{key}.timeout"), "must be positive");
+            }
+        };
+        let cp = &self.client.proxy;
+        if cp.connect.enabled {
+            check("client.proxy.connect", &cp.connect.proxy, &mut e);
+        }
+        if cp.refresh.enabled {
+            check("client.proxy.refresh", &cp.refresh.proxy, &mut e);
+        }
+        let chp = &self.channel.proxy;
+        for (k, p) in [("subscribe", &chp.subscribe), ("publish", &chp.publish), ("sub_refresh", &chp.sub_refresh)] {
+            if !p.endpoint.is_empty() {
+                check(&format!("channel.proxy.{k}"), p, &mut e);
+            }
+        }
+        if !self.rpc.proxy.endpoint.is_empty() {
+            check("rpc.proxy", &self.rpc.proxy, &mut e);
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.proxies.iter().enumerate() {
+            let key = format!("proxies[{i}]");
+            if !valid_ns_name(&p.name) || p.name == "default" {
+                e(format!("{key}.name"), "must match ^[-a-zA-Z0-9_.]{2,}$ and not be \"default\"");
+            } else if !names.insert(p.name.as_str()) {
+                e(format!("{key}.name"), "duplicate proxy name");
+            }
+            check(&key, p, &mut e);
+        }
+        let exists = |default: &ProxyConfig, name: &str| match name {
+            "" | "default" => !default.endpoint.is_empty(),
+            n => self.proxies.iter().any(|p| p.name == n),
+        };
+        let mut opts: Vec<(String, &ChannelOptions)> =
+            vec![("channel.without_namespace".into(), &self.channel.without_namespace)];
+        for (i, ns) in self.channel.namespaces.iter().enumerate() {
+            opts.push((format!("channel.namespaces[{i}]"), &ns.options));
+        }
+        for (key, o) in opts {
+            for (kind, on, name, default) in [
+                ("subscribe", o.subscribe_proxy_enabled, &o.subscribe_proxy_name, &chp.subscribe),
+                ("publish", o.publish_proxy_enabled, &o.publish_proxy_name, &chp.publish),
+                ("sub_refresh", o.sub_refresh_proxy_enabled, &o.sub_refresh_proxy_name, &chp.sub_refresh),
+            ] {
+                if on && !exists(default, name) {
+                    e(
+                        format!("{key}.{kind}_proxy_name"),
+                        "names no configured proxy (channel.proxy.<kind> or proxies[])",
+                    );
+                }
+            }
+        }
+        let mut rpc: Vec<(String, &RpcOptions)> = vec![("rpc.without_namespace".into(), &self.rpc.without_namespace)];
+        for (i, ns) in self.rpc.namespaces.iter().enumerate() {
+            rpc.push((format!("rpc.namespaces[{i}]"), &ns.options));
+        }
+        for (key, o) in rpc {
+            if o.proxy_enabled && !exists(&self.rpc.proxy, &o.proxy_name) {
+                e(format!("{key}.proxy_name"), "names no configured proxy (rpc.proxy or proxies[])");
+            }
+        }
     }
 
     /// The internal listener's port.
@@ -1564,6 +1778,62 @@ mod tests {
         }
         assert_eq!(Config::default().grpc_api.port, 10000);
         assert_eq!(Config::default().grpc_api.max_receive(), 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn proxy_rules() {
+        use serde_json::json;
+        let ep = json!({"endpoint": "http://127.0.0.1:1/p"});
+        // (patch, the key the error must name; None = valid)
+        let table: &[(serde_json::Value, Option<&str>)] = &[
+            (json!({"client": {"proxy": {"connect": {"enabled": true}}}}), Some("client.proxy.connect.endpoint")),
+            (
+                json!({"client": {"proxy": {"connect": {"enabled": true, "endpoint": "ftp://x"}}}}),
+                Some("client.proxy.connect.endpoint"),
+            ),
+            (json!({"client": {"proxy": {"connect": {"enabled": true, "endpoint": "grpc://127.0.0.1:9"}}}}), None),
+            (
+                json!({"client": {"proxy": {"refresh": {"enabled": true, "endpoint": "http://x", "timeout": "0s"}}}}),
+                Some("client.proxy.refresh.timeout"),
+            ),
+            (json!({"client": {"proxy": {"connect": {"enabled": false, "endpoint": "nonsense"}}}}), None),
+            (json!({"proxies": [{"name": "default", "endpoint": "http://x"}]}), Some("proxies[0].name")),
+            (json!({"proxies": [{"name": "p", "endpoint": "http://x"}]}), Some("proxies[0].name")),
+            (
+                json!({"proxies": [{"name": "a", "endpoint": "http://x"}, {"name": "a", "endpoint": "http://y"}]}),
+                Some("proxies[1].name"),
+            ),
+            (
+                json!({"channel": {"without_namespace": {"subscribe_proxy_enabled": true}}}),
+                Some("channel.without_namespace.subscribe_proxy_name"),
+            ),
+            (
+                json!({"channel": {"proxy": {"subscribe": ep}, "without_namespace": {"subscribe_proxy_enabled": true}}}),
+                None,
+            ),
+            (
+                json!({"channel": {"namespaces": [{"name": "ns", "publish_proxy_enabled": true, "publish_proxy_name": "p"}]}}),
+                Some("channel.namespaces[0].publish_proxy_name"),
+            ),
+            (
+                json!({"proxies": [{"name": "pp", "endpoint": "http://x"}], "channel": {"namespaces": [{"name": "ns", "publish_proxy_enabled": true, "publish_proxy_name": "pp"}]}}),
+                None,
+            ),
+            (json!({"rpc": {"without_namespace": {"proxy_enabled": true}}}), Some("rpc.without_namespace.proxy_name")),
+            (json!({"rpc": {"proxy": ep, "without_namespace": {"proxy_enabled": true}}}), None),
+            (
+                json!({"rpc": {"namespaces": [{"name": "ns", "proxy_enabled": true, "proxy_name": "nope"}]}}),
+                Some("rpc.namespaces[0].proxy_name"),
+            ),
+        ];
+        for (patch, want) in table {
+            let c: Config = serde_json::from_value(patch.clone()).unwrap();
+            match (c.validate(), want) {
+                (Ok(()), None) => {}
+                (Err(errs), Some(key)) => assert!(errs.iter().any(|e| e.key == *key), "{patch}: {errs:?}"),
+                (got, _) => panic!("{patch}: want {want:?}, got {got:?}"),
+            }
+        }
     }
 
     #[test]

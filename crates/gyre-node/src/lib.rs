@@ -6,8 +6,10 @@
 //! ticks, and drain its [`shared::ClientShared`] write queue. That split is
 //! what lets every transport — WebSocket, HTTP-streaming, SSE, SockJS and the
 //! unidirectional ones — share one command implementation. The one network
-//! client in this crate is [`jwks`], which fetches token keys over HTTP(S)
-//! when `client.token.jwks_public_endpoint` is set.
+//! clients in this crate are [`jwks`], which fetches token keys over HTTP(S)
+//! when `client.token.jwks_public_endpoint` is set, and [`proxy`], which asks
+//! the application's backend about connects, subscriptions, publications
+//! and RPCs when proxies are configured.
 
 pub mod auth;
 pub mod channel;
@@ -27,6 +29,7 @@ pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod policy;
+pub mod proxy;
 pub mod push;
 pub mod recovery;
 pub mod shared;

@@ -17,8 +17,9 @@ use gyre_proto::protocol::FilterNode;
 
 use crate::auth::SubOverride;
 use crate::channel::{ChannelRules, NamespaceRules, allowed};
-use crate::config::{ChannelOptions, DeltaType, RecoveryMode};
+use crate::config::{ChannelOptions, DeltaType, RecoveryMode, Rpc};
 use crate::engine::StreamPosition;
+use crate::errors::ClientError;
 
 /// Who performs an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,41 @@ pub fn may_subscribe_without_token(
     }
 }
 
+/// Where an RPC goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RpcRoute<'a> {
+    /// The built-in `rpc.ping` method: an empty result.
+    Ping,
+    /// The RPC proxy of this name ("" / "default": `rpc.proxy`).
+    Proxy(&'a str),
+    /// Refused with this error.
+    Refuse(ClientError),
+}
+
+/// Centrifugo's RPC routing. Without any handler (no ping, no namespace
+/// with `proxy_enabled`) every method is 108 not available. With one, the
+/// method's namespace (text before `rpc.namespace_boundary`, else
+/// `rpc.without_namespace`) decides: unknown namespace → 104, proxy off →
+/// 104 method not found (so with only `rpc.ping` on, any other method is
+/// 104, as in Centrifugo).
+pub fn rpc_route<'a>(rpc: &'a Rpc, method: &str) -> RpcRoute<'a> {
+    let any_proxy = rpc.without_namespace.proxy_enabled || rpc.namespaces.iter().any(|n| n.options.proxy_enabled);
+    if !rpc.ping.enabled && !any_proxy {
+        return RpcRoute::Refuse(ClientError::NOT_AVAILABLE);
+    }
+    if rpc.ping.enabled && method == rpc.ping.method {
+        return RpcRoute::Ping;
+    }
+    let opts = match method.split_once(rpc.namespace_boundary.as_str()) {
+        Some((ns, _)) => match rpc.namespaces.iter().find(|n| n.name == ns) {
+            Some(n) => &n.options,
+            None => return RpcRoute::Refuse(ClientError::METHOD_NOT_FOUND),
+        },
+        None => &rpc.without_namespace,
+    };
+    if opts.proxy_enabled { RpcRoute::Proxy(&opts.proxy_name) } else { RpcRoute::Refuse(ClientError::METHOD_NOT_FOUND) }
+}
+
 /// What was asked for a subscription. Server-side subscriptions ask for
 /// nothing beyond an optional recovery position: their options come from
 /// the namespace and the overrides only.
@@ -138,6 +174,8 @@ pub struct SubPlan {
     pub cache_mode: bool,
     /// Cache mode: the latest publication comes with the result even without recovery.
     pub auto_cache: bool,
+    /// The expiry is extended by the sub_refresh proxy, not by the client.
+    pub proxy_refresh: bool,
 }
 
 /// Token- or API-given parts of a subscription.
@@ -186,6 +224,7 @@ pub fn plan(o: &ChannelOptions, a: Actor, grant: Grant, ask: SubscribeAsk) -> Su
         tags_filter: ask.tags_filter,
         cache_mode,
         auto_cache: o.auto_cache_recover && cache_mode && recoverable,
+        proxy_refresh: o.sub_refresh_proxy_enabled,
     }
 }
 
@@ -359,6 +398,44 @@ mod tests {
         };
         let p = plan(&o, ANON, grant, SubscribeAsk::default());
         assert!(!p.presence && !p.join_leave && p.push_join_leave && p.recoverable && p.positioned);
+    }
+
+    #[test]
+    fn rpc_route_table() {
+        use crate::config::{RpcNamespace, RpcOptions};
+        let cfg = |ping: bool, root_proxy: bool, ns_proxy: bool| {
+            let mut r = Rpc::default();
+            r.ping.enabled = ping;
+            r.without_namespace.proxy_enabled = root_proxy;
+            r.namespaces.push(RpcNamespace {
+                name: "calc".into(),
+                options: RpcOptions { proxy_enabled: ns_proxy, proxy_name: "math".into() },
+            });
+            r.namespaces.push(RpcNamespace { name: "off".into(), options: RpcOptions::default() });
+            r
+        };
+        let nf = RpcRoute::Refuse(ClientError::METHOD_NOT_FOUND);
+        let na = RpcRoute::Refuse(ClientError::NOT_AVAILABLE);
+        // (ping, without_namespace proxy, calc proxy, method) -> route
+        let rows: Vec<(bool, bool, bool, &str, RpcRoute)> = vec![
+            (false, false, false, "ping", na.clone()),
+            (false, false, false, "x", na.clone()),
+            (false, false, false, "nope:x", na.clone()),
+            (true, false, false, "ping", RpcRoute::Ping),
+            (true, false, false, "x", nf.clone()),
+            (true, false, false, "nope:x", nf.clone()),
+            (true, false, false, "off:x", nf.clone()),
+            (false, true, false, "x", RpcRoute::Proxy("")),
+            (false, true, false, "ping", RpcRoute::Proxy("")),
+            (false, true, false, "nope:x", nf.clone()),
+            (false, false, true, "calc:add", RpcRoute::Proxy("math")),
+            (false, false, true, "x", nf.clone()),
+            (true, false, true, "off:x", nf.clone()),
+        ];
+        for (i, (ping, root, ns, method, want)) in rows.into_iter().enumerate() {
+            let r = cfg(ping, root, ns);
+            assert_eq!(rpc_route(&r, method), want, "row {i}: {method}");
+        }
     }
 
     #[test]

@@ -31,6 +31,13 @@ pub mod api {
     include!(concat!(env!("OUT_DIR"), "/centrifugal.centrifugo.api.rs"));
 }
 
+/// gRPC proxy types generated from `proto/proxy.proto`: what Gyre sends to
+/// and reads from a backend's `CentrifugoProxy` service.
+#[allow(missing_docs, clippy::all)]
+pub mod proxy {
+    include!(concat!(env!("OUT_DIR"), "/centrifugal.centrifugo.proxy.rs"));
+}
+
 pub use codec::{DecodeError, decode_commands, encode_reply, frame_messages};
 
 /// The two encodings a connection can speak; chosen once at handshake time.

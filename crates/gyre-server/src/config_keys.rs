@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 /// Groups other branches are implementing: their keys are marked
 /// `refused:<group>` in the TSV, and listing the group here turns all of them
 /// into implemented keys (a one-line change when the feature lands).
-const LANDED_GROUPS: &[&str] = &["grpc_api", "admin", "tls"];
+const LANDED_GROUPS: &[&str] = &["grpc_api", "admin", "tls", "proxies"];
 
 /// Keys Gyre has and Centrifugo v6 does not: (key, type, default, what it does).
 /// Types and defaults use the TSV's notation.
@@ -530,11 +530,19 @@ mod tests {
             (json!({"engine": {"redis": {"address": "redis://127.0.0.1:6379"}}}), None),
             (json!({"websocket": {"write_timeout": "1s", "compression_level": 3}}), None),
             (json!({"websocket": {"use_write_buffer_pool": true}}), Some("websocket.use_write_buffer_pool")),
-            (json!({"proxies": [{"name": "p", "endpoint": "http://x"}]}), Some("proxies[0].name")),
+            (json!({"proxies": [{"name": "p", "endpoint": "http://x", "timeout": "2s"}]}), None),
+            (json!({"proxies": [{"name": "p", "grpc": {"compression": true}}]}), Some("proxies[0].grpc.compression")),
             (json!({"channel": {"namespaces": [{"name": "a", "subscribe_proxy_name": "p"}]}}), None),
+            (json!({"channel": {"namespaces": [{"name": "a", "subscribe_proxy_enabled": true}]}}), None),
             (
-                json!({"channel": {"namespaces": [{"name": "a", "subscribe_proxy_enabled": true}]}}),
-                Some("channel.namespaces[0].subscribe_proxy_enabled"),
+                json!({"channel": {"namespaces": [{"name": "a", "subscribe_stream_proxy_enabled": true}]}}),
+                Some("channel.namespaces[0].subscribe_stream_proxy_enabled"),
+            ),
+            (json!({"channel": {"proxy": {"publish": {"endpoint": "http://x", "http_headers": ["Cookie"]}}}}), None),
+            (json!({"rpc": {"without_namespace": {"proxy_enabled": true}, "proxy": {"endpoint": "http://x"}}}), None),
+            (
+                json!({"rpc": {"proxy": {"endpoint": "http://x", "http": {"tls": {"enabled": true}}}}}),
+                Some("rpc.proxy.http.tls.enabled"),
             ),
             (
                 json!({"consumers": [{"name": "c", "enabled": false, "type": "kafka", "kafka": {"brokers": ["b"]}}]}),
@@ -542,7 +550,11 @@ mod tests {
             ),
             (json!({"consumers": [{"name": "c", "enabled": true}]}), Some("consumers[0].enabled")),
             (json!({"client": {"proxy": {"connect": {"endpoint": "http://x"}}}}), None),
-            (json!({"client": {"proxy": {"connect": {"enabled": true}}}}), Some("client.proxy.connect.enabled")),
+            (json!({"client": {"proxy": {"connect": {"enabled": true, "endpoint": "http://x"}}}}), None),
+            (
+                json!({"client": {"proxy": {"connect": {"enabled": true, "grpc": {"credentials_value": "v"}}}}}),
+                Some("client.proxy.connect.grpc.credentials_value"),
+            ),
             (json!({"node": {"info_metrics_aggregate_interval": "1m0s"}}), None),
             (
                 json!({"channel": {"namespaces": [{"name": "a", "map": {"sync_mode": "converging"}, "map_ordered": true}]}}),
@@ -572,7 +584,7 @@ mod tests {
     #[test]
     fn secrets_never_appear_in_errors() {
         let c = check(
-            &json!({"engine": {"type": "redis", "redis": {"tls": {"enabled": true, "key_pem": "hunter2-secret"}}}, "client": {"proxy": {"connect": {"enabled": true, "endpoint": "http://k-secret-42"}}}}),
+            &json!({"engine": {"type": "redis", "redis": {"tls": {"enabled": true, "key_pem": "hunter2-secret"}}}, "client": {"proxy": {"connect": {"enabled": true, "grpc": {"credentials_value": "k-secret-42"}}}}}),
         );
         assert!(!c.errors.is_empty());
         for e in &c.errors {

@@ -229,7 +229,7 @@ pub(crate) fn spawn_stream(
     start: Start,
     inbound: Option<(mpsc::Receiver<Bytes>, Box<dyn Send + Sync>)>,
     session: String,
-    http_user: Option<String>,
+    http_user: gyre_node::client::ConnRequest,
     origin_headers: &http::HeaderMap,
 ) -> Response<Body> {
     let node = app.node.clone();
@@ -237,7 +237,7 @@ pub(crate) fn spawn_stream(
     let info = TransportInfo { name, unidirectional, emulation: !unidirectional, disconnect_push: true };
     let shared = ClientShared::with_session(encoding, info, node.config.client.queue_max_size, session);
     let mut client = Client::new(node.clone(), shared);
-    client.set_http_user(http_user);
+    client.set_request(http_user);
     // SSE clients get a first line at once so proxies and EventSource see the stream open.
     let prelude = (format == StreamFormat::Sse).then(|| Bytes::from_static(crate::stream::SSE_PRELUDE));
     let (body, tx) = ChannelBody::new(prelude);
@@ -302,7 +302,7 @@ pub(crate) async fn connection(app: Arc<App>, req: Request<Incoming>, sse: bool)
     }
     let session = uuid::Uuid::new_v4().to_string();
     let (rx, guard) = app.sessions.register(session.clone());
-    let http_user = h::http_user(&cfg, &headers);
+    let http_user = h::conn_request(&app.node, &headers);
     if let Some(s) = &socket {
         s.promote();
     }

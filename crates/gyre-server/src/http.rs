@@ -642,7 +642,7 @@ async fn websocket(app: Arc<App>, mut req: Request<Incoming>) -> Response<Body> 
     {
         encoding = Encoding::Protobuf;
     }
-    let http_user = http_user(&node.config, h);
+    let http_user = conn_request(&node, h);
     upgrade(&app, &mut req, chosen, move |upgraded| crate::ws::serve(node, upgraded, encoding, http_user))
 }
 
@@ -651,7 +651,7 @@ async fn uni_websocket(app: Arc<App>, mut req: Request<Incoming>) -> Response<Bo
         return r;
     }
     let query = req.uri().query().unwrap_or("").to_string();
-    let user = http_user(&app.node.config, req.headers());
+    let user = conn_request(&app.node, req.headers());
     let app2 = app.clone();
     upgrade(&app, &mut req, None, move |up| crate::uni::websocket(app2, up, query, user))
 }
@@ -703,6 +703,16 @@ pub(crate) fn http_user(cfg: &Config, h: &HeaderMap) -> Option<String> {
         return None;
     }
     h.get(cfg.client.user_id_http_header.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// What a connection keeps of its HTTP request: the trusted user header and
+/// the headers some proxy forwards (`http_headers`).
+pub(crate) fn conn_request(node: &gyre_node::Node, h: &HeaderMap) -> gyre_node::client::ConnRequest {
+    gyre_node::client::ConnRequest::from_headers(
+        http_user(&node.config, h),
+        node.proxies.header_names(),
+        h.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+    )
 }
 
 fn api_key_ok(cfg: &gyre_node::config::Config, req: &Request<Incoming>) -> bool {

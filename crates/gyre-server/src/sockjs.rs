@@ -747,7 +747,7 @@ async fn websocket(app: Arc<App>, svc: Service, req: &mut Request<Incoming>, raw
     let node = app.node.clone();
     let cancel = app.cancelled();
     let heartbeat = node.config.sockjs.heartbeat_delay.0.max(Duration::from_millis(100));
-    let user = h::http_user(&node.config, req.headers());
+    let user = h::conn_request(&node, req.headers());
     h::upgrade(&app, req, None, move |up| async move {
         let ws = crate::ws::socket(up, node.config.websocket.message_size_limit);
         let wt = node.config.websocket.write_timeout.0.max(Duration::from_millis(100));
@@ -766,7 +766,7 @@ async fn websocket(app: Arc<App>, svc: Service, req: &mut Request<Incoming>, raw
                     TransportInfo { name: "sockjs", unidirectional: false, emulation: false, disconnect_push: false };
                 let shared = ClientShared::new(Encoding::Json, info, node.config.client.queue_max_size);
                 let mut client = Client::new(node.clone(), shared);
-                client.set_http_user(user);
+                client.set_request(user);
                 driver::drive(node, client, t, Start::Idle).await;
             }
             other => run_test_app(other, &mut t, cancel).await,
@@ -880,7 +880,7 @@ async fn session_request(
                         hd.id,
                         attach,
                         inbound,
-                        h::http_user(&app.node.config, &headers),
+                        h::conn_request(&app.node, &headers),
                     );
                     hd
                 }
@@ -912,7 +912,7 @@ fn start_session(
     id: u64,
     attach: mpsc::Receiver<Receiver>,
     inbound: mpsc::Receiver<Vec<String>>,
-    http_user: Option<String>,
+    http_user: gyre_node::client::ConnRequest,
 ) {
     let cfg = &app.node.config.sockjs;
     let now = Instant::now();
@@ -939,7 +939,7 @@ fn start_session(
                 TransportInfo { name: "sockjs", unidirectional: false, emulation: false, disconnect_push: false };
             let shared = ClientShared::new(Encoding::Json, info, node.config.client.queue_max_size);
             let mut client = Client::new(node.clone(), shared);
-            client.set_http_user(http_user);
+            client.set_request(http_user);
             driver::drive(node, client, t, Start::Idle).await;
         }),
         other => {

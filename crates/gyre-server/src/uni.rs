@@ -64,7 +64,7 @@ pub(crate) async fn http(app: Arc<App>, req: Request<Incoming>, sse: bool) -> Re
     };
     let (format, name) = if sse { (StreamFormat::Sse, "uni_sse") } else { (StreamFormat::Lines, "uni_http_stream") };
     let session = uuid::Uuid::new_v4().to_string();
-    let http_user = h::http_user(&cfg, &headers);
+    let http_user = h::conn_request(&app.node, &headers);
     if let Some(s) = &socket {
         s.promote();
     }
@@ -86,7 +86,7 @@ pub(crate) async fn websocket(
     app: Arc<App>,
     upgraded: hyper::upgrade::Upgraded,
     query: String,
-    http_user: Option<String>,
+    http_user: gyre_node::client::ConnRequest,
 ) {
     let node = app.node.clone();
     let cfg = &node.config;
@@ -124,6 +124,6 @@ pub(crate) async fn websocket(
     let session = uuid::Uuid::new_v4().to_string();
     let shared = ClientShared::with_session(Encoding::JsonUni, info, cfg.client.queue_max_size, session);
     let mut client = Client::new(node.clone(), shared);
-    client.set_http_user(http_user);
+    client.set_request(http_user);
     driver::drive(node, client, t, Start::Uni(Box::new(connect))).await;
 }

@@ -395,13 +395,13 @@ pub fn serve(
     node: Arc<Node>,
     upgraded: Upgraded,
     encoding: Encoding,
-    http_user: Option<String>,
+    http_user: gyre_node::client::ConnRequest,
 ) -> impl Future<Output = ()> + Send + 'static {
     let ws = socket(upgraded, node.config.websocket.message_size_limit);
     let info = TransportInfo { name: "websocket", unidirectional: false, emulation: false, disconnect_push: false };
     let shared = ClientShared::new(encoding, info, node.config.client.queue_max_size);
     let mut client = Client::new(node.clone(), shared);
-    client.set_http_user(http_user);
+    client.set_request(http_user);
     let write_timeout = node.config.websocket.write_timeout.0.max(Duration::from_millis(100));
     let t = WsTransport::new(ws, WsMode::Bidi { binary: encoding == Encoding::Protobuf }, write_timeout, encoding);
     driver::drive(node, client, t, Start::Idle)

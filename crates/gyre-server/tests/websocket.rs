@@ -186,7 +186,7 @@ async fn reply_errors_keep_the_connection() {
         (json!({"presence":{"channel":"ro:x"}}), 108),
         (json!({"history":{"channel":"a"}}), 108),
         (json!({"rpc":{"method":"ping"}}), 0),
-        (json!({"rpc":{"method":"unknown"}}), 108),
+        (json!({"rpc":{"method":"unknown"}}), 104),
         (json!({"rpc":{"method":"ns:method"}}), 104),
         (json!({"unsubscribe":{"channel":"b"}}), 0),
     ];

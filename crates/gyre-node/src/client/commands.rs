@@ -1,7 +1,8 @@
 //! Commands other than connect and subscribe.
 
 use super::*;
-use crate::policy;
+use crate::policy::{self, RpcRoute};
+use crate::proxy::{self, Kind};
 
 impl Client {
     // ------------------------------------------------------------------
@@ -16,13 +17,31 @@ impl Client {
         let ns = node.rules.namespace(&req.channel)?.clone();
         node.rules.check_name(&req.channel, &ns)?;
         node.check_data_format(&ns, &req.data)?;
-        let subscribed = self.channels.get(&req.channel);
-        if !policy::may_publish(&ns.options, self.actor(), subscribed.is_some()) {
+        let mut data = req.data;
+        let mut opts = ApiPublish::default();
+        if ns.options.publish_proxy_enabled {
+            // The backend decides instead of the allow_publish_* options, and
+            // may rewrite the payload.
+            let p =
+                node.proxies.get(Kind::Publish, &ns.options.publish_proxy_name).ok_or(ClientError::NOT_AVAILABLE)?;
+            let ask = proxy::Req { channel: &req.channel, data: &data, ..Default::default() };
+            if let Some(r) = p.call::<proxy::PublishResult>(Kind::Publish, &self.proxy_ctx(), ask).await? {
+                if let Some(d) = r.replacement().map_err(|e| proxy::contract_error(p, Kind::Publish, &e))? {
+                    data = d;
+                }
+                opts = ApiPublish {
+                    skip_history: r.skip_history,
+                    tags: r.tags,
+                    idempotency_key: r.idempotency_key,
+                    delta: r.delta,
+                };
+            }
+        } else if !policy::may_publish(&ns.options, self.actor(), self.channels.contains_key(&req.channel)) {
             return Err(ClientError::PERMISSION_DENIED.into());
         }
-        let chan_info = subscribed.map(|c| c.chan_info.clone()).unwrap_or_default();
+        let chan_info = self.channels.get(&req.channel).map(|c| c.chan_info.clone()).unwrap_or_default();
         let info = self.client_info(&chan_info);
-        node.publish(&req.channel, req.data, Some(info), &ApiPublish::default()).await?;
+        node.publish(&req.channel, data, Some(info), &opts).await?;
         Ok(())
     }
 
@@ -95,23 +114,26 @@ impl Client {
         Ok(HistoryResult { publications: pubs, epoch: top.epoch, offset: top.offset })
     }
 
-    pub(super) fn cmd_rpc(&self, req: RpcRequest) -> Result<RpcResult, CommandError> {
-        let rpc = &self.node.config.rpc;
-        if rpc.ping.enabled && req.method == rpc.ping.method {
-            return Ok(RpcResult::default());
-        }
-        // An unknown RPC namespace is 104; a known one has no proxy wired in
-        // this version (proxies are refused at start-up), so it is 108.
-        if let Some((ns, _)) = req.method.split_once(rpc.namespace_boundary.as_str())
-            && !rpc.namespaces.iter().any(|n| n.name == ns)
-        {
-            return Err(ClientError::METHOD_NOT_FOUND.into());
-        }
-        Err(ClientError::NOT_AVAILABLE.into())
+    pub(super) async fn cmd_rpc(&self, req: RpcRequest) -> Result<RpcResult, CommandError> {
+        let node = self.node.clone();
+        let name = match policy::rpc_route(&node.config.rpc, &req.method) {
+            RpcRoute::Ping => return Ok(RpcResult::default()),
+            RpcRoute::Refuse(e) => return Err(e.into()),
+            RpcRoute::Proxy(name) => name,
+        };
+        let p = node.proxies.get(Kind::Rpc, name).ok_or(ClientError::NOT_AVAILABLE)?;
+        let ask = proxy::Req { method: &req.method, data: &req.data, ..Default::default() };
+        let data = match p.call::<proxy::RpcResult>(Kind::Rpc, &self.proxy_ctx(), ask).await? {
+            Some(r) => r.data_bytes().map_err(|e| proxy::contract_error(p, Kind::Rpc, &e))?,
+            None => Bytes::new(),
+        };
+        Ok(RpcResult { data })
     }
 
     pub(super) async fn cmd_refresh(&mut self, req: RefreshRequest) -> Result<RefreshResult, CommandError> {
-        if req.token.is_empty() {
+        // With a refresh proxy the server extends the connection; a client
+        // refresh is a protocol violation there (Centrifugo: 3501).
+        if self.proxy_refresh || req.token.is_empty() {
             return Err(Disconnect::BAD_REQUEST.into());
         }
         let now = self.now_unix();

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::auth::{SubOptions, SubOverride};
 use crate::policy::{self, Actor, Grant, SubPlan, SubscribeAsk};
+use crate::proxy::{self, Kind};
 
 impl Client {
     // ------------------------------------------------------------------
@@ -82,8 +84,11 @@ impl Client {
         let node = self.node.clone();
         let cfg = &node.config.client;
         let now = self.now_unix();
-        let mut token_subs: Vec<(String, crate::auth::SubOptions)> = Vec::new();
+        let mut token_subs: Vec<(String, SubOptions)> = Vec::new();
         let mut credentials = false;
+        let mut connect_data = Bytes::new();
+        self.emulated = req.headers.clone();
+        self.proxy_refresh = node.proxies.refresh().is_some();
         if !req.token.is_empty() {
             let claims = node.conn_verifier.verify_connect_async(&req.token, now).await.map_err(|e| match e {
                 TokenError::Expired => CommandError::Reply(ClientError::TOKEN_EXPIRED),
@@ -98,13 +103,44 @@ impl Client {
             self.user = claims.user;
             self.conn_info = claims.info;
             self.expire_at = if cfg.insecure { None } else { claims.expire_at };
+            self.meta = claims.meta;
             token_subs = claims.subs;
             credentials = true;
-        } else if cfg.allow_anonymous_connect_without_token || cfg.insecure {
-            credentials = true;
-        } else if let Some(u) = self.http_user.clone() {
-            self.user = u;
-            credentials = true;
+        } else {
+            if let Some(p) = node.proxies.connect() {
+                // The backend decides (cookie-style auth); no result = no credentials.
+                if let Some(r) = self.connect_proxy(p, &req).await? {
+                    let bad = |e: String| proxy::contract_error(p, Kind::Connect, &e);
+                    self.user = r.user.clone();
+                    self.conn_info = r.info_bytes().map_err(bad)?;
+                    connect_data = r.data_bytes().map_err(bad)?;
+                    self.expire_at = (r.expire_at > 0 && !cfg.insecure).then_some(r.expire_at);
+                    for ch in &r.channels {
+                        token_subs.push((ch.clone(), SubOptions::default()));
+                    }
+                    let mut subs: Vec<_> = r.subs.iter().collect();
+                    subs.sort_by(|a, b| a.0.cmp(b.0));
+                    for (ch, o) in subs {
+                        let opts = SubOptions {
+                            info: o.info_bytes().map_err(bad)?,
+                            data: o.data_bytes().map_err(bad)?,
+                            overrides: SubOverride::from_json(o.overrides.as_ref()),
+                        };
+                        token_subs.retain(|(c, _)| c != ch);
+                        token_subs.push((ch.clone(), opts));
+                    }
+                    self.meta = r.meta;
+                    credentials = true;
+                }
+            }
+            if !credentials {
+                if cfg.allow_anonymous_connect_without_token || cfg.insecure {
+                    credentials = true;
+                } else if let Some(u) = self.request.user.clone() {
+                    self.user = u;
+                    credentials = true;
+                }
+            }
         }
         if !credentials {
             return Err(Disconnect::BAD_REQUEST.into());
@@ -153,6 +189,7 @@ impl Client {
             }
             let ns = node.rules.namespace(ch).map_err(|_| CommandError::Disconnect(Disconnect::BAD_REQUEST))?.clone();
             if node.rules.check_name(ch, &ns).is_ok()
+                && !ns.options.subscribe_proxy_enabled
                 && policy::may_subscribe_without_token(&node.rules, ch, &ns, &self.user, actor)
             {
                 let plan = policy::plan(&ns.options, actor, Grant::default(), ask(ch));
@@ -191,9 +228,12 @@ impl Client {
             client: self.shared.id.to_string(),
             version: VERSION.to_string(),
             subs,
+            data: connect_data,
             ..Default::default()
         };
-        if let Some(at) = self.expire_at {
+        // With a refresh proxy the server extends the connection itself: the
+        // client is not told about an expiry it cannot act on.
+        if let Some(at) = self.expire_at.filter(|_| !self.proxy_refresh) {
             result.expires = true;
             result.ttl = ttl_secs(at, now);
         }
@@ -257,8 +297,56 @@ impl Client {
         self.state = State::Unusable;
     }
 
+    /// Asks the connect proxy (client without a token).
+    async fn connect_proxy(
+        &self,
+        p: &proxy::Proxy,
+        req: &ConnectRequest,
+    ) -> Result<Option<proxy::ConnectResult>, CommandError> {
+        let mut channels: Vec<String> = req.subs.keys().cloned().collect();
+        channels.sort();
+        let ask =
+            proxy::Req { data: &req.data, name: &req.name, version: &req.version, channels, ..Default::default() };
+        p.call(Kind::Connect, &self.proxy_ctx(), ask).await
+    }
+
+    /// The connection reached its expiry with a refresh proxy configured:
+    /// the backend extends it or ends it (3005). A backend that cannot be
+    /// asked (timeout, down, bad answer) ends it with 3004, which SDKs
+    /// reconnect from, so the connect proxy decides afresh.
+    pub(super) async fn refresh_by_proxy(&mut self) -> Result<(), Disconnect> {
+        let Some(p) = self.node.proxies.refresh().cloned() else {
+            return Err(Disconnect::EXPIRED);
+        };
+        let r = match p.call::<proxy::RefreshResult>(Kind::Refresh, &self.proxy_ctx(), proxy::Req::default()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(Disconnect::EXPIRED),
+            Err(CommandError::Disconnect(d)) => return Err(d),
+            Err(CommandError::Reply(_)) => return Err(Disconnect::SERVER_ERROR),
+        };
+        if r.expired || r.expire_at <= self.now_unix() {
+            return Err(Disconnect::EXPIRED);
+        }
+        match r.info_bytes() {
+            Ok(info) if !info.is_empty() => self.conn_info = info,
+            Ok(_) => {}
+            Err(e) => {
+                proxy::contract_error(&p, Kind::Refresh, &e);
+                return Err(Disconnect::SERVER_ERROR);
+            }
+        }
+        if r.meta.is_some() {
+            self.meta = r.meta;
+        }
+        self.set_expiry(Some(r.expire_at));
+        Ok(())
+    }
+
     pub(super) fn set_expiry(&mut self, at: Option<i64>) {
         self.expire_at = at;
+        // The refresh proxy is asked at the expiry itself; a client-driven
+        // refresh gets `expired_close_delay` of grace.
+        let grace = if self.proxy_refresh { Duration::ZERO } else { self.node.config.client.expired_close_delay.0 };
         // Tokens keep |expire_at| <= 1e12 (auth::MAX_TIMESTAMP); the API and
         // control plane are clamped the same way, so no deadline overflows
         // and none is pushed out of reach.
@@ -266,8 +354,7 @@ impl Client {
         self.expire_deadline = at.map(|at| {
             let left = at.saturating_sub(self.now_unix()).clamp(0, max) as u64;
             let now = Instant::now();
-            now.checked_add(Duration::from_secs(left) + self.node.config.client.expired_close_delay.0)
-                .unwrap_or(now + Duration::from_secs(u32::MAX as u64))
+            now.checked_add(Duration::from_secs(left) + grace).unwrap_or(now + Duration::from_secs(u32::MAX as u64))
         });
     }
 }

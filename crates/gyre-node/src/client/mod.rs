@@ -62,6 +62,8 @@ struct ChannelCtx {
     positioned: bool,
     /// A stream top seen by the last position check that we had not reached.
     check_top: Option<u64>,
+    /// Expiry extended by the sub_refresh proxy.
+    proxy_refresh: bool,
 }
 
 /// A subscription registered but not yet live: goes live with its reply.
@@ -71,6 +73,36 @@ struct Pending {
     delta: bool,
     position: Option<(u64, String)>,
     append_to_result: bool,
+}
+
+/// What the transport knows from the client's HTTP request.
+#[derive(Debug, Clone, Default)]
+pub struct ConnRequest {
+    /// User id from the trusted `client.user_id_http_header`.
+    pub user: Option<String>,
+    /// Request headers some proxy forwards (`http_headers`; names lowercase).
+    pub headers: Vec<(String, String)>,
+}
+
+impl ConnRequest {
+    /// Keeps the headers named in `wanted` (lowercase names).
+    pub fn from_headers<'a>(
+        user: Option<String>,
+        wanted: &[String],
+        headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+    ) -> Self {
+        let mut out = Vec::new();
+        if !wanted.is_empty() {
+            for (k, v) in headers {
+                if wanted.iter().any(|w| w.eq_ignore_ascii_case(k))
+                    && let Ok(v) = std::str::from_utf8(v)
+                {
+                    out.push((k.to_ascii_lowercase(), v.to_string()));
+                }
+            }
+        }
+        ConnRequest { user, headers: out }
+    }
 }
 
 /// Per-connection state machine.
@@ -88,7 +120,13 @@ pub struct Client {
     pong_deadline: Option<Instant>,
     next_periodic: Option<Instant>,
     next_position_check: Option<Instant>,
-    http_user: Option<String>,
+    request: ConnRequest,
+    /// Client-sent `connect.headers` (forwarded to proxies as `emulated_headers`).
+    emulated: std::collections::HashMap<String, String>,
+    /// Connection meta (token `meta` or connect proxy `meta`).
+    meta: Option<serde_json::Value>,
+    /// Expiry is extended by the refresh proxy, not by the client.
+    proxy_refresh: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -119,13 +157,32 @@ impl Client {
             pong_deadline: None,
             next_periodic: None,
             next_position_check: None,
-            http_user: None,
+            request: ConnRequest::default(),
+            emulated: Default::default(),
+            meta: None,
+            proxy_refresh: false,
         }
     }
 
-    /// User id taken from a trusted request header (`client.user_id_http_header`).
-    pub fn set_http_user(&mut self, user: Option<String>) {
-        self.http_user = user;
+    /// What the transport took from the client's HTTP request.
+    pub fn set_request(&mut self, request: ConnRequest) {
+        self.request = request;
+    }
+
+    /// The common fields of a proxy request.
+    pub(super) fn proxy_ctx(&self) -> crate::proxy::CallCtx<'_> {
+        crate::proxy::CallCtx {
+            client: &self.shared.id,
+            transport: self.shared.transport.name,
+            protocol: match self.shared.encoding {
+                crate::push::Encoding::Protobuf => "protobuf",
+                _ => "json",
+            },
+            user: (self.state == State::Connected).then_some(self.user.as_str()),
+            meta: self.meta.as_ref(),
+            headers: &self.request.headers,
+            emulated: &self.emulated,
+        }
     }
 
     /// The shared half.
@@ -220,7 +277,7 @@ impl Client {
         } else if let Some(r) = cmd.history {
             self.cmd_history(r).await.map(|x| Some(Reply { id, history: Some(x), ..Default::default() }))
         } else if let Some(r) = cmd.rpc {
-            self.cmd_rpc(r).map(|x| Some(Reply { id, rpc: Some(x), ..Default::default() }))
+            self.cmd_rpc(r).await.map(|x| Some(Reply { id, rpc: Some(x), ..Default::default() }))
         } else if cmd.send.is_some() {
             // Centrifugo OSS registers no message handler for async sends.
             Err(Disconnect::NOT_AVAILABLE.into())
@@ -290,6 +347,10 @@ impl Client {
                         self.conn_info = info;
                     }
                     self.set_expiry(expire_at);
+                    if self.proxy_refresh {
+                        // Server-driven expiry: the client is never told about it.
+                        continue;
+                    }
                     let push = Push {
                         refresh: Some(Refresh {
                             expires: expire_at.is_some(),
@@ -338,7 +399,10 @@ impl Client {
             return Err(Disconnect::NO_PONG);
         }
         if self.expire_deadline.is_some_and(|d| now >= d) {
-            return Err(Disconnect::EXPIRED);
+            if !self.proxy_refresh {
+                return Err(Disconnect::EXPIRED);
+            }
+            self.refresh_by_proxy().await?;
         }
         if let Some(at) = self.next_ping.filter(|d| now >= *d) {
             self.shared.enqueue_reply(&Reply::default());
@@ -397,14 +461,20 @@ impl Client {
         let now = self.now_unix();
         let grace = node.config.client.expired_sub_close_delay.0.as_secs() as i64;
         let mut expired = Vec::new();
+        let mut due = Vec::new();
         for (ch, ctx) in &self.channels {
             if ctx.presence {
                 node.refresh_presence(ch, &self.shared.id, self.client_info(&ctx.chan_info)).await;
             }
-            if let Some(at) = ctx.expire_at
-                && at + grace <= now
-            {
-                expired.push((ch.clone(), ctx.server_side));
+            match ctx.expire_at {
+                Some(at) if ctx.proxy_refresh && at <= now => due.push(ch.clone()),
+                Some(at) if !ctx.proxy_refresh && at + grace <= now => expired.push((ch.clone(), ctx.server_side)),
+                _ => {}
+            }
+        }
+        for ch in due {
+            if let Some(server_side) = self.sub_refresh_by_proxy(&ch).await? {
+                expired.push((ch, server_side));
             }
         }
         for (ch, server_side) in expired {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::policy::{self, Actor, Grant, SubPlan, SubscribeAsk};
+use crate::proxy::{self, Kind};
 use crate::recovery;
 
 impl Client {
@@ -30,6 +31,7 @@ impl Client {
         }
         let actor = Actor::new(&self.user, node.config.client.insecure);
         let mut grant = Grant::default();
+        let mut proxied = false;
         if !req.token.is_empty() {
             let c =
                 node.sub_verifier.verify_subscribe_async(&req.token, self.now_unix()).await.map_err(|e| match e {
@@ -43,6 +45,14 @@ impl Client {
                 return Err(Disconnect::INVALID_TOKEN.into());
             }
             grant = Grant { chan_info: c.info, data: c.data, expire_at: c.expire_at, overrides: c.overrides };
+        } else if ns.options.subscribe_proxy_enabled
+            && !node.rules.is_private(&ch)
+            && node.rules.user_allowed(&ch, &ns, &self.user).is_none()
+        {
+            // The backend decides instead of the allow_subscribe_* options
+            // (user-limited channels keep their own rule, as in Centrifugo).
+            grant = self.subscribe_proxy(&ns.options.subscribe_proxy_name, &req).await?;
+            proxied = true;
         } else if !policy::may_subscribe_without_token(&node.rules, &ch, &ns, &self.user, actor) {
             return Err(ClientError::PERMISSION_DENIED.into());
         }
@@ -51,11 +61,13 @@ impl Client {
         {
             return Err(ClientError::TOKEN_EXPIRED.into());
         }
+        // A subscribe proxy's result is final: what the client asked for
+        // (positioning, recovery, join/leave) is not added to it.
         let ask = SubscribeAsk {
             server_side: false,
-            recoverable: req.recoverable,
-            positioned: req.positioned,
-            join_leave: req.join_leave,
+            recoverable: req.recoverable && !proxied,
+            positioned: req.positioned && !proxied,
+            join_leave: req.join_leave && !proxied,
             recover: req.recover.then(|| StreamPosition { offset: req.offset, epoch: req.epoch.clone() }),
             reject_unrecovered: req.flag & 2 != 0,
             delta_fossil: req.delta == "fossil",
@@ -71,6 +83,60 @@ impl Client {
             node.join(&ch, self.client_info(&info)).await;
         }
         Ok(())
+    }
+
+    /// Asks the subscribe proxy `name` about a subscription without a token.
+    async fn subscribe_proxy(&self, name: &str, req: &SubscribeRequest) -> Result<Grant, CommandError> {
+        let node = self.node.clone();
+        let p = node.proxies.get(Kind::Subscribe, name).ok_or(ClientError::NOT_AVAILABLE)?;
+        let ask = proxy::Req { channel: &req.channel, data: &req.data, ..Default::default() };
+        let Some(r) = p.call::<proxy::SubscribeResult>(Kind::Subscribe, &self.proxy_ctx(), ask).await? else {
+            return Ok(Grant::default());
+        };
+        let bad = |e: String| proxy::contract_error(p, Kind::Subscribe, &e);
+        Ok(Grant {
+            chan_info: r.info_bytes().map_err(bad)?,
+            data: r.data_bytes().map_err(bad)?,
+            expire_at: (r.expire_at > 0).then_some(r.expire_at),
+            overrides: crate::auth::SubOverride::from_json(r.overrides.as_ref()),
+        })
+    }
+
+    /// A subscription with a sub_refresh proxy reached its expiry: the
+    /// backend extends it, or it ends (returns `Some(server_side)`). A
+    /// backend that cannot be asked leaves it as it is until the next
+    /// periodic check asks again.
+    pub(super) async fn sub_refresh_by_proxy(&mut self, ch: &str) -> Result<Option<bool>, Disconnect> {
+        let node = self.node.clone();
+        let Some(server_side) = self.channels.get(ch).map(|c| c.server_side) else { return Ok(None) };
+        let Ok(ns) = node.rules.namespace(ch) else { return Ok(Some(server_side)) };
+        let Some(p) = node.proxies.get(Kind::SubRefresh, &ns.options.sub_refresh_proxy_name) else {
+            return Ok(Some(server_side));
+        };
+        let ask = proxy::Req { channel: ch, ..Default::default() };
+        let r = match p.call::<proxy::RefreshResult>(Kind::SubRefresh, &self.proxy_ctx(), ask).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(Some(server_side)),
+            Err(CommandError::Disconnect(d)) => return Err(d),
+            Err(CommandError::Reply(_)) => return Ok(None),
+        };
+        if r.expired || r.expire_at <= self.now_unix() {
+            return Ok(Some(server_side));
+        }
+        let info = match r.info_bytes() {
+            Ok(i) => i,
+            Err(e) => {
+                proxy::contract_error(p, Kind::SubRefresh, &e);
+                return Ok(None);
+            }
+        };
+        if let Some(ctx) = self.channels.get_mut(ch) {
+            ctx.expire_at = Some(r.expire_at);
+            if !info.is_empty() {
+                ctx.chan_info = info;
+            }
+        }
+        Ok(None)
     }
 
     /// Registers a subscription (hub, broker, presence) and computes its
@@ -128,7 +194,7 @@ impl Client {
             let last = top.offset.max(result.publications.last().map(|p| p.offset).unwrap_or(0));
             pending.position = Some((last, top.epoch));
         }
-        if let Some(at) = plan.expire_at {
+        if let Some(at) = plan.expire_at.filter(|_| !plan.proxy_refresh) {
             result.expires = true;
             result.ttl = ttl_secs(at, self.now_unix());
         }
@@ -145,6 +211,7 @@ impl Client {
                 expire_at: plan.expire_at,
                 positioned: stateful,
                 check_top: None,
+                proxy_refresh: plan.proxy_refresh,
             },
         );
         Ok((result, pending))

@@ -193,6 +193,8 @@ pub struct Node {
     pub conn_verifier: TokenVerifier,
     /// Subscription token verifier.
     pub sub_verifier: TokenVerifier,
+    /// Connect, refresh, channel and RPC proxies.
+    pub proxies: crate::proxy::Proxies,
     /// Unique id of this node process.
     pub uid: String,
     /// Node name.
@@ -243,6 +245,7 @@ impl Node {
         } else {
             TokenVerifier::new(&config.client.token, "client.token", skip)?
         };
+        let proxies = crate::proxy::Proxies::new(&config)?;
         let hub = Arc::new(Hub::default());
         let uid = uuid::Uuid::new_v4().to_string();
         let counters = Arc::new(crate::metrics::Counters::default());
@@ -257,6 +260,7 @@ impl Node {
                 presence,
                 conn_verifier,
                 sub_verifier,
+                proxies,
                 uid,
                 name,
                 sub_locks: (0..SUB_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
