@@ -175,17 +175,21 @@ fn sanitize_reply(r: &mut Reply) {
 
 /// What `json::decode_reply` can see of a reply written by `write_reply`:
 /// publication data as it travels (newlines dropped, outer whitespace not
-/// part of the value, empty written as `null`).
+/// part of the value). Empty data is written as `null`, and the decoder reads
+/// a `null` value back as empty (serde's `Option` takes `null` as `None`), so
+/// both empty data and data that is JSON `null` project to empty; an earlier
+/// projection kept `null`, which the reply_roundtrip run caught
+/// (fuzz/regressions/reply_roundtrip/empty-pub-data).
 fn json_projection(r: &Reply) -> Reply {
     use gyre_proto::protocol::{ConnectResult, Disconnect, Error, Push, Unsubscribe};
     fn data(b: &Bytes) -> Bytes {
-        if b.is_empty() {
-            return Bytes::from_static(b"null");
-        }
         let v: Vec<u8> = b.iter().copied().filter(|c| *c != b'\n').collect();
         let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\r');
         let start = v.iter().position(|c| !ws(c)).unwrap_or(v.len());
         let end = v.iter().rposition(|c| !ws(c)).map_or(start, |e| e + 1);
+        if &v[start..end] == b"null" {
+            return Bytes::new();
+        }
         Bytes::copy_from_slice(&v[start..end])
     }
     let publ =
