@@ -13,14 +13,31 @@ fn nested(depth: usize) -> String {
     format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
 }
 
-/// Reads raw frames until one contains `needle`; panics on a close or timeout.
-async fn wait_for(ws: &mut Ws, needle: &str, who: &str) {
+/// Whether `line` holds exactly `depth` levels (`nested(depth)` is a substring
+/// of every deeper one, so a bare `contains` would match the wrong message).
+fn has_exact(line: &str, depth: usize) -> bool {
+    let n = nested(depth);
+    let b = line.as_bytes();
+    line.match_indices(&n).any(|(i, _)| (i == 0 || b[i - 1] != b'[') && b.get(i + n.len()) != Some(&b']'))
+}
+
+/// Reads raw frames until a message containing `needle`; returns every message
+/// (one per line: the server batches several pushes into one frame) up to and
+/// including it. Panics on a close or timeout.
+async fn lines_until(ws: &mut Ws, needle: &str, who: &str) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let mut lines = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match ws.next_text_within(left).await {
-            Some(Ok(text)) if text.contains(needle) => return,
-            Some(Ok(_)) => {}
+            Some(Ok(text)) => {
+                for l in text.split('\n').filter(|l| !l.is_empty()) {
+                    lines.push(l.to_string());
+                    if l.contains(needle) {
+                        return lines;
+                    }
+                }
+            }
             Some(Err(Event::Close(code, reason))) => panic!("{who} was disconnected: {code} {reason}"),
             Some(Err(other)) => panic!("{who}: unexpected {other:?}"),
             None => panic!("{who}: nothing containing {needle:.60} within 5 s"),
@@ -75,14 +92,20 @@ async fn deeply_nested_json_does_not_disconnect_json_subscribers() {
     assert!(r.get("error").is_none(), "{r}");
     let deep_cmd = format!("{{\"id\":2,\"publish\":{{\"channel\":\"deep\",\"data\":{}}}}}", nested(1003));
     publisher.send_text(&deep_cmd).await;
-    wait_for(&mut publisher, "{\"id\":2,\"publish\":{}}", "publisher").await;
+    lines_until(&mut publisher, "{\"id\":2,\"publish\":{}}", "publisher").await;
     let (_, r) = g.api("publish", json!({"channel": "deep", "data": {"after": true}})).await;
     assert!(r.get("error").is_none(), "{r}");
     for (i, ws) in subs.iter_mut().enumerate() {
-        wait_for(ws, &deep, &format!("subscriber {i}")).await;
-        for depth in [1001, 1002, 1003] {
-            wait_for(ws, &nested(depth), &format!("subscriber {i}, depth {depth}")).await;
-        }
-        wait_for(ws, "\"after\":true", &format!("subscriber {i}")).await;
+        let lines = lines_until(ws, "\"after\":true", &format!("subscriber {i}")).await;
+        // Every deep publication arrived, once, in publish order, before the later one.
+        let at: Vec<usize> = [1000, 1001, 1002, 1003]
+            .iter()
+            .map(|&d| {
+                let hits: Vec<usize> = (0..lines.len()).filter(|&k| has_exact(&lines[k], d)).collect();
+                assert_eq!(hits.len(), 1, "subscriber {i}: depth {d} seen {} times", hits.len());
+                hits[0]
+            })
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "subscriber {i}: out of order {at:?}");
     }
 }
