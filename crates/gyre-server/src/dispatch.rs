@@ -336,7 +336,17 @@ async fn history(node: &Arc<Node>, h: History) -> Outcome {
         l if l < 0 => None,
         l => Some(l as usize),
     };
-    let q = HistoryQuery { since: h.since.as_ref().map(|s| s.offset), limit, reverse: h.reverse, ..Default::default() };
+    // The read gives the stream its epoch (as Centrifugo's engines do): a backend or a
+    // centrifuge-js `getState` hands this position to a client, which then recovers from it.
+    // With an empty epoch that recovery is refused (112) and the client reloads state again.
+    // A stream made by a read expires after `history_meta_ttl` like any other.
+    let q = HistoryQuery {
+        since: h.since.as_ref().map(|s| s.offset),
+        limit,
+        reverse: h.reverse,
+        ensure_stream: true,
+        ..Default::default()
+    };
     let (pubs, top) = node.history(&h.channel, q).await?;
     if let Some(s) = &h.since
         && !s.epoch.is_empty()

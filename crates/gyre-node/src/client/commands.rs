@@ -102,6 +102,8 @@ impl Client {
             since: req.since.as_ref().map(|s| s.offset),
             limit: Some(limit),
             reverse: req.reverse,
+            // A stable epoch for the position returned (see the server API's history).
+            ensure_stream: true,
             ..Default::default()
         };
         let (pubs, top) = node.history(&req.channel, q).await?;
