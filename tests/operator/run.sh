@@ -112,7 +112,10 @@ step "generated config.json loaded by the real server (gyre checkconfig)"
 if [ -n "${GYRE_BIN:-}" ] && [ -x "${GYRE_BIN}" ]; then
   for cfg in "$ART"/configs/*.json; do
     echo "checkconfig $cfg"
-    "$GYRE_BIN" checkconfig -c "$cfg"
+    # As in the pod: credentials are not in config.json but come from the Secret as CENTRIFUGO_*
+    # environment variables (an instance with spec.admin needs the admin password and secret).
+    CENTRIFUGO_ADMIN_PASSWORD=ci-admin CENTRIFUGO_ADMIN_SECRET=ci-admin-secret \
+      "$GYRE_BIN" checkconfig -c "$cfg"
   done
   echo "all generated configs accepted by $GYRE_BIN"
 
