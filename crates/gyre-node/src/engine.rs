@@ -92,10 +92,13 @@ pub struct HistoryQuery {
     pub reverse: bool,
     /// Stream meta retention (a read keeps the stream alive).
     pub meta_ttl: Duration,
-    /// Start the stream (fix its epoch) if there is none. Only subscriptions
-    /// that track a position need that; a plain read of a channel without a
-    /// stream answers offset 0 and an empty epoch and leaves nothing behind,
-    /// so reading many channels cannot grow the engine.
+    /// Start the stream (fix its epoch) if there is none. Subscriptions that
+    /// track a position and the history command/API need that: a position
+    /// handed to a client must carry the epoch it will recover from. Without
+    /// it, a read of a channel without a stream answers offset 0 and an empty
+    /// epoch and leaves nothing behind. Streams made by reads expire after
+    /// their meta TTL, so reading many channels grows the engine only for that
+    /// long.
     pub ensure_stream: bool,
 }
 

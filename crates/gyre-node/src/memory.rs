@@ -11,9 +11,10 @@
 //! meta TTL passed and expired idempotency keys. Each shard keeps a min-heap
 //! of (deadline, channel), one live entry per stream, so a sweep touches only
 //! what is due: 60,000 channels churned through leave nothing behind once
-//! their TTLs pass. A plain history read of a channel without a stream does
-//! not create one (only subscriptions that track a position do, with
-//! [`HistoryQuery::ensure_stream`]).
+//! their TTLs pass. A read without [`HistoryQuery::ensure_stream`] (the
+//! position checks of live subscriptions) creates no stream; subscriptions that
+//! track a position and the history command/API set it, and a stream made that
+//! way is swept after its meta TTL like any other.
 
 use std::cmp::Reverse;
 use std::collections::hash_map::DefaultHasher;
