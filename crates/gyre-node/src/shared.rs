@@ -11,6 +11,23 @@
 //! queue is bounded in bytes; the push that would exceed the bound drops the
 //! whole queue and marks the connection for disconnect 3008 "slow". The
 //! publisher never waits and the other subscribers never notice.
+//!
+//! # Write-through
+//!
+//! A connection may hand its socket's non-blocking write to the queue
+//! ([`ClientShared::new_direct`]; the bidirectional WebSocket over plain TCP
+//! does). Its queue then holds finished frames ([`Framing`]), and a
+//! broadcaster delivering a publication or join/leave writes the frame
+//! straight to the socket when nothing is queued and the owner is not in
+//! the middle of a write: no queue push, no task wake-up, no second copy.
+//! Everything else (a write that would block, the rest of a partial write,
+//! replies, pushes the owner makes) goes through the queue and the owner's
+//! writer as before. Order holds because every write-through happens under
+//! the queue lock, only while the queue is empty and `writing` is false, and
+//! the owner sets `writing` under the same lock when it takes a batch and
+//! clears it when it finds the queue empty. The rest of a partially written
+//! frame stays at the head of the queue, even through an overflow, so the
+//! byte stream stays parseable up to the close frame.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -21,7 +38,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::errors::Disconnect;
-use crate::push::{Encoding, LazyPush, PubForm, encode_push};
+use crate::push::{Encoding, Framing, LazyPush, PubForm, encode_push, frame_message};
 use crate::small_map::SmallMap;
 
 /// What the transport is, for connect results and proxies.
@@ -50,11 +67,23 @@ pub enum Control {
     Refresh { expired: bool, expire_at: Option<i64>, info: Option<Bytes> },
 }
 
+/// The non-blocking write half of a socket a broadcaster may write to.
+pub trait DirectWrite: Send + Sync {
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+}
+
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Bytes>,
     bytes: usize,
     disconnect: Option<Disconnect>,
+    /// Write-through target (see the module doc); dropped when the owner ends.
+    direct: Option<Arc<dyn DirectWrite>>,
+    /// The owner took a batch and has not yet found the queue empty again.
+    writing: bool,
+    /// `items[0]` is the rest of a frame whose start was written through.
+    partial_head: bool,
 }
 
 /// Delivery state of one subscription, consulted by the hub on every publication.
@@ -99,6 +128,8 @@ pub struct ClientShared {
     user: OnceLock<Arc<str>>,
     /// Wire encoding.
     pub encoding: Encoding,
+    /// How queued messages are framed (frames are queued when not `Transport`).
+    pub framing: Framing,
     /// Transport description.
     pub transport: TransportInfo,
     /// Emulation/uni session id ("" when none).
@@ -133,6 +164,7 @@ impl ClientShared {
             id: Arc::from(uuid::Uuid::new_v4().to_string()),
             user: OnceLock::new(),
             encoding,
+            framing: Framing::Transport,
             transport,
             session: String::new(),
             max_queue,
@@ -149,6 +181,28 @@ impl ClientShared {
         let mut s = Self::new(encoding, transport, max_queue);
         Arc::get_mut(&mut s).expect("fresh Arc").session = session;
         s
+    }
+
+    /// A new handle whose queue holds `framing` frames and whose broadcasts
+    /// may be written through to `socket` (see the module doc).
+    pub fn new_direct(
+        encoding: Encoding,
+        transport: TransportInfo,
+        max_queue: usize,
+        framing: Framing,
+        socket: Arc<dyn DirectWrite>,
+    ) -> Arc<Self> {
+        let mut s = Self::new(encoding, transport, max_queue);
+        let m = Arc::get_mut(&mut s).expect("fresh Arc");
+        m.framing = framing;
+        m.queue.get_mut().direct = Some(socket);
+        s
+    }
+
+    /// Forgets the write-through socket (the owner calls this when it ends,
+    /// so the socket closes with its connection, not with the last handle).
+    pub fn detach_direct(&self) {
+        self.queue.lock().direct = None;
     }
 
     /// The user id, set once at connect ("" before and for anonymous).
@@ -171,15 +225,73 @@ impl ClientShared {
         self.overflow.notified().await
     }
 
-    /// Queues one encoded message; false when the connection is closing.
+    /// Queues one encoded message (framed first when this connection queues
+    /// frames); false when the connection is closing.
     pub fn enqueue(&self, msg: Bytes) -> bool {
+        match frame_message(self.framing, &msg) {
+            Some(framed) => self.push(framed, false),
+            None => {
+                self.not_text();
+                false
+            }
+        }
+    }
+
+    /// Queues bytes that are already framed for this connection's socket
+    /// (a transport's own control frames, e.g. a pong).
+    pub fn enqueue_framed(&self, framed: Bytes) -> bool {
+        self.push(framed, false)
+    }
+
+    /// A message that a JSON client cannot take (not UTF-8): it is left out
+    /// and the connection ends with 3506 after what was queued before it.
+    fn not_text(&self) {
+        tracing::warn!(client = %self.id, "message for a JSON client is not UTF-8: left out, connection ends with 3506");
+        self.close_with(Disconnect::INAPPROPRIATE_PROTOCOL);
+    }
+
+    /// Queues (or, from a broadcaster with `write_through`, writes) one
+    /// message or frame. See the module doc for the order argument.
+    fn push(&self, msg: Bytes, write_through: bool) -> bool {
         let mut q = self.queue.lock();
         if q.disconnect.is_some() {
             return false;
         }
+        let mut msg = msg;
+        if write_through
+            && !q.writing
+            && q.items.is_empty()
+            && let Some(socket) = &q.direct
+        {
+            match socket.try_write(&msg) {
+                Ok(n) if n == msg.len() => return true,
+                Ok(n) => {
+                    msg = msg.slice(n..);
+                    q.partial_head = n > 0;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // The peer is gone; the owner's read sees it too. Nothing
+                    // is written after a failed write.
+                    tracing::debug!(client = %self.id, error = %e, "write-through failed");
+                    q.disconnect = Some(Disconnect::WRITE_ERROR);
+                    drop(q);
+                    self.notify.notify_one();
+                    return false;
+                }
+            }
+        }
         if q.bytes + msg.len() > self.max_queue {
+            // Keep only the rest of a frame already begun on the socket, so
+            // the close frame that follows lands on a frame boundary.
+            let head =
+                if q.partial_head { if q.items.is_empty() { Some(msg) } else { q.items.pop_front() } } else { None };
             q.items.clear();
             q.bytes = 0;
+            if let Some(h) = head {
+                q.bytes = h.len();
+                q.items.push_back(h);
+            }
             q.disconnect = Some(Disconnect::SLOW);
             drop(q);
             self.notify.notify_one();
@@ -248,8 +360,10 @@ impl ClientShared {
         self.queue.lock().disconnect.clone()
     }
 
-    /// Takes up to `max` messages for one frame, and the pending disconnect
-    /// once the queue is empty.
+    /// Takes up to `max` messages for one write, and the pending disconnect
+    /// once the queue is empty. The owner calls this until it comes back
+    /// empty: until then broadcasters do not write through (the batch taken
+    /// is still being written).
     pub fn take_batch(&self, max: usize) -> Batch {
         let mut q = self.queue.lock();
         let n = q.items.len().min(max);
@@ -258,6 +372,10 @@ impl ClientShared {
         let messages: Vec<Bytes> =
             if n == q.items.len() { Vec::from(std::mem::take(&mut q.items)) } else { q.items.drain(..n).collect() };
         q.bytes -= messages.iter().map(Bytes::len).sum::<usize>();
+        q.writing = !messages.is_empty();
+        if !messages.is_empty() {
+            q.partial_head = false;
+        }
         let disconnect = if q.items.is_empty() { q.disconnect.clone() } else { None };
         Batch { messages, disconnect }
     }
@@ -352,7 +470,18 @@ impl ClientShared {
             if patchable { PubForm::DeltaPatch } else { PubForm::DeltaFull }
         };
         drop(subs);
-        self.enqueue(lazy.get(self.encoding, form));
+        self.deliver(lazy, form);
+    }
+
+    /// Hands a broadcast push to this connection: framed once per broadcast
+    /// and written through when the connection queues frames.
+    fn deliver(&self, lazy: &mut LazyPush<'_>, form: PubForm) {
+        match lazy.get_framed(self.encoding, form, self.framing) {
+            Some(m) => {
+                self.push(m, self.framing != Framing::Transport);
+            }
+            None => self.not_text(),
+        }
     }
 
     /// The tracked stream position of a positioned subscription.
@@ -363,7 +492,7 @@ impl ClientShared {
     pub(crate) fn deliver_join_leave(&self, channel: &str, lazy: &mut LazyPush<'_>) -> bool {
         let ok = self.subs.lock().get(channel).is_some_and(|s| s.live && s.join_leave);
         if ok {
-            self.enqueue(lazy.get(self.encoding, PubForm::Plain));
+            self.deliver(lazy, PubForm::Plain);
         }
         ok
     }
@@ -403,5 +532,137 @@ mod tests {
         assert_eq!(b2.messages.len(), 4);
         assert_eq!(b2.disconnect, Some(Disconnect::SHUTDOWN));
         assert_eq!(c.queued_bytes(), 0);
+    }
+
+    /// A socket that takes at most `room` bytes (then `WouldBlock`) and
+    /// records what it took.
+    #[derive(Default)]
+    struct FakeSocket {
+        room: Mutex<usize>,
+        written: Mutex<Vec<u8>>,
+    }
+
+    impl DirectWrite for FakeSocket {
+        fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut room = self.room.lock();
+            let n = buf.len().min(*room);
+            if n == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            *room -= n;
+            self.written.lock().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+    }
+
+    fn direct(room: usize, max_queue: usize) -> (Arc<ClientShared>, Arc<FakeSocket>) {
+        let socket = Arc::new(FakeSocket { room: Mutex::new(room), ..Default::default() });
+        let c = ClientShared::new_direct(Encoding::Json, info(), max_queue, Framing::WsText, socket.clone());
+        (c, socket)
+    }
+
+    /// The owner writing a batch: its bytes go to the same socket (ignoring
+    /// its room, as the owner would wait for it).
+    fn owner_writes(c: &ClientShared, s: &FakeSocket) -> bool {
+        let b = c.take_batch(16);
+        b.messages.iter().for_each(|m| s.written.lock().extend_from_slice(m));
+        !b.messages.is_empty()
+    }
+
+    #[test]
+    fn broadcasts_to_an_idle_socket_are_written_through_without_queueing() {
+        let (c, s) = direct(1 << 20, 1 << 20);
+        assert!(c.push(Bytes::from_static(b"\x81\x01a"), true));
+        assert_eq!(c.queued_bytes(), 0);
+        assert_eq!(&*s.written.lock(), b"\x81\x01a");
+        // Replies and the owner's own pushes are queued even when idle: the
+        // owner writes them together after handling its frame of commands.
+        assert!(c.enqueue(Bytes::from_static(b"r")));
+        assert_eq!(c.queued_bytes(), 3);
+    }
+
+    /// The order rule, case by case: the socket receives messages in the
+    /// order of the calls, whichever path each took.
+    #[test]
+    fn write_through_keeps_order_across_queue_owner_and_partial_writes() {
+        // (socket room, steps): 'b' = a broadcast, 'q' = the owner queues a
+        // reply, 'w' = the owner writes one batch, 't' = the owner takes a
+        // batch and 'f' finishes writing it (a write that had to wait),
+        // 'r' = the socket has room again.
+        let table: &[(usize, &str)] = &[
+            (100, "qtbf"),
+            (100, "qtbbfbtbfb"),
+            (3, "btbrbfb"),
+            (100, "bbb"),
+            (100, "bqbwbwb"),
+            (100, "qbwbbwwb"),
+            (2, "bbbb"),
+            (5, "bbwbbrbwwb"),
+            (0, "bbrbwb"),
+            (4, "bqbrwbwwb"),
+        ];
+        for &(room, steps) in table {
+            let (c, s) = direct(room, 1 << 20);
+            let mut sent = Vec::new();
+            let mut held = Vec::new();
+            for (i, step) in steps.chars().enumerate() {
+                let m = Bytes::from(vec![b'a' + i as u8; 3]);
+                match step {
+                    'b' => {
+                        sent.extend_from_slice(&m);
+                        assert!(c.push(m, true));
+                    }
+                    'q' => {
+                        sent.extend_from_slice(&m);
+                        assert!(c.push(m, false));
+                    }
+                    'w' => {
+                        owner_writes(&c, &s);
+                    }
+                    't' => held = c.take_batch(16).messages,
+                    'f' => std::mem::take(&mut held).iter().for_each(|m| s.written.lock().extend_from_slice(m)),
+                    'r' => *s.room.lock() = 100,
+                    _ => unreachable!(),
+                }
+            }
+            while owner_writes(&c, &s) {}
+            assert_eq!(*s.written.lock(), sent, "room {room}, steps {steps}");
+        }
+    }
+
+    #[test]
+    fn overflow_keeps_the_rest_of_a_partly_written_frame_only() {
+        let (c, s) = direct(2, 8);
+        assert!(c.push(Bytes::from_static(b"abcde"), true)); // "ab" written, "cde" queued
+        assert!(c.push(Bytes::from_static(b"fgh"), true)); // queued: 6 bytes
+        assert!(!c.push(Bytes::from_static(b"ijk"), true)); // 9 > 8: 3008
+        assert_eq!(&*s.written.lock(), b"ab");
+        let b = c.take_batch(16);
+        assert_eq!(b.messages, vec![Bytes::from_static(b"cde")]);
+        assert_eq!(b.disconnect, Some(Disconnect::SLOW));
+        assert!(!c.push(Bytes::from_static(b"x"), true));
+    }
+
+    #[test]
+    fn a_failed_write_through_ends_the_connection_with_a_write_error() {
+        struct Broken;
+        impl DirectWrite for Broken {
+            fn try_write(&self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+        }
+        let c = ClientShared::new_direct(Encoding::Json, info(), 1 << 20, Framing::WsText, Arc::new(Broken));
+        assert!(!c.push(Bytes::from_static(b"a"), true));
+        assert_eq!(c.pending_disconnect(), Some(Disconnect::WRITE_ERROR));
+    }
+
+    #[test]
+    fn a_message_that_is_not_utf8_is_left_out_for_a_text_framed_client() {
+        let (c, _) = direct(0, 1 << 20);
+        assert!(c.enqueue(Bytes::from_static(b"{}")));
+        assert!(!c.enqueue(Bytes::from_static(b"\xff")));
+        let b = c.take_batch(16);
+        assert_eq!(b.messages, vec![Bytes::from_static(b"\x81\x02{}")]);
+        assert_eq!(b.disconnect, Some(Disconnect::INAPPROPRIATE_PROTOCOL));
     }
 }

@@ -377,7 +377,7 @@ async fn accept_loop(
                 None => Either::Left(stream),
                 Some(acceptor) => tokio::select! {
                     r = acceptor.accept(stream) => match r {
-                        Ok(s) => Either::Right(s),
+                        Ok(s) => Either::Right(Box::new(s)),
                         Err(e) => {
                             tracing::debug!(error = %e, "TLS handshake failed; socket closed");
                             return;
@@ -397,30 +397,63 @@ async fn accept_loop(
                 req.extensions_mut().insert(slot2.clone());
                 async move { Ok::<_, Infallible>(route(app, kind, req).await) }
             });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let header_read_timeout = (!header_timeout.is_zero()).then_some(header_timeout);
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-                .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                // Protocol detection and the HTTP/2 handshake wait for bytes
-                // with no timer of their own: a socket that never gets to a
-                // request is dropped here.
+            // Protocol detection waits for bytes with no timer of its own: a
+            // socket that never gets to a request is dropped by the deadline.
+            let (h2, io) = tokio::select! {
+                r = crate::conn::detect(io) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read failed before the first request; socket closed");
+                        return;
+                    }
+                },
                 () = first_request_deadline(&slot, deadline) => {
                     tracing::debug!("no request within http_server.read_header_timeout; socket closed");
+                    return;
                 }
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
-                }
+                _ = cancel.cancelled() => return,
+            };
+            let io = TokioIo::new(io);
+            if h2 {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+                    .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+                    .serve_connection(io, svc);
+                serve_until(conn, |c| c.graceful_shutdown(), &slot, deadline, &cancel).await;
+            } else {
+                let header_read_timeout = (!header_timeout.is_zero()).then_some(header_timeout);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_read_timeout)
+                    .serve_connection(io, svc)
+                    .with_upgrades();
+                serve_until(conn, |c| c.graceful_shutdown(), &slot, deadline, &cancel).await;
             }
         });
+    }
+}
+
+/// Serves one HTTP connection until it ends, its first request does not
+/// come in time (the HTTP/2 handshake waits for bytes with no timer of its
+/// own), or the server stops (graceful shutdown, bounded to 5 s).
+async fn serve_until<C: Future>(
+    conn: C,
+    shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+    slot: &SocketSlot,
+    deadline: Option<tokio::time::Instant>,
+    cancel: &CancellationToken,
+) {
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = first_request_deadline(slot, deadline) => {
+            tracing::debug!("no request within http_server.read_header_timeout; socket closed");
+        }
+        _ = cancel.cancelled() => {
+            shutdown(conn.as_mut());
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config_keys;
 pub mod config_load;
+pub mod conn;
 pub mod demo;
 pub mod dispatch;
 pub mod driver;

@@ -19,29 +19,170 @@
 //! Protobuf side or the API's `b64data`): it is left out, the rest of its
 //! frame is delivered, and the connection then ends with 3506, as a live
 //! non-JSON publication does (client-protocol.md §4).
+//!
+//! # Write-through (bidirectional WebSocket over plain TCP)
+//!
+//! Such a connection splits its socket: the read half feeds tungstenite,
+//! the write half goes to the connection's queue ([`ClientShared::new_direct`]),
+//! which then holds finished frames and lets a broadcaster write a
+//! publication's frame straight to the idle socket (the order rule is in
+//! `gyre_node::shared`). Every other write goes through the queue, and the
+//! owner writes queued frames with one vectored write: replies, and the
+//! frames tungstenite itself produces (pongs, the Close reply), which
+//! [`DirectIo`] hands to the queue instead of the socket. The owner's own
+//! close frame is written directly, after the rest of any frame already
+//! begun, so the peer always reads whole frames up to the close.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, StreamExt};
+use gyre_node::push::Framing;
+use gyre_node::shared::DirectWrite;
 use gyre_node::{Client, ClientShared, Disconnect, Encoding, Node, TransportInfo};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::conn::ConnIo;
 use crate::driver::{self, Inbound, PeerGone, Start, Transport};
 use crate::sockjs::frames;
 
 pub use crate::driver::MAX_MESSAGES_IN_FRAME;
 
 /// An upgraded server-side WebSocket.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<WsIo>;
+
+/// What a WebSocket runs over.
+pub enum WsIo {
+    /// The accepted connection taken back from hyper (TLS, or plain without write-through).
+    Conn(ConnIo),
+    /// A plain socket whose writes go through the connection's queue.
+    Direct(DirectIo),
+    /// An upgrade hyper did not let us take back (not expected: every
+    /// upgrade comes from our HTTP/1 server over [`ConnIo`]).
+    Other(TokioIo<Upgraded>),
+}
+
+impl WsIo {
+    /// The upgraded connection as accepted, with what hyper read past the
+    /// request replayed first.
+    pub fn from_upgraded(upgraded: Upgraded) -> WsIo {
+        match upgraded.downcast::<TokioIo<ConnIo>>() {
+            Ok(parts) => WsIo::Conn(parts.io.into_inner().replay(parts.read_buf)),
+            Err(upgraded) => WsIo::Other(TokioIo::new(upgraded)),
+        }
+    }
+}
+
+/// The write half of a plain socket, written by broadcasters (write-through)
+/// and by the connection's owner.
+pub struct DirectSocket(OwnedWriteHalf);
+
+impl DirectWrite for DirectSocket {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+}
+
+/// The read half of a plain socket for tungstenite; what tungstenite writes
+/// (pongs, a Close reply) is queued on the connection as finished frames.
+pub struct DirectIo {
+    pre: Bytes,
+    read: OwnedReadHalf,
+    shared: Arc<ClientShared>,
+}
+
+impl AsyncRead for DirectIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            if self.pre.is_empty() {
+                self.pre = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for DirectIo {
+    /// tungstenite hands over one whole frame per call (its write buffer is
+    /// off), so a frame is never split around a broadcast. Dropped silently
+    /// once the connection is closing: only a pong or a Close reply is lost.
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.shared.enqueue_framed(Bytes::copy_from_slice(buf));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for DirectIo {
+    fn drop(&mut self) {
+        // The socket closes with its connection, not with the last handle
+        // to the connection's shared half.
+        self.shared.detach_direct();
+    }
+}
+
+macro_rules! ws_io_delegate {
+    ($self:ident, $io:ident => $e:expr) => {
+        match $self.get_mut() {
+            WsIo::Conn($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            WsIo::Direct($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            WsIo::Other($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for WsIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        ws_io_delegate!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for WsIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        ws_io_delegate!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ws_io_delegate!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ws_io_delegate!(self, io => io.poll_shutdown(cx))
+    }
+}
 
 /// WebSocket settings: small buffers (a connection mostly idles) and the
 /// incoming size limit.
@@ -68,8 +209,12 @@ pub fn ws_config(limit: usize) -> WebSocketConfig {
 /// every later poll replaces), and awaiting it inside a connection's future
 /// would reserve room for its state in that future for the connection's life.
 pub fn socket(upgraded: Upgraded, limit: usize) -> Socket {
+    socket_over(WsIo::from_upgraded(upgraded), limit)
+}
+
+fn socket_over(io: WsIo, limit: usize) -> Socket {
     let f = WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
+        io,
         tokio_tungstenite::tungstenite::protocol::Role::Server,
         Some(ws_config(limit)),
     );
@@ -121,6 +266,104 @@ pub struct WsTransport {
     encoding: Encoding,
     /// A message that could not be text was left out: end with 3506 next.
     not_text: bool,
+    /// Write-through mode: the queue holds frames, written to this socket.
+    direct: Option<Box<DirectOut>>,
+}
+
+/// The owner's side of a write-through socket.
+struct DirectOut {
+    socket: Arc<DirectSocket>,
+    shared: Arc<ClientShared>,
+    /// Frames taken from the queue and not yet written (the first may be
+    /// partly written). Kept here, not in the write's future, so a write
+    /// abandoned for 3008 can still end on a frame boundary.
+    out: VecDeque<Bytes>,
+}
+
+/// Frames written with one vectored write at most.
+const MAX_IOVECS: usize = 64;
+
+impl DirectOut {
+    /// Writes everything in `out`. Cancel-safe: what is not written stays.
+    async fn flush(&mut self) -> Result<(), PeerGone> {
+        while !self.out.is_empty() {
+            self.socket.0.writable().await.map_err(|_| PeerGone)?;
+            let r = {
+                let slices: Vec<io::IoSlice<'_>> =
+                    self.out.iter().take(MAX_IOVECS).map(|b| io::IoSlice::new(b)).collect();
+                self.socket.0.try_write_vectored(&slices)
+            };
+            match r {
+                Ok(n) => self.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket write failed");
+                    return Err(PeerGone);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else { return };
+            if n >= front.len() {
+                n -= front.len();
+                self.out.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Moves everything queued into `out`.
+    fn take_queued(&mut self) {
+        loop {
+            let batch = self.shared.take_batch(usize::MAX);
+            if batch.messages.is_empty() {
+                return;
+            }
+            self.out.extend(batch.messages);
+        }
+    }
+
+    /// Closes with `d`: stops broadcasters and queueing, writes what is
+    /// left (frames the owner took before a 3008 overflow, and the rest of a
+    /// frame a broadcaster began, which is all an overflow leaves in the
+    /// queue; other disconnects come here with the queue flushed), then the
+    /// close frame, and waits briefly for the peer's Close. Nothing is cut
+    /// short: a frame cut in the middle would make the close frame part of
+    /// its payload for the peer.
+    async fn close(&mut self, ws: &mut Socket, d: &Disconnect, write_timeout: Duration) {
+        self.shared.close_with(d.clone());
+        self.take_queued();
+        self.out.push_back(close_frame(d.code as u16, &d.reason));
+        if tokio::time::timeout(write_timeout, self.flush()).await.map(|r| r.is_err()).unwrap_or(true) {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(m)) = ws.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// A Close frame (RFC 6455 §5.5.1): the code, then a reason cut to fit the
+/// 125-byte control frame payload on a character boundary.
+fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    gyre_node::push::ws_frame(0x8, &payload)
 }
 
 impl WsTransport {
@@ -140,6 +383,7 @@ impl WsTransport {
             pending: VecDeque::new(),
             encoding,
             not_text: false,
+            direct: None,
         }
     }
 
@@ -246,6 +490,11 @@ impl Transport for WsTransport {
     }
 
     async fn write(&mut self, messages: &[Bytes]) -> Result<(), PeerGone> {
+        if let Some(d) = &mut self.direct {
+            // The queue holds finished frames: one vectored write.
+            d.out.extend(messages.iter().cloned());
+            return d.flush().await;
+        }
         match &self.mode {
             WsMode::Bidi { binary: true } => {
                 let data = gyre_proto::frame_messages(self.encoding.protocol(), messages);
@@ -344,6 +593,12 @@ impl Transport for WsTransport {
                 Some(Ok(Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) => {
                     // tungstenite queued the close reply; complete the handshake.
+                    if let Some(d) = &mut self.direct {
+                        d.take_queued();
+                        let flush = Box::pin(tokio::time::timeout(self.write_timeout, d.flush()));
+                        let _ = flush.await;
+                        return Inbound::Gone;
+                    }
                     let flush = Box::pin(tokio::time::timeout(self.write_timeout, self.ws.flush()));
                     let _ = flush.await;
                     return Inbound::Gone;
@@ -361,6 +616,9 @@ impl Transport for WsTransport {
     }
 
     async fn close(&mut self, d: &Disconnect) {
+        if let Some(direct) = &mut self.direct {
+            return direct.close(&mut self.ws, d, self.write_timeout).await;
+        }
         match self.mode.clone() {
             WsMode::Bidi { .. } | WsMode::Raw => self.close_with(d.code as u16, &d.reason).await,
             WsMode::Uni { disconnect_push, .. } => {
@@ -397,12 +655,34 @@ pub fn serve(
     encoding: Encoding,
     http_user: gyre_node::client::ConnRequest,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let ws = socket(upgraded, node.config.websocket.message_size_limit);
+    let limit = node.config.websocket.message_size_limit;
+    let max_queue = node.config.client.queue_max_size;
     let info = TransportInfo { name: "websocket", unidirectional: false, emulation: false, disconnect_push: false };
-    let shared = ClientShared::new(encoding, info, node.config.client.queue_max_size);
+    let write_timeout = node.config.websocket.write_timeout.0.max(Duration::from_millis(100));
+    let mode = WsMode::Bidi { binary: encoding == Encoding::Protobuf };
+    let (t, shared) = match WsIo::from_upgraded(upgraded) {
+        WsIo::Conn(conn) => match conn.into_plain() {
+            Ok((tcp, pre)) => {
+                let framing = if encoding == Encoding::Protobuf { Framing::WsBinary } else { Framing::WsText };
+                let (read, write) = tcp.into_split();
+                let socket = Arc::new(DirectSocket(write));
+                let shared = ClientShared::new_direct(encoding, info, max_queue, framing, socket.clone());
+                let io = DirectIo { pre, read, shared: shared.clone() };
+                let mut t = WsTransport::new(socket_over(WsIo::Direct(io), limit), mode, write_timeout, encoding);
+                t.direct = Some(Box::new(DirectOut { socket, shared: shared.clone(), out: VecDeque::new() }));
+                (t, shared)
+            }
+            Err(tls) => {
+                let t = WsTransport::new(socket_over(WsIo::Conn(tls), limit), mode, write_timeout, encoding);
+                (t, ClientShared::new(encoding, info, max_queue))
+            }
+        },
+        other => {
+            let t = WsTransport::new(socket_over(other, limit), mode, write_timeout, encoding);
+            (t, ClientShared::new(encoding, info, max_queue))
+        }
+    };
     let mut client = Client::new(node.clone(), shared);
     client.set_request(http_user);
-    let write_timeout = node.config.websocket.write_timeout.0.max(Duration::from_millis(100));
-    let t = WsTransport::new(ws, WsMode::Bidi { binary: encoding == Encoding::Protobuf }, write_timeout, encoding);
     driver::drive(node, client, t, Start::Idle)
 }

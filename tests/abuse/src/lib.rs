@@ -277,6 +277,24 @@ impl Ws {
         Ws { ws }
     }
 
+    /// Opens a WebSocket to `url` over a socket whose receive buffer is
+    /// asked to be `bytes` (a reader that falls behind sooner).
+    pub async fn open_with_recv_buffer(url: &str, bytes: u32) -> Ws {
+        let addr: SocketAddr =
+            url.trim_start_matches("ws://").split('/').next().unwrap().parse().expect("ws://ip:port/...");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("handshake in time")
+        .expect("websocket handshake");
+        Ws { ws }
+    }
+
     /// Sends one text frame.
     pub async fn send(&mut self, v: &Value) {
         self.ws.send(Message::Text(v.to_string().into())).await.expect("send");
