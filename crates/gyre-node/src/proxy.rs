@@ -2,8 +2,18 @@
 //! decisions delegated to the application's backend, over HTTP (`http(s)://`
 //! endpoints: POST JSON) or gRPC (`grpc://host:port`: unary calls of
 //! `centrifugal.centrifugo.proxy.CentrifugoProxy` from `proto/proxy.proto`,
-//! over cleartext HTTP/2). A gRPC answer is turned into the JSON answer it
-//! stands for, so both transports share one result mapping.
+//! over HTTP/2, cleartext or TLS). A gRPC answer is turned into the JSON
+//! answer it stands for, so both transports share one result mapping.
+//!
+//! TLS toward the backend is the proxy's `http.tls` (an `https://` endpoint)
+//! or `grpc.tls` object, loaded by [`crate::tls::client_config`] when the
+//! node starts (a bad CA, certificate or key is a start-up error naming its
+//! key): the backend's certificate must chain to `server_ca_pem` (system
+//! roots when empty) for `server_name` (else the endpoint's host) unless
+//! `insecure_skip_verify`; `cert_pem`/`key_pem` are presented as the client
+//! certificate (mutual TLS). Such a proxy has its own connection pool. A
+//! handshake that fails (another CA, a backend requiring a client
+//! certificate we lack) fails the call like a refused connection.
 //!
 //! A call is one request with a deadline (`timeout`, body included) made
 //! from the connection's own task: a slow or dead backend delays only the
@@ -41,8 +51,9 @@ use crate::errors::{ClientError, CommandError, Disconnect};
 /// Largest proxy answer read.
 const MAX_ANSWER: usize = 4 << 20;
 
+/// Every proxy's client: TLS for `https://` (and TLS gRPC), plain TCP for
+/// `http://` and cleartext gRPC.
 type HttpClient = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-type H2cClient = HyperClient<HttpConnector, Full<Bytes>>;
 
 /// Which decision a call asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,14 +111,70 @@ pub struct Proxy {
     pub name: String,
     cfg: ProxyConfig,
     target: Target,
-    clients: Clients,
+    /// The shared pool of its kind, or its own when it has a TLS object.
+    client: HttpClient,
+    /// `grpc.credentials_key: credentials_value`, sent with every gRPC call.
+    credentials: Option<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
 }
 
-/// HTTP clients shared by every proxy (connection pools).
+/// Clients shared by the proxies without a TLS object of their own
+/// (connection pools): HTTP/1.1 (`https://` checks the system roots) and
+/// cleartext HTTP/2 for gRPC.
 #[derive(Clone)]
 struct Clients {
     http: HttpClient,
-    h2c: H2cClient,
+    h2c: HttpClient,
+}
+
+/// gRPC metadata that carries the call itself, which credentials must not replace.
+const RESERVED_METADATA: &[&str] = &["content-type", "te", "user-agent", "host"];
+
+/// The header `grpc.credentials_key: credentials_value` (Centrifugo's per-RPC
+/// credentials). The key is lowercased, as gRPC metadata keys are; the
+/// message never holds the value (a secret).
+pub fn credentials_header(
+    key: &str,
+    value: &str,
+) -> Result<(hyper::header::HeaderName, hyper::header::HeaderValue), &'static str> {
+    let name = hyper::header::HeaderName::from_bytes(key.to_ascii_lowercase().as_bytes())
+        .map_err(|_| "not a valid metadata key (letters, digits, -, _ and .)")?;
+    if name.as_str().starts_with("grpc-")
+        || name.as_str().starts_with(':')
+        || RESERVED_METADATA.contains(&name.as_str())
+    {
+        return Err("a reserved gRPC metadata key");
+    }
+    let mut value =
+        hyper::header::HeaderValue::from_str(value).map_err(|_| "not a valid metadata value (visible ASCII only)")?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
+/// A connector with `tls` for `https://` URIs: HTTP/2 only (gRPC) or
+/// HTTP/1.1. `https_only`: refuse plain `http://` (a proxy with a TLS object
+/// must never fall back to cleartext).
+fn connector(
+    tls: rustls::ClientConfig,
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
+    https_only: bool,
+    http2: bool,
+) -> hyper_rustls::HttpsConnector<HttpConnector> {
+    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let b = if https_only { b.https_only() } else { b.https_or_http() };
+    // server_name is also the SNI sent, as Go's tls.Config.ServerName is.
+    let b = match server_name {
+        Some(n) => b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(n)),
+        None => b,
+    };
+    if http2 { b.enable_http2().build() } else { b.enable_http1().build() }
+}
+
+fn client(c: hyper_rustls::HttpsConnector<HttpConnector>, http2: bool) -> HttpClient {
+    let mut b = HyperClient::builder(TokioExecutor::new());
+    if http2 {
+        b.http2_only(true);
+    }
+    b.build(c)
 }
 
 impl std::fmt::Debug for Proxy {
@@ -303,7 +370,8 @@ pub struct Req<'a> {
 enum Target {
     /// `http(s)://…`: POST JSON.
     Http(hyper::Uri),
-    /// `grpc://host:port`: unary calls of `CentrifugoProxy` over h2c.
+    /// `grpc://host:port`: unary calls of `CentrifugoProxy`; the base URI is
+    /// `http://host:port` (h2c) or `https://host:port` (`grpc.tls`).
     Grpc(String),
 }
 
@@ -316,14 +384,43 @@ fn b64(data: &[u8]) -> String {
 impl Proxy {
     fn new(name: &str, cfg: &ProxyConfig, clients: &Clients, key: &str) -> Result<Self, KeyError> {
         let err = |m: String| KeyError { key: format!("{key}.endpoint"), message: m };
-        let target = if let Some(addr) = cfg.endpoint.strip_prefix("grpc://") {
-            let base = format!("http://{}", addr.trim_end_matches('/'));
-            let _: hyper::Uri = base.parse().map_err(|e| err(format!("invalid address: {e}")))?;
-            Target::Grpc(base)
-        } else {
-            Target::Http(cfg.endpoint.parse().map_err(|e| err(format!("invalid URL: {e}")))?)
+        let tls_err = |e: crate::tls::TlsError| KeyError { key: e.key, message: e.msg };
+        let tls = |prefix: &str, t: &crate::config::Tls, http2: bool| -> Result<HttpClient, KeyError> {
+            let config = crate::tls::client_config(prefix, t).map_err(tls_err)?;
+            let name = crate::tls::server_name(prefix, t).map_err(tls_err)?;
+            Ok(client(connector(config, name, true, http2), http2))
         };
-        Ok(Proxy { name: name.to_string(), cfg: cfg.clone(), target, clients: clients.clone() })
+        let mut credentials = None;
+        let (target, client) = if let Some(addr) = cfg.endpoint.strip_prefix("grpc://") {
+            let addr = addr.trim_end_matches('/');
+            let (base, client) = if cfg.grpc.tls.enabled {
+                (format!("https://{addr}"), tls(&format!("{key}.grpc.tls"), &cfg.grpc.tls, true)?)
+            } else {
+                (format!("http://{addr}"), clients.h2c.clone())
+            };
+            let _: hyper::Uri = base.parse().map_err(|e| err(format!("invalid address: {e}")))?;
+            if !cfg.grpc.credentials_key.is_empty() {
+                let header = credentials_header(&cfg.grpc.credentials_key, &cfg.grpc.credentials_value)
+                    .map_err(|m| KeyError { key: format!("{key}.grpc.credentials_key"), message: m.into() })?;
+                credentials = Some(header);
+            }
+            (Target::Grpc(base), client)
+        } else {
+            let uri: hyper::Uri = cfg.endpoint.parse().map_err(|e| err(format!("invalid URL: {e}")))?;
+            let client = if cfg.http.tls.enabled {
+                if uri.scheme() != Some(&hyper::http::uri::Scheme::HTTPS) {
+                    return Err(KeyError {
+                        key: format!("{key}.http.tls.enabled"),
+                        message: "needs an https:// endpoint".into(),
+                    });
+                }
+                tls(&format!("{key}.http.tls"), &cfg.http.tls, false)?
+            } else {
+                clients.http.clone()
+            };
+            (Target::Http(uri), client)
+        };
+        Ok(Proxy { name: name.to_string(), cfg: cfg.clone(), target, client, credentials })
     }
 
     /// The payload in JSON form: `data` when the bytes are JSON and
@@ -501,7 +598,7 @@ impl Proxy {
                     r = r.header(k, v);
                 }
                 let r = r.body(Full::new(Bytes::from(body))).map_err(|e| warn("proxy request not built", &e))?;
-                self.exchange(kind, self.clients.http.request(r)).await?
+                self.exchange(kind, self.client.request(r)).await?
             }
             Target::Grpc(base) => {
                 let (method, msg) = self.grpc_request(kind, ctx, &req);
@@ -518,8 +615,14 @@ impl Proxy {
                 for (k, v) in self.forwarded(ctx, &self.cfg.grpc_metadata) {
                     r = r.header(k, v);
                 }
+                // Last, so a forwarded header of the same name cannot stand in for it.
+                if let Some((k, v)) = &self.credentials
+                    && let Some(h) = r.headers_mut()
+                {
+                    h.insert(k.clone(), v.clone());
+                }
                 let r = r.body(Full::new(Bytes::from(frame))).map_err(|e| warn("proxy request not built", &e))?;
-                let (status, trailers, body) = self.exchange(kind, self.clients.h2c.request(r)).await?;
+                let (status, trailers, body) = self.exchange(kind, self.client.request(r)).await?;
                 let json = grpc_answer(kind, status, trailers.as_ref(), &body)
                     .map_err(|e| warn("gRPC proxy call failed", &e))?;
                 (hyper::StatusCode::OK, None, Bytes::from(json))
@@ -580,7 +683,7 @@ impl Proxy {
             >,
     {
         let exchange = async {
-            let res = send.await.map_err(|e| format!("request failed: {e}"))?;
+            let res = send.await.map_err(|e| format!("request failed: {}", with_sources(&e)))?;
             let (parts, body) = res.into_parts();
             let collected = Limited::new(body, MAX_ANSWER)
                 .collect()
@@ -608,6 +711,23 @@ impl Proxy {
             Ok(Ok(x)) => Ok(x),
         }
     }
+}
+
+/// An error and its causes: hyper's own message ("client error (Connect)")
+/// hides why a connection failed (refused, a certificate from another CA, a
+/// client certificate the backend refused), which the log must say.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// A gRPC answer as the JSON answer it stands for, so both transports share
@@ -751,15 +871,14 @@ impl Proxies {
         if !any {
             return Ok(out);
         }
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| KeyError { key: "proxies".into(), message: format!("TLS roots: {e}") })?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        // The shared clients: `https://` without an `http.tls` object checks
+        // the system roots; cleartext gRPC never negotiates TLS (https_or_http
+        // with an `http://` base URI is plain TCP).
+        let system = crate::tls::client_config("proxies", &crate::config::Tls::default())
+            .map_err(|e| KeyError { key: e.key, message: format!("TLS roots: {}", e.msg) })?;
         let clients = Clients {
-            http: HyperClient::builder(TokioExecutor::new()).build(https),
-            h2c: HyperClient::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new()),
+            http: client(connector(system.clone(), None, false, false), false),
+            h2c: client(connector(system, None, false, true), true),
         };
         let mut all: Vec<&ProxyConfig> = Vec::new();
         let mk = |key: &str, p: &ProxyConfig, name: &str| Proxy::new(name, p, &clients, key).map(Arc::new);
@@ -900,6 +1019,34 @@ mod tests {
                 Err(CommandError::Disconnect(d)) => Err(d.code),
             };
             assert_eq!(got.as_ref().map(|b| b.as_ref()).map_err(|e| *e), want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn credentials_header_table() {
+        // (key, value, Ok(header name) | Err(())): names lowercased as gRPC metadata keys are.
+        let rows: &[(&str, &str, Result<&str, ()>)] = &[
+            ("x-proxy-key", "s3cret", Ok("x-proxy-key")),
+            ("Authorization", "Bearer t", Ok("authorization")),
+            ("x-empty", "", Ok("x-empty")),
+            ("bad key", "v", Err(())),
+            ("", "v", Err(())),
+            ("grpc-timeout", "1S", Err(())),
+            ("content-type", "application/json", Err(())),
+            ("te", "x", Err(())),
+            ("x-k", "line\nbreak", Err(())),
+        ];
+        for (k, v, want) in rows {
+            let got = credentials_header(k, v);
+            match (got, want) {
+                (Ok((name, value)), Ok(n)) => {
+                    assert_eq!(name.as_str(), *n);
+                    assert_eq!(value.to_str().unwrap(), *v);
+                    assert!(value.is_sensitive(), "{k}: the value is a secret");
+                }
+                (Err(_), Err(())) => {}
+                (got, _) => panic!("{k:?}: {got:?}"),
+            }
         }
     }
 
