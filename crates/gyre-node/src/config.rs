@@ -946,7 +946,7 @@ pub struct ProxyConfig {
     pub include_connection_meta: bool,
     /// HTTP-only options.
     pub http: ProxyHttp,
-    /// gRPC-only options (`compression` is refused by the loader).
+    /// gRPC-only options.
     pub grpc: ProxyGrpc,
 }
 
@@ -991,7 +991,7 @@ pub struct ProxyGrpc {
     pub credentials_key: String,
     /// Metadata value of `credentials_key` (a secret: never logged).
     pub credentials_value: String,
-    /// gzip (refused).
+    /// Send request messages gzip-compressed (`grpc-encoding: gzip`).
     pub compression: bool,
     /// Metadata added to every call.
     pub static_metadata: std::collections::BTreeMap<String, String>,

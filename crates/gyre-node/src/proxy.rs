@@ -15,6 +15,11 @@
 //! handshake that fails (another CA, a backend requiring a client
 //! certificate we lack) fails the call like a refused connection.
 //!
+//! gRPC messages: requests are gzip-compressed with `grpc.compression`
+//! (`grpc-encoding: gzip`, as Centrifugo's gzip compressor); every call
+//! advertises `grpc-accept-encoding: gzip`, and a gzip answer is inflated
+//! up to [`MAX_ANSWER`] bytes (a bigger one, a "gzip bomb", fails the call).
+//!
 //! A call is one request with a deadline (`timeout`, body included) made
 //! from the connection's own task: a slow or dead backend delays only the
 //! command that asked, never a runtime thread or another connection, and no
@@ -602,13 +607,15 @@ impl Proxy {
             }
             Target::Grpc(base) => {
                 let (method, msg) = self.grpc_request(kind, ctx, &req);
-                let mut frame = Vec::with_capacity(msg.len() + 5);
-                frame.push(0); // not compressed
-                frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-                frame.extend_from_slice(&msg);
+                let gzip = self.cfg.grpc.compression;
+                let frame = grpc_frame(&msg, gzip);
                 let mut r = hyper::Request::post(format!("{base}/{GRPC_SERVICE}/{method}"))
                     .header(hyper::header::CONTENT_TYPE, "application/grpc")
-                    .header(hyper::header::TE, "trailers");
+                    .header(hyper::header::TE, "trailers")
+                    .header("grpc-accept-encoding", "gzip");
+                if gzip {
+                    r = r.header("grpc-encoding", "gzip");
+                }
                 for (k, v) in &self.cfg.grpc.static_metadata {
                     r = r.header(k.as_str(), v.as_str());
                 }
@@ -713,6 +720,41 @@ impl Proxy {
     }
 }
 
+/// One length-prefixed gRPC message, gzip-compressed (flag 1) or not.
+fn grpc_frame(msg: &[u8], gzip: bool) -> Vec<u8> {
+    use std::io::Write as _;
+    let compressed;
+    let (flag, payload) = if gzip {
+        let mut enc =
+            flate2::write::GzEncoder::new(Vec::with_capacity(msg.len() / 2 + 32), flate2::Compression::fast());
+        // Writing to a Vec cannot fail.
+        enc.write_all(msg).expect("gzip into memory");
+        compressed = enc.finish().expect("gzip into memory");
+        (1u8, &compressed[..])
+    } else {
+        (0u8, msg)
+    };
+    let mut frame = Vec::with_capacity(payload.len() + 5);
+    frame.push(flag);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Inflates a gzip message, refusing one that inflates past `limit` bytes.
+fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("undecodable gzip response: {e}"))?;
+    if out.len() > limit {
+        return Err(format!("gzip response inflates past {limit} bytes"));
+    }
+    Ok(out)
+}
+
 /// An error and its causes: hyper's own message ("client error (Connect)")
 /// hides why a connection failed (refused, a certificate from another CA, a
 /// client certificate the backend refused), which the log must say.
@@ -752,11 +794,19 @@ fn grpc_answer(
     if body.len() < 5 {
         return Err("no response message".into());
     }
-    if body[0] != 0 {
-        return Err("compressed response (compression is not negotiated)".into());
-    }
     let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
     let msg = body.get(5..5 + len).ok_or("truncated response message")?;
+    let inflated;
+    let msg = match (body[0], get("grpc-encoding")) {
+        (0, _) => msg,
+        (1, "gzip") => {
+            inflated = gunzip(msg, MAX_ANSWER)?;
+            &inflated[..]
+        }
+        (1, "") => return Err("compressed response without grpc-encoding".into()),
+        (1, other) => return Err(format!("compressed response in grpc-encoding {other:?} (only gzip is accepted)")),
+        (flag, _) => return Err(format!("bad message flag {flag}")),
+    };
     let bad = |e: prost::DecodeError| format!("undecodable response: {e}");
     let pay = |raw: &Bytes, b64s: &str| if b64s.is_empty() && !raw.is_empty() { b64(raw) } else { b64s.to_string() };
     let meta = |m: &Bytes| if m.is_empty() { Value::Null } else { serde_json::from_slice(m).unwrap_or(Value::Null) };
@@ -994,6 +1044,12 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
+        let gzip_trailers = |enc: &str| {
+            let mut h = ok_trailers();
+            h.insert("grpc-encoding", enc.parse().unwrap());
+            h
+        };
+        let gz = |m: &[u8]| grpc_frame(m, true);
         let mut unavailable = hyper::HeaderMap::new();
         unavailable.insert("grpc-status", "14".parse().unwrap());
         let ok = hyper::StatusCode::OK;
@@ -1005,6 +1061,13 @@ mod tests {
             (ok, Some(unavailable), Vec::new(), Err(100)),
             (ok, None, frame(&rpc, 0), Err(100)),
             (ok, Some(ok_trailers()), frame(&rpc, 1), Err(100)),
+            (ok, Some(gzip_trailers("gzip")), gz(&rpc), Ok(br#"{"x":1}"#)),
+            (ok, Some(gzip_trailers("gzip")), gz(&err), Err(1500)),
+            // An uncompressed message in a gzip-encoded answer is fine (flag 0).
+            (ok, Some(gzip_trailers("gzip")), frame(&rpc, 0), Ok(br#"{"x":1}"#)),
+            (ok, Some(gzip_trailers("deflate")), gz(&rpc), Err(100)),
+            (ok, Some(gzip_trailers("gzip")), frame(b"not gzip", 1), Err(100)),
+            (ok, Some(ok_trailers()), frame(&rpc, 2), Err(100)),
             (ok, Some(ok_trailers()), frame(&rpc, 0)[..7].to_vec(), Err(100)),
             (ok, Some(ok_trailers()), frame(b"\xff\xff", 0), Err(100)),
             (hyper::StatusCode::NOT_FOUND, Some(ok_trailers()), frame(&rpc, 0), Err(100)),
@@ -1020,6 +1083,21 @@ mod tests {
             };
             assert_eq!(got.as_ref().map(|b| b.as_ref()).map_err(|e| *e), want, "row {i}");
         }
+    }
+
+    #[test]
+    fn grpc_frames_and_gzip_limits() {
+        let msg = vec![b'x'; 10_000];
+        let plain = grpc_frame(&msg, false);
+        assert_eq!((plain[0], plain.len()), (0, 10_005));
+        let gz = grpc_frame(&msg, true);
+        let len = u32::from_be_bytes([gz[1], gz[2], gz[3], gz[4]]) as usize;
+        assert_eq!((gz[0], gz.len()), (1, len + 5));
+        assert!(len < 200, "compressed {len}");
+        assert_eq!(gunzip(&gz[5..], 10_000).unwrap(), msg);
+        // One byte over the limit when inflated: refused, not read whole.
+        assert!(gunzip(&gz[5..], 9_999).unwrap_err().contains("inflates past 9999"));
+        assert!(gunzip(b"plain", 100).is_err());
     }
 
     #[test]

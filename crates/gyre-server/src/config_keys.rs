@@ -531,7 +531,7 @@ mod tests {
             (json!({"websocket": {"write_timeout": "1s", "compression_level": 3}}), None),
             (json!({"websocket": {"use_write_buffer_pool": true}}), Some("websocket.use_write_buffer_pool")),
             (json!({"proxies": [{"name": "p", "endpoint": "http://x", "timeout": "2s"}]}), None),
-            (json!({"proxies": [{"name": "p", "grpc": {"compression": true}}]}), Some("proxies[0].grpc.compression")),
+            (json!({"proxies": [{"name": "p", "grpc": {"compression": true}}]}), None),
             (json!({"channel": {"namespaces": [{"name": "a", "subscribe_proxy_name": "p"}]}}), None),
             (json!({"channel": {"namespaces": [{"name": "a", "subscribe_proxy_enabled": true}]}}), None),
             (
@@ -557,9 +557,10 @@ mod tests {
             (json!({"client": {"proxy": {"connect": {"endpoint": "http://x"}}}}), None),
             (json!({"client": {"proxy": {"connect": {"enabled": true, "endpoint": "http://x"}}}}), None),
             (json!({"client": {"proxy": {"connect": {"enabled": true, "grpc": {"credentials_value": "v"}}}}}), None),
+            (json!({"client": {"proxy": {"connect": {"enabled": true, "grpc": {"compression": true}}}}}), None),
             (
-                json!({"client": {"proxy": {"connect": {"enabled": true, "grpc": {"compression": true}}}}}),
-                Some("client.proxy.connect.grpc.compression"),
+                json!({"channel": {"proxy": {"map_publish": {"grpc": {"compression": true}}}}}),
+                Some("channel.proxy.map_publish.grpc.compression"),
             ),
             (json!({"node": {"info_metrics_aggregate_interval": "1m0s"}}), None),
             (

@@ -601,3 +601,99 @@ async def test_http_tls_on_a_plain_http_endpoint_stops_startup():
     with pytest.raises(RuntimeError) as ei:
         GyreServer({"rpc": {"proxy": {"endpoint": "http://127.0.0.1:1", "http": {"tls": {"enabled": True}}}}}).start()
     assert "rpc.proxy.http.tls.enabled" in str(ei.value) and "https://" in str(ei.value)
+
+
+# ---------------------------------------------------------------- grpc.compression
+
+
+class CountingRelay:
+    """A TCP relay in front of a backend counting the bytes each way: what is on
+    the wire, to see whether messages went compressed."""
+
+    def __init__(self, target_port):
+        self.target_port = target_port
+        self.up = 0
+        self.down = 0
+        self.server = None
+        self.port = 0
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _conn(self, reader, writer):
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src, dst, attr):
+            try:
+                while data := await src.read(65536):
+                    setattr(self, attr, getattr(self, attr) + len(data))
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, uw, "up"), pipe(ur, writer, "down"))
+
+    async def stop(self):
+        self.server.close()
+
+
+class GzipGrpcBackend(GrpcBackend):
+    """GrpcBackend answering gzip-compressed to clients that accept it."""
+
+    async def start(self):
+        self.server = grpc.aio.server(compression=grpc.Compression.Gzip)
+        pb_grpc.add_CentrifugoProxyServicer_to_server(self, self.server)
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        await self.server.start()
+        return self
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def gzip_env():
+    backend = await GzipGrpcBackend().start()
+    gz = await CountingRelay(backend.port).start()
+    plain = await CountingRelay(backend.port).start()
+    named = [
+        {"name": "gz", "endpoint": f"grpc://127.0.0.1:{gz.port}", "grpc": {"compression": True}},
+        {"name": "plain", "endpoint": f"grpc://127.0.0.1:{plain.port}"},
+    ]
+    server = GyreServer({
+        "client": {"allow_anonymous_connect_without_token": True},
+        "rpc": {"namespaces": [{"name": p["name"], "proxy_enabled": True, "proxy_name": p["name"]} for p in named]},
+        "proxies": named,
+    }).start()
+    try:
+        yield server, gz, plain
+    finally:
+        server.stop()
+        await gz.stop()
+        await plain.stop()
+        await backend.stop()
+
+
+async def test_grpc_compression_on_the_wire(gzip_env):
+    """grpc.compression: the request goes gzip-compressed (a 50 kB compressible
+    payload takes a few hundred bytes on the wire); answers the backend compresses
+    are inflated whether or not the proxy compresses its requests."""
+    server, gz, plain = gzip_env
+    cl = Clients(server, False)
+    try:
+        c, _rec, _ctx = await cl.connected(None)
+        text = "x" * 50_000
+        sizes = {}
+        for name, relay in (("gz", gz), ("plain", plain)):
+            up, down = relay.up, relay.down
+            res = await asyncio.wait_for(c.rpc(f"{name}:echo", {"text": text}), TIMEOUT)
+            assert res.data["echo"] == {"text": text}, name
+            sizes[name] = (relay.up - up, relay.down - down)
+        assert sizes["gz"][0] < 5_000, sizes
+        assert sizes["plain"][0] > 50_000, sizes
+        # The backend compressed both answers (every call accepts gzip).
+        assert sizes["gz"][1] < 5_000 and sizes["plain"][1] < 5_000, sizes
+    finally:
+        await cl.close()
