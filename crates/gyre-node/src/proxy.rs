@@ -18,7 +18,7 @@
 //! gRPC messages: requests are gzip-compressed with `grpc.compression`
 //! (`grpc-encoding: gzip`, as Centrifugo's gzip compressor); every call
 //! advertises `grpc-accept-encoding: gzip`, and a gzip answer is inflated
-//! up to [`MAX_ANSWER`] bytes (a bigger one, a "gzip bomb", fails the call).
+//! up to 4 MiB (`MAX_ANSWER`; a bigger one, a "gzip bomb", fails the call).
 //!
 //! A call is one request with a deadline (`timeout`, body included) made
 //! from the connection's own task: a slow or dead backend delays only the
@@ -924,8 +924,9 @@ impl Proxies {
         // The shared clients: `https://` without an `http.tls` object checks
         // the system roots; cleartext gRPC never negotiates TLS (https_or_http
         // with an `http://` base URI is plain TCP).
+        // Fails only when the system has no usable CA certificate at all.
         let system = crate::tls::client_config("proxies", &crate::config::Tls::default())
-            .map_err(|e| KeyError { key: e.key, message: format!("TLS roots: {}", e.msg) })?;
+            .map_err(|e| KeyError { key: "proxies".into(), message: format!("system TLS roots: {}", e.msg) })?;
         let clients = Clients {
             http: client(connector(system.clone(), None, false, false), false),
             h2c: client(connector(system, None, false, true), true),

@@ -559,7 +559,8 @@ mod tests {
     async fn oversize_messages_are_resource_exhausted() {
         let limit = 16;
         // (chunks, Ok(body length) | Err(code))
-        let cases: Vec<(Vec<Vec<u8>>, Result<usize, Code>)> = vec![
+        type Case = (Vec<Vec<u8>>, Result<usize, Code>);
+        let cases: Vec<Case> = vec![
             (vec![message(16)], Ok(21)),
             (vec![message(0)], Ok(5)),
             (vec![], Ok(0)),
