@@ -448,10 +448,11 @@ impl Default for HttpServer {
 }
 
 /// Centrifugo's TLS object (`http_server.tls`, `http_server.internal_tls`,
-/// `broker.nats.tls`). Each `*_pem` holds raw PEM, base64-encoded PEM or a
-/// file path; loading and checking them is the server's job (gyre-server's
-/// `tls` module), so a bad certificate is reported naming its key at start.
-#[derive(Clone, Default, Serialize, Deserialize)]
+/// `grpc_api.tls`, `broker.nats.tls`, a proxy's `http.tls` / `grpc.tls`).
+/// Each `*_pem` holds raw PEM, base64-encoded PEM or a file path; loading
+/// and checking them is [`crate::tls`]'s job (and gyre-server's `tls` module
+/// for listeners), so a bad certificate is reported naming its key at start.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Tls {
     /// Use TLS.
@@ -945,7 +946,7 @@ pub struct ProxyConfig {
     pub include_connection_meta: bool,
     /// HTTP-only options.
     pub http: ProxyHttp,
-    /// gRPC-only options (`tls`, credentials, compression: refused by the loader).
+    /// gRPC-only options.
     pub grpc: ProxyGrpc,
 }
 
@@ -970,8 +971,9 @@ impl Default for ProxyConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(default)]
 pub struct ProxyHttp {
-    /// TLS client options (refused by the loader: https uses the system roots).
-    pub tls: serde_json::Value,
+    /// TLS toward an `https://` endpoint: CA, client certificate (mutual
+    /// TLS), server name, skip verify. Off: `https://` checks the system roots.
+    pub tls: Tls,
     /// Headers added to every request.
     pub static_headers: std::collections::BTreeMap<String, String>,
     /// HTTP status → reply error / disconnect, instead of error 100.
@@ -982,13 +984,14 @@ pub struct ProxyHttp {
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(default)]
 pub struct ProxyGrpc {
-    /// TLS (refused).
-    pub tls: serde_json::Value,
-    /// Per-call credentials key (refused).
+    /// TLS toward the `grpc://` endpoint (off: cleartext HTTP/2).
+    pub tls: Tls,
+    /// Metadata key sent with every call (with `credentials_value`), as
+    /// Centrifugo's per-RPC credentials; unused when empty.
     pub credentials_key: String,
-    /// Per-call credentials value (refused).
+    /// Metadata value of `credentials_key` (a secret: never logged).
     pub credentials_value: String,
-    /// gzip (refused).
+    /// Send request messages gzip-compressed (`grpc-encoding: gzip`).
     pub compression: bool,
     /// Metadata added to every call.
     pub static_metadata: std::collections::BTreeMap<String, String>,
@@ -1651,6 +1654,19 @@ impl Config {
             if p.timeout.0.is_zero() {
                 e(format!("{key}.timeout"), "must be positive");
             }
+            // Centrifugo would send plain HTTP here (Go applies a TLS config to
+            // https URLs only): refused, since TLS was asked for.
+            if p.http.tls.enabled && ep.starts_with("http://") {
+                e(format!("{key}.http.tls.enabled"), "needs an https:// endpoint");
+            }
+            if ep.starts_with("grpc://") && !p.grpc.credentials_key.is_empty() {
+                if let Err(m) = crate::proxy::credentials_header(&p.grpc.credentials_key, "") {
+                    e(format!("{key}.grpc.credentials_key"), m);
+                }
+                if crate::proxy::credentials_header("x-check", &p.grpc.credentials_value).is_err() {
+                    e(format!("{key}.grpc.credentials_value"), "not a valid metadata value (visible ASCII only)");
+                }
+            }
         };
         let cp = &self.client.proxy;
         if cp.connect.enabled {
@@ -1797,6 +1813,30 @@ mod tests {
                 Some("client.proxy.refresh.timeout"),
             ),
             (json!({"client": {"proxy": {"connect": {"enabled": false, "endpoint": "nonsense"}}}}), None),
+            // TLS asked for toward a cleartext URL: refused, never plain HTTP.
+            (
+                json!({"rpc": {"proxy": {"endpoint": "http://x", "http": {"tls": {"enabled": true}}}}}),
+                Some("rpc.proxy.http.tls.enabled"),
+            ),
+            (json!({"rpc": {"proxy": {"endpoint": "https://x", "http": {"tls": {"enabled": true}}}}}), None),
+            // grpc.* of an HTTP proxy is not used (Centrifugo ignores it too).
+            (json!({"rpc": {"proxy": {"endpoint": "https://x", "grpc": {"credentials_key": "bad key"}}}}), None),
+            (
+                json!({"rpc": {"proxy": {"endpoint": "grpc://x:1", "grpc": {"credentials_key": "bad key"}}}}),
+                Some("rpc.proxy.grpc.credentials_key"),
+            ),
+            (
+                json!({"rpc": {"proxy": {"endpoint": "grpc://x:1", "grpc": {"credentials_key": "grpc-status"}}}}),
+                Some("rpc.proxy.grpc.credentials_key"),
+            ),
+            (
+                json!({"rpc": {"proxy": {"endpoint": "grpc://x:1", "grpc": {"credentials_key": "k", "credentials_value": "line\nbreak"}}}}),
+                Some("rpc.proxy.grpc.credentials_value"),
+            ),
+            (
+                json!({"rpc": {"proxy": {"endpoint": "grpc://x:1", "grpc": {"credentials_key": "Authorization", "credentials_value": "Bearer t"}}}}),
+                None,
+            ),
             (json!({"proxies": [{"name": "default", "endpoint": "http://x"}]}), Some("proxies[0].name")),
             (json!({"proxies": [{"name": "p", "endpoint": "http://x"}]}), Some("proxies[0].name")),
             (

@@ -34,6 +34,7 @@ pub mod push;
 pub mod recovery;
 pub mod shared;
 pub mod small_map;
+pub mod tls;
 
 pub use client::Client;
 pub use errors::{ClientError, Disconnect};

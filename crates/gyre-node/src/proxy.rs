@@ -2,8 +2,23 @@
 //! decisions delegated to the application's backend, over HTTP (`http(s)://`
 //! endpoints: POST JSON) or gRPC (`grpc://host:port`: unary calls of
 //! `centrifugal.centrifugo.proxy.CentrifugoProxy` from `proto/proxy.proto`,
-//! over cleartext HTTP/2). A gRPC answer is turned into the JSON answer it
-//! stands for, so both transports share one result mapping.
+//! over HTTP/2, cleartext or TLS). A gRPC answer is turned into the JSON
+//! answer it stands for, so both transports share one result mapping.
+//!
+//! TLS toward the backend is the proxy's `http.tls` (an `https://` endpoint)
+//! or `grpc.tls` object, loaded by [`crate::tls::client_config`] when the
+//! node starts (a bad CA, certificate or key is a start-up error naming its
+//! key): the backend's certificate must chain to `server_ca_pem` (system
+//! roots when empty) for `server_name` (else the endpoint's host) unless
+//! `insecure_skip_verify`; `cert_pem`/`key_pem` are presented as the client
+//! certificate (mutual TLS). Such a proxy has its own connection pool. A
+//! handshake that fails (another CA, a backend requiring a client
+//! certificate we lack) fails the call like a refused connection.
+//!
+//! gRPC messages: requests are gzip-compressed with `grpc.compression`
+//! (`grpc-encoding: gzip`, as Centrifugo's gzip compressor); every call
+//! advertises `grpc-accept-encoding: gzip`, and a gzip answer is inflated
+//! up to 4 MiB (`MAX_ANSWER`; a bigger one, a "gzip bomb", fails the call).
 //!
 //! A call is one request with a deadline (`timeout`, body included) made
 //! from the connection's own task: a slow or dead backend delays only the
@@ -41,8 +56,9 @@ use crate::errors::{ClientError, CommandError, Disconnect};
 /// Largest proxy answer read.
 const MAX_ANSWER: usize = 4 << 20;
 
+/// Every proxy's client: TLS for `https://` (and TLS gRPC), plain TCP for
+/// `http://` and cleartext gRPC.
 type HttpClient = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-type H2cClient = HyperClient<HttpConnector, Full<Bytes>>;
 
 /// Which decision a call asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,14 +116,70 @@ pub struct Proxy {
     pub name: String,
     cfg: ProxyConfig,
     target: Target,
-    clients: Clients,
+    /// The shared pool of its kind, or its own when it has a TLS object.
+    client: HttpClient,
+    /// `grpc.credentials_key: credentials_value`, sent with every gRPC call.
+    credentials: Option<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
 }
 
-/// HTTP clients shared by every proxy (connection pools).
+/// Clients shared by the proxies without a TLS object of their own
+/// (connection pools): HTTP/1.1 (`https://` checks the system roots) and
+/// cleartext HTTP/2 for gRPC.
 #[derive(Clone)]
 struct Clients {
     http: HttpClient,
-    h2c: H2cClient,
+    h2c: HttpClient,
+}
+
+/// gRPC metadata that carries the call itself, which credentials must not replace.
+const RESERVED_METADATA: &[&str] = &["content-type", "te", "user-agent", "host"];
+
+/// The header `grpc.credentials_key: credentials_value` (Centrifugo's per-RPC
+/// credentials). The key is lowercased, as gRPC metadata keys are; the
+/// message never holds the value (a secret).
+pub fn credentials_header(
+    key: &str,
+    value: &str,
+) -> Result<(hyper::header::HeaderName, hyper::header::HeaderValue), &'static str> {
+    let name = hyper::header::HeaderName::from_bytes(key.to_ascii_lowercase().as_bytes())
+        .map_err(|_| "not a valid metadata key (letters, digits, -, _ and .)")?;
+    if name.as_str().starts_with("grpc-")
+        || name.as_str().starts_with(':')
+        || RESERVED_METADATA.contains(&name.as_str())
+    {
+        return Err("a reserved gRPC metadata key");
+    }
+    let mut value =
+        hyper::header::HeaderValue::from_str(value).map_err(|_| "not a valid metadata value (visible ASCII only)")?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
+/// A connector with `tls` for `https://` URIs: HTTP/2 only (gRPC) or
+/// HTTP/1.1. `https_only`: refuse plain `http://` (a proxy with a TLS object
+/// must never fall back to cleartext).
+fn connector(
+    tls: rustls::ClientConfig,
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
+    https_only: bool,
+    http2: bool,
+) -> hyper_rustls::HttpsConnector<HttpConnector> {
+    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let b = if https_only { b.https_only() } else { b.https_or_http() };
+    // server_name is also the SNI sent, as Go's tls.Config.ServerName is.
+    let b = match server_name {
+        Some(n) => b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(n)),
+        None => b,
+    };
+    if http2 { b.enable_http2().build() } else { b.enable_http1().build() }
+}
+
+fn client(c: hyper_rustls::HttpsConnector<HttpConnector>, http2: bool) -> HttpClient {
+    let mut b = HyperClient::builder(TokioExecutor::new());
+    if http2 {
+        b.http2_only(true);
+    }
+    b.build(c)
 }
 
 impl std::fmt::Debug for Proxy {
@@ -303,7 +375,8 @@ pub struct Req<'a> {
 enum Target {
     /// `http(s)://…`: POST JSON.
     Http(hyper::Uri),
-    /// `grpc://host:port`: unary calls of `CentrifugoProxy` over h2c.
+    /// `grpc://host:port`: unary calls of `CentrifugoProxy`; the base URI is
+    /// `http://host:port` (h2c) or `https://host:port` (`grpc.tls`).
     Grpc(String),
 }
 
@@ -316,14 +389,43 @@ fn b64(data: &[u8]) -> String {
 impl Proxy {
     fn new(name: &str, cfg: &ProxyConfig, clients: &Clients, key: &str) -> Result<Self, KeyError> {
         let err = |m: String| KeyError { key: format!("{key}.endpoint"), message: m };
-        let target = if let Some(addr) = cfg.endpoint.strip_prefix("grpc://") {
-            let base = format!("http://{}", addr.trim_end_matches('/'));
-            let _: hyper::Uri = base.parse().map_err(|e| err(format!("invalid address: {e}")))?;
-            Target::Grpc(base)
-        } else {
-            Target::Http(cfg.endpoint.parse().map_err(|e| err(format!("invalid URL: {e}")))?)
+        let tls_err = |e: crate::tls::TlsError| KeyError { key: e.key, message: e.msg };
+        let tls = |prefix: &str, t: &crate::config::Tls, http2: bool| -> Result<HttpClient, KeyError> {
+            let config = crate::tls::client_config(prefix, t).map_err(tls_err)?;
+            let name = crate::tls::server_name(prefix, t).map_err(tls_err)?;
+            Ok(client(connector(config, name, true, http2), http2))
         };
-        Ok(Proxy { name: name.to_string(), cfg: cfg.clone(), target, clients: clients.clone() })
+        let mut credentials = None;
+        let (target, client) = if let Some(addr) = cfg.endpoint.strip_prefix("grpc://") {
+            let addr = addr.trim_end_matches('/');
+            let (base, client) = if cfg.grpc.tls.enabled {
+                (format!("https://{addr}"), tls(&format!("{key}.grpc.tls"), &cfg.grpc.tls, true)?)
+            } else {
+                (format!("http://{addr}"), clients.h2c.clone())
+            };
+            let _: hyper::Uri = base.parse().map_err(|e| err(format!("invalid address: {e}")))?;
+            if !cfg.grpc.credentials_key.is_empty() {
+                let header = credentials_header(&cfg.grpc.credentials_key, &cfg.grpc.credentials_value)
+                    .map_err(|m| KeyError { key: format!("{key}.grpc.credentials_key"), message: m.into() })?;
+                credentials = Some(header);
+            }
+            (Target::Grpc(base), client)
+        } else {
+            let uri: hyper::Uri = cfg.endpoint.parse().map_err(|e| err(format!("invalid URL: {e}")))?;
+            let client = if cfg.http.tls.enabled {
+                if uri.scheme() != Some(&hyper::http::uri::Scheme::HTTPS) {
+                    return Err(KeyError {
+                        key: format!("{key}.http.tls.enabled"),
+                        message: "needs an https:// endpoint".into(),
+                    });
+                }
+                tls(&format!("{key}.http.tls"), &cfg.http.tls, false)?
+            } else {
+                clients.http.clone()
+            };
+            (Target::Http(uri), client)
+        };
+        Ok(Proxy { name: name.to_string(), cfg: cfg.clone(), target, client, credentials })
     }
 
     /// The payload in JSON form: `data` when the bytes are JSON and
@@ -501,25 +603,33 @@ impl Proxy {
                     r = r.header(k, v);
                 }
                 let r = r.body(Full::new(Bytes::from(body))).map_err(|e| warn("proxy request not built", &e))?;
-                self.exchange(kind, self.clients.http.request(r)).await?
+                self.exchange(kind, self.client.request(r)).await?
             }
             Target::Grpc(base) => {
                 let (method, msg) = self.grpc_request(kind, ctx, &req);
-                let mut frame = Vec::with_capacity(msg.len() + 5);
-                frame.push(0); // not compressed
-                frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-                frame.extend_from_slice(&msg);
+                let gzip = self.cfg.grpc.compression;
+                let frame = grpc_frame(&msg, gzip);
                 let mut r = hyper::Request::post(format!("{base}/{GRPC_SERVICE}/{method}"))
                     .header(hyper::header::CONTENT_TYPE, "application/grpc")
-                    .header(hyper::header::TE, "trailers");
+                    .header(hyper::header::TE, "trailers")
+                    .header("grpc-accept-encoding", "gzip");
+                if gzip {
+                    r = r.header("grpc-encoding", "gzip");
+                }
                 for (k, v) in &self.cfg.grpc.static_metadata {
                     r = r.header(k.as_str(), v.as_str());
                 }
                 for (k, v) in self.forwarded(ctx, &self.cfg.grpc_metadata) {
                     r = r.header(k, v);
                 }
+                // Last, so a forwarded header of the same name cannot stand in for it.
+                if let Some((k, v)) = &self.credentials
+                    && let Some(h) = r.headers_mut()
+                {
+                    h.insert(k.clone(), v.clone());
+                }
                 let r = r.body(Full::new(Bytes::from(frame))).map_err(|e| warn("proxy request not built", &e))?;
-                let (status, trailers, body) = self.exchange(kind, self.clients.h2c.request(r)).await?;
+                let (status, trailers, body) = self.exchange(kind, self.client.request(r)).await?;
                 let json = grpc_answer(kind, status, trailers.as_ref(), &body)
                     .map_err(|e| warn("gRPC proxy call failed", &e))?;
                 (hyper::StatusCode::OK, None, Bytes::from(json))
@@ -580,7 +690,7 @@ impl Proxy {
             >,
     {
         let exchange = async {
-            let res = send.await.map_err(|e| format!("request failed: {e}"))?;
+            let res = send.await.map_err(|e| format!("request failed: {}", with_sources(&e)))?;
             let (parts, body) = res.into_parts();
             let collected = Limited::new(body, MAX_ANSWER)
                 .collect()
@@ -610,6 +720,58 @@ impl Proxy {
     }
 }
 
+/// One length-prefixed gRPC message, gzip-compressed (flag 1) or not.
+fn grpc_frame(msg: &[u8], gzip: bool) -> Vec<u8> {
+    use std::io::Write as _;
+    let compressed;
+    let (flag, payload) = if gzip {
+        let mut enc =
+            flate2::write::GzEncoder::new(Vec::with_capacity(msg.len() / 2 + 32), flate2::Compression::fast());
+        // Writing to a Vec cannot fail.
+        enc.write_all(msg).expect("gzip into memory");
+        compressed = enc.finish().expect("gzip into memory");
+        (1u8, &compressed[..])
+    } else {
+        (0u8, msg)
+    };
+    let mut frame = Vec::with_capacity(payload.len() + 5);
+    frame.push(flag);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Inflates a gzip message, refusing one that inflates past `limit` bytes.
+fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("undecodable gzip response: {e}"))?;
+    if out.len() > limit {
+        return Err(format!("gzip response inflates past {limit} bytes"));
+    }
+    Ok(out)
+}
+
+/// An error and its causes: hyper's own message ("client error (Connect)")
+/// hides why a connection failed (refused, a certificate from another CA, a
+/// client certificate the backend refused), which the log must say.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// A gRPC answer as the JSON answer it stands for, so both transports share
 /// [`decode`]: payload bytes become `b64*` fields, `meta` bytes JSON.
 fn grpc_answer(
@@ -632,11 +794,19 @@ fn grpc_answer(
     if body.len() < 5 {
         return Err("no response message".into());
     }
-    if body[0] != 0 {
-        return Err("compressed response (compression is not negotiated)".into());
-    }
     let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
     let msg = body.get(5..5 + len).ok_or("truncated response message")?;
+    let inflated;
+    let msg = match (body[0], get("grpc-encoding")) {
+        (0, _) => msg,
+        (1, "gzip") => {
+            inflated = gunzip(msg, MAX_ANSWER)?;
+            &inflated[..]
+        }
+        (1, "") => return Err("compressed response without grpc-encoding".into()),
+        (1, other) => return Err(format!("compressed response in grpc-encoding {other:?} (only gzip is accepted)")),
+        (flag, _) => return Err(format!("bad message flag {flag}")),
+    };
     let bad = |e: prost::DecodeError| format!("undecodable response: {e}");
     let pay = |raw: &Bytes, b64s: &str| if b64s.is_empty() && !raw.is_empty() { b64(raw) } else { b64s.to_string() };
     let meta = |m: &Bytes| if m.is_empty() { Value::Null } else { serde_json::from_slice(m).unwrap_or(Value::Null) };
@@ -751,15 +921,15 @@ impl Proxies {
         if !any {
             return Ok(out);
         }
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| KeyError { key: "proxies".into(), message: format!("TLS roots: {e}") })?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        // The shared clients: `https://` without an `http.tls` object checks
+        // the system roots; cleartext gRPC never negotiates TLS (https_or_http
+        // with an `http://` base URI is plain TCP).
+        // Fails only when the system has no usable CA certificate at all.
+        let system = crate::tls::client_config("proxies", &crate::config::Tls::default())
+            .map_err(|e| KeyError { key: "proxies".into(), message: format!("system TLS roots: {}", e.msg) })?;
         let clients = Clients {
-            http: HyperClient::builder(TokioExecutor::new()).build(https),
-            h2c: HyperClient::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new()),
+            http: client(connector(system.clone(), None, false, false), false),
+            h2c: client(connector(system, None, false, true), true),
         };
         let mut all: Vec<&ProxyConfig> = Vec::new();
         let mk = |key: &str, p: &ProxyConfig, name: &str| Proxy::new(name, p, &clients, key).map(Arc::new);
@@ -875,6 +1045,12 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
+        let gzip_trailers = |enc: &str| {
+            let mut h = ok_trailers();
+            h.insert("grpc-encoding", enc.parse().unwrap());
+            h
+        };
+        let gz = |m: &[u8]| grpc_frame(m, true);
         let mut unavailable = hyper::HeaderMap::new();
         unavailable.insert("grpc-status", "14".parse().unwrap());
         let ok = hyper::StatusCode::OK;
@@ -886,6 +1062,13 @@ mod tests {
             (ok, Some(unavailable), Vec::new(), Err(100)),
             (ok, None, frame(&rpc, 0), Err(100)),
             (ok, Some(ok_trailers()), frame(&rpc, 1), Err(100)),
+            (ok, Some(gzip_trailers("gzip")), gz(&rpc), Ok(br#"{"x":1}"#)),
+            (ok, Some(gzip_trailers("gzip")), gz(&err), Err(1500)),
+            // An uncompressed message in a gzip-encoded answer is fine (flag 0).
+            (ok, Some(gzip_trailers("gzip")), frame(&rpc, 0), Ok(br#"{"x":1}"#)),
+            (ok, Some(gzip_trailers("deflate")), gz(&rpc), Err(100)),
+            (ok, Some(gzip_trailers("gzip")), frame(b"not gzip", 1), Err(100)),
+            (ok, Some(ok_trailers()), frame(&rpc, 2), Err(100)),
             (ok, Some(ok_trailers()), frame(&rpc, 0)[..7].to_vec(), Err(100)),
             (ok, Some(ok_trailers()), frame(b"\xff\xff", 0), Err(100)),
             (hyper::StatusCode::NOT_FOUND, Some(ok_trailers()), frame(&rpc, 0), Err(100)),
@@ -900,6 +1083,49 @@ mod tests {
                 Err(CommandError::Disconnect(d)) => Err(d.code),
             };
             assert_eq!(got.as_ref().map(|b| b.as_ref()).map_err(|e| *e), want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn grpc_frames_and_gzip_limits() {
+        let msg = vec![b'x'; 10_000];
+        let plain = grpc_frame(&msg, false);
+        assert_eq!((plain[0], plain.len()), (0, 10_005));
+        let gz = grpc_frame(&msg, true);
+        let len = u32::from_be_bytes([gz[1], gz[2], gz[3], gz[4]]) as usize;
+        assert_eq!((gz[0], gz.len()), (1, len + 5));
+        assert!(len < 200, "compressed {len}");
+        assert_eq!(gunzip(&gz[5..], 10_000).unwrap(), msg);
+        // One byte over the limit when inflated: refused, not read whole.
+        assert!(gunzip(&gz[5..], 9_999).unwrap_err().contains("inflates past 9999"));
+        assert!(gunzip(b"plain", 100).is_err());
+    }
+
+    #[test]
+    fn credentials_header_table() {
+        // (key, value, Ok(header name) | Err(())): names lowercased as gRPC metadata keys are.
+        let rows: &[(&str, &str, Result<&str, ()>)] = &[
+            ("x-proxy-key", "s3cret", Ok("x-proxy-key")),
+            ("Authorization", "Bearer t", Ok("authorization")),
+            ("x-empty", "", Ok("x-empty")),
+            ("bad key", "v", Err(())),
+            ("", "v", Err(())),
+            ("grpc-timeout", "1S", Err(())),
+            ("content-type", "application/json", Err(())),
+            ("te", "x", Err(())),
+            ("x-k", "line\nbreak", Err(())),
+        ];
+        for (k, v, want) in rows {
+            let got = credentials_header(k, v);
+            match (got, want) {
+                (Ok((name, value)), Ok(n)) => {
+                    assert_eq!(name.as_str(), *n);
+                    assert_eq!(value.to_str().unwrap(), *v);
+                    assert!(value.is_sensitive(), "{k}: the value is a secret");
+                }
+                (Err(_), Err(())) => {}
+                (got, _) => panic!("{k:?}: {got:?}"),
+            }
         }
     }
 

@@ -531,7 +531,7 @@ mod tests {
             (json!({"websocket": {"write_timeout": "1s", "compression_level": 3}}), None),
             (json!({"websocket": {"use_write_buffer_pool": true}}), Some("websocket.use_write_buffer_pool")),
             (json!({"proxies": [{"name": "p", "endpoint": "http://x", "timeout": "2s"}]}), None),
-            (json!({"proxies": [{"name": "p", "grpc": {"compression": true}}]}), Some("proxies[0].grpc.compression")),
+            (json!({"proxies": [{"name": "p", "grpc": {"compression": true}}]}), None),
             (json!({"channel": {"namespaces": [{"name": "a", "subscribe_proxy_name": "p"}]}}), None),
             (json!({"channel": {"namespaces": [{"name": "a", "subscribe_proxy_enabled": true}]}}), None),
             (
@@ -540,9 +540,14 @@ mod tests {
             ),
             (json!({"channel": {"proxy": {"publish": {"endpoint": "http://x", "http_headers": ["Cookie"]}}}}), None),
             (json!({"rpc": {"without_namespace": {"proxy_enabled": true}, "proxy": {"endpoint": "http://x"}}}), None),
+            (json!({"rpc": {"proxy": {"endpoint": "https://x", "http": {"tls": {"enabled": true}}}}}), None),
             (
-                json!({"rpc": {"proxy": {"endpoint": "http://x", "http": {"tls": {"enabled": true}}}}}),
-                Some("rpc.proxy.http.tls.enabled"),
+                json!({"proxies": [{"name": "p", "endpoint": "grpc://x:1", "grpc": {"tls": {"enabled": true, "server_ca_pem": "/ca.pem"}, "credentials_key": "k", "credentials_value": "v"}}]}),
+                None,
+            ),
+            (
+                json!({"channel": {"proxy": {"subscribe_stream": {"endpoint": "grpc://x:1", "grpc": {"tls": {"enabled": true}}}}}}),
+                Some("channel.proxy.subscribe_stream.endpoint"),
             ),
             (
                 json!({"consumers": [{"name": "c", "enabled": false, "type": "kafka", "kafka": {"brokers": ["b"]}}]}),
@@ -551,9 +556,11 @@ mod tests {
             (json!({"consumers": [{"name": "c", "enabled": true}]}), Some("consumers[0].enabled")),
             (json!({"client": {"proxy": {"connect": {"endpoint": "http://x"}}}}), None),
             (json!({"client": {"proxy": {"connect": {"enabled": true, "endpoint": "http://x"}}}}), None),
+            (json!({"client": {"proxy": {"connect": {"enabled": true, "grpc": {"credentials_value": "v"}}}}}), None),
+            (json!({"client": {"proxy": {"connect": {"enabled": true, "grpc": {"compression": true}}}}}), None),
             (
-                json!({"client": {"proxy": {"connect": {"enabled": true, "grpc": {"credentials_value": "v"}}}}}),
-                Some("client.proxy.connect.grpc.credentials_value"),
+                json!({"channel": {"proxy": {"map_publish": {"grpc": {"compression": true}}}}}),
+                Some("channel.proxy.map_publish.grpc.compression"),
             ),
             (json!({"node": {"info_metrics_aggregate_interval": "1m0s"}}), None),
             (

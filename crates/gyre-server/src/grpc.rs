@@ -13,8 +13,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use gyre_node::{ClientError, Node};
 use gyre_proto::api;
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::either::Either;
@@ -397,6 +399,41 @@ fn authorized(key: &str, headers: &http::HeaderMap) -> bool {
     }
 }
 
+/// The request body of a unary call, read whole before tonic decodes it (as
+/// tonic does for unary calls anyway), so a message over `limit`
+/// (`grpc_api.max_receive_message_size`) is answered `RESOURCE_EXHAUSTED`
+/// like grpc-go, hence Centrifugo, does; tonic's own limit answers
+/// `OUT_OF_RANGE`. The declared length of the message is checked as soon as
+/// its 5-byte prefix arrives, and the bytes read never exceed `limit + 5`,
+/// so an oversize request is refused without being buffered. A body that
+/// fails mid-way (the client reset the stream) is `CANCELLED`.
+async fn bounded_body<B>(body: B, limit: usize) -> Result<Bytes, Status>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let too_big = |n: usize| Status::resource_exhausted(format!("received message larger than max ({n} vs. {limit})"));
+    let mut buf = BytesMut::new();
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Status::cancelled(format!("request body not received: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue }; // request trailers carry nothing here
+        buf.extend_from_slice(&data);
+        if buf.len() >= 5 {
+            let declared = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if declared > limit {
+                return Err(too_big(declared));
+            }
+        }
+        if buf.len() > limit.saturating_add(5) {
+            // More than one message, or a length prefix that lies: a unary call
+            // has one message, so this is over the limit either way.
+            return Err(too_big(buf.len() - 5));
+        }
+    }
+    Ok(buf.freeze())
+}
+
 /// Binds `grpc_api.address:grpc_api.port` and serves the API until `cancel`.
 /// Connection tasks are spawned on `tracker`, so shutdown waits for them.
 pub async fn start(node: Arc<Node>, tracker: &TaskTracker, cancel: CancellationToken) -> anyhow::Result<SocketAddr> {
@@ -416,6 +453,7 @@ pub async fn start(node: Arc<Node>, tracker: &TaskTracker, cancel: CancellationT
         transport_errors: cfg.error_mode == gyre_node::config::ErrorMode::Transport,
     })
     .max_decoding_message_size(cfg.max_receive());
+    let limit = cfg.max_receive();
     let key: Arc<str> = cfg.key.into();
     let conns = tracker.clone();
     if let Some(t) = &tls {
@@ -466,7 +504,12 @@ pub async fn start(node: Arc<Node>, tracker: &TaskTracker, cancel: CancellationT
                         if !ok {
                             return Ok::<_, Infallible>(Status::unauthenticated("invalid API key").into_http());
                         }
-                        tonic::codegen::Service::call(&mut svc, req).await
+                        let (parts, body) = req.into_parts();
+                        let body = match bounded_body(body, limit).await {
+                            Ok(b) => b,
+                            Err(status) => return Ok(status.into_http()),
+                        };
+                        tonic::codegen::Service::call(&mut svc, http::Request::from_parts(parts, Full::new(body))).await
                     }
                 });
                 // Pings find peers that vanished without closing; the stream cap
@@ -489,4 +532,58 @@ pub async fn start(node: Arc<Node>, tracker: &TaskTracker, cancel: CancellationT
         }
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body delivered in the given chunks.
+    fn chunked(
+        chunks: Vec<Vec<u8>>,
+    ) -> http_body_util::StreamBody<impl futures_util::Stream<Item = Result<hyper::body::Frame<Bytes>, Infallible>>>
+    {
+        http_body_util::StreamBody::new(futures_util::stream::iter(
+            chunks.into_iter().map(|c| Ok(hyper::body::Frame::data(Bytes::from(c)))),
+        ))
+    }
+
+    fn message(len: usize) -> Vec<u8> {
+        let mut m = vec![0u8];
+        m.extend_from_slice(&(len as u32).to_be_bytes());
+        m.extend(std::iter::repeat_n(b'x', len));
+        m
+    }
+
+    #[tokio::test]
+    async fn oversize_messages_are_resource_exhausted() {
+        let limit = 16;
+        // (chunks, Ok(body length) | Err(code))
+        type Case = (Vec<Vec<u8>>, Result<usize, Code>);
+        let cases: Vec<Case> = vec![
+            (vec![message(16)], Ok(21)),
+            (vec![message(0)], Ok(5)),
+            (vec![], Ok(0)),
+            // Split across frames, the prefix itself too.
+            (message(16).chunks(3).map(<[u8]>::to_vec).collect(), Ok(21)),
+            (vec![message(17)], Err(Code::ResourceExhausted)),
+            // Refused on the prefix alone: the 1 MiB that would follow is never read.
+            (vec![message(1 << 20)[..5].to_vec()], Err(Code::ResourceExhausted)),
+            // A prefix that understates the length.
+            (
+                vec![{
+                    let mut m = message(4);
+                    m.extend(std::iter::repeat_n(b'y', 20));
+                    m
+                }],
+                Err(Code::ResourceExhausted),
+            ),
+        ];
+        for (i, (chunks, want)) in cases.into_iter().enumerate() {
+            let got = bounded_body(chunked(chunks), limit).await.map(|b| b.len()).map_err(|s| s.code());
+            assert_eq!(got, want, "case {i}");
+        }
+        let e = bounded_body(chunked(vec![message(17)]), limit).await.unwrap_err();
+        assert_eq!(e.message(), "received message larger than max (17 vs. 16)");
+    }
 }

@@ -200,13 +200,30 @@ async def test_scheme_is_case_insensitive(stub):
 
 
 async def test_oversized_message_is_refused(stub):
-    """grpc_api.max_receive_message_size: a bigger request is refused before decoding.
-    tonic's status is OUT_OF_RANGE (grpc-go, hence Centrifugo, says RESOURCE_EXHAUSTED)."""
+    """grpc_api.max_receive_message_size: a bigger request is refused before decoding
+    with RESOURCE_EXHAUSTED, as grpc-go (hence Centrifugo) answers."""
     req = pb.PublishRequest(channel=uniq("big"), data=b'"' + b"x" * 70000 + b'"')
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await call(stub, "Publish", req)
-    assert ei.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "65536" in ei.value.details()
+    # Much bigger than the limit (refused on its length prefix, not read whole), and
+    # inside a Batch: the same.
+    huge = pb.PublishRequest(channel=uniq("huge"), data=b'"' + b"x" * (8 << 20) + b'"')
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        await call(stub, "Publish", huge)
+    assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        await call(stub, "Batch", pb.BatchRequest(commands=[pb.Command(publish=req)]))
+    assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Exactly at the limit passes the size check (and is a normal publish).
+    ch, n = uniq("fits"), 65000
+    while len(pb.PublishRequest(channel=ch, data=b'"' + b"x" * n + b'"').SerializeToString()) < 65536:
+        n += 1
+    fits = pb.PublishRequest(channel=ch, data=b'"' + b"x" * n + b'"')
+    assert len(fits.SerializeToString()) == 65536
+    res = await call(stub, "Publish", fits)
+    assert not res.HasField("error")
     # The server keeps serving.
     res = await call(stub, "Publish", pb.PublishRequest(channel=uniq("small"), data=b'{"ok":1}'))
     assert not res.HasField("error")
