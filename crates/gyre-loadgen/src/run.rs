@@ -30,9 +30,13 @@ pub struct RunOpts {
     /// What is under test.
     #[arg(long, value_enum)]
     pub target: Target,
-    /// Server address (loopback only).
+    /// Server address (loopback only): publishers, and subscribers unless `--sub-addr`.
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub addr: SocketAddr,
+    /// Subscribers' addresses, comma-separated (a cluster: connection `i`
+    /// goes to address `i mod n`); default: `--addr`.
+    #[arg(long, value_delimiter = ',')]
+    pub sub_addr: Vec<SocketAddr>,
     /// Label copied into the report.
     #[arg(long, default_value = "adhoc")]
     pub scenario: String,
@@ -158,14 +162,15 @@ fn data_opcode(proto: ProtocolType) -> u8 {
 async fn setup_conn(opts: &RunOpts, sh: &Shared, i: usize, token: Option<&str>) -> Result<RawWs> {
     let ch = channel_name(opts, i % opts.channels);
     let source = (opts.source_ips > 1).then(|| Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(opts.source_ips)) as u8));
-    let stream = tcp_connect(opts.addr, source).await?;
+    let addr = if opts.sub_addr.is_empty() { opts.addr } else { opts.sub_addr[i % opts.sub_addr.len()] };
+    let stream = tcp_connect(addr, source).await?;
     let path = match sh.target {
         Target::Nchan => format!("/sub/{ch}"),
         _ => "/connection/websocket".to_owned(),
     };
     let subprotocol = (sh.target == Target::GyreProtobuf).then_some("centrifuge-protobuf");
     let seed = (i as u32).wrapping_mul(2_654_435_761);
-    let (mut ws, mut leftover) = RawWs::handshake(stream, &opts.addr.to_string(), &path, subprotocol, seed).await?;
+    let (mut ws, mut leftover) = RawWs::handshake(stream, &addr.to_string(), &path, subprotocol, seed).await?;
     let mut pending: Vec<Vec<u8>> = Vec::new();
     let ctl = ws.reader.feed(&mut leftover, &mut |m| pending.push(m.to_vec()))?;
     ws.answer_pings(&ctl).await?;
@@ -412,6 +417,9 @@ fn round3(x: f64) -> f64 {
 /// Runs one scenario and returns its report (one JSON object).
 pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
     check_loopback(&opts.addr)?;
+    for a in &opts.sub_addr {
+        check_loopback(a)?;
+    }
     if opts.channels == 0 || opts.conns == 0 {
         bail!("--conns and --channels must be positive");
     }
@@ -476,6 +484,7 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
         last_done: Mutex::new(None),
     });
     let server_cpu0 = procfs::total_cpu_ticks(&server_pids).ok();
+    let by_pid0: Vec<Option<u64>> = server_pids.iter().map(|p| procfs::cpu_ticks(&p.to_string()).ok()).collect();
     let self_cpu0 = procfs::cpu_ticks("self").ok();
     let host_cpu0 = procfs::host_busy_ticks().ok();
     let runq0 = procfs::total_runq_wait_ns(&server_pids).ok();
@@ -507,6 +516,7 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
         drain_secs = drain_start.elapsed().as_secs_f64();
     }
     let server_cpu1 = procfs::total_cpu_ticks(&server_pids).ok();
+    let by_pid1: Vec<Option<u64>> = server_pids.iter().map(|p| procfs::cpu_ticks(&p.to_string()).ok()).collect();
     let self_cpu1 = procfs::cpu_ticks("self").ok();
     let host_cpu1 = procfs::host_busy_ticks().ok();
     let runq1 = procfs::total_runq_wait_ns(&server_pids).ok();
@@ -577,6 +587,8 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
         "server_pss_after_kib": pss_after.map(|b| b / 1024),
         "pss_per_conn_bytes": per_conn,
         "server_cpu_s": server_cpu_s.map(round3),
+        // Per process, in --server-pid order (a cluster: which node paid).
+        "server_cpu_s_by_pid": by_pid0.iter().zip(&by_pid1).map(|(a, b)| cpu_delta(*a, *b).map(round3)).collect::<Vec<_>>(),
         "server_cpu_us_per_delivery": match server_cpu_s {
             Some(s) if delivered > 0 => json!(round3(s * 1e6 / delivered as f64)),
             _ => json!(null),

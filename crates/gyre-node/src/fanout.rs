@@ -42,6 +42,20 @@
 //!
 //! The budgets are soft: concurrent publishers that all saw room can each add
 //! one job. If the thread cannot be started, events are delivered inline.
+//!
+//! # Write-through and falling behind
+//!
+//! A subscriber whose socket is idle gets a publication's frame written
+//! straight to its socket by whoever broadcasts (`shared.rs`): one syscall,
+//! no wake-up of its task. That is the cheapest delivery when events are
+//! sparse, and the most expensive when they are not: a syscall per delivery
+//! where queued frames would have been written 16 to a syscall by each
+//! connection's own task. So the thread writes through only while no other
+//! job waits behind the current one (asked every 64 subscribers); once one
+//! does, the rest of the broadcast is queued. Measured (BENCHMARKS.md,
+//! fanout-2k-max): always writing through, the thread fell behind and p99
+//! grew from 30 to 500 ms. Inline deliveries always write through (nothing
+//! is queued when they run).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -274,30 +288,37 @@ impl Drop for Stall<'_> {
 }
 
 fn consume(hub: &Hub, counters: &Counters, state: &State, rx: Receiver<(Job, usize)>) {
+    // The current job counts until it finishes: more than one is a backlog.
+    let behind = || state.jobs.load(Ordering::Acquire) > 1;
     while let Ok((job, weight)) = rx.recv() {
         #[cfg(test)]
         while state.stalled.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let lane = job.lane();
-        run(hub, counters, job);
+        run_with(hub, counters, job, &behind);
         state.finished(lane, weight);
     }
 }
 
+/// Delivers inline (nothing is queued: never behind).
 fn run(hub: &Hub, counters: &Counters, job: Job) {
+    run_with(hub, counters, job, &|| false)
+}
+
+fn run_with(hub: &Hub, counters: &Counters, job: Job, behind: &dyn Fn() -> bool) {
     match job {
         Job::Publication { channel, publication, epoch, prev } => {
-            let n = hub.broadcast_publication(&channel, &publication, &epoch, prev.as_ref());
+            let n = hub.broadcast_publication(&channel, &publication, &epoch, prev.as_ref(), behind);
             Counters::add(&counters.publications_received, 1);
             Counters::add(&counters.publications_sent, n as u64);
         }
         Job::Join { channel, info } => {
-            let n = hub.broadcast_join(&channel, info);
+            let n = hub.broadcast_join(&channel, info, behind);
             Counters::add(&counters.join_leave_sent, n as u64);
         }
         Job::Leave { channel, info } => {
-            let n = hub.broadcast_leave(&channel, info);
+            let n = hub.broadcast_leave(&channel, info, behind);
             Counters::add(&counters.join_leave_sent, n as u64);
         }
         Job::Barrier(done) => {

@@ -24,6 +24,9 @@ use crate::small_map::SmallMap;
 
 const SHARDS: usize = 64;
 
+/// How often (in subscribers) a broadcast asks whether its caller fell behind.
+const BEHIND_CHECK_EVERY: usize = 64;
+
 fn shard_of(key: &str) -> usize {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
@@ -244,19 +247,30 @@ impl Hub {
 
     /// Fans a publication out to this node's subscribers of `channel`;
     /// returns how many subscribers it was offered to.
+    ///
+    /// `behind` says whether the caller has more events waiting: while it
+    /// does not, frames are written through to idle sockets; once it does
+    /// (checked every [`BEHIND_CHECK_EVERY`] subscribers), the rest of this
+    /// broadcast is queued, so the owners batch their writes and the caller
+    /// catches up at the cost of a queue push instead of a syscall each.
     pub(crate) fn broadcast_publication(
         &self,
         channel: &str,
         publication: &Arc<Publication>,
         epoch: &str,
         prev: Option<&Arc<Publication>>,
+        behind: &dyn Fn() -> bool,
     ) -> usize {
         let shard = self.subs[shard_of(channel)].read();
         let Some(subs) = shard.get(channel) else { return 0 };
         let push = Push { channel: channel.to_string(), r#pub: Some((**publication).clone()), ..Default::default() };
         let mut lazy = LazyPush::with_prev(&push, prev);
         let mut json_ok: Option<bool> = None;
-        for c in subs.values() {
+        let mut write_through = !behind();
+        for (i, c) in subs.values().enumerate() {
+            if write_through && i % BEHIND_CHECK_EVERY == BEHIND_CHECK_EVERY - 1 {
+                write_through = !behind();
+            }
             if c.encoding.is_json()
                 && !*json_ok.get_or_insert_with(|| gyre_proto::json::is_valid_json(&publication.data))
             {
@@ -264,7 +278,7 @@ impl Hub {
                 c.close_with(crate::errors::Disconnect::INAPPROPRIATE_PROTOCOL);
                 continue;
             }
-            c.deliver_publication(channel, publication, epoch, prev, &mut lazy);
+            c.deliver_publication(channel, publication, epoch, prev, &mut lazy, write_through);
         }
         subs.len()
     }
@@ -274,23 +288,32 @@ impl Hub {
         self.subs[shard_of(channel)].read().get(channel).map_or(0, HashMap::len)
     }
 
-    /// Fans a join out to subscribers that receive join/leave.
-    pub(crate) fn broadcast_join(&self, channel: &str, info: ClientInfo) -> usize {
+    /// Fans a join out to subscribers that receive join/leave (`behind`:
+    /// as for [`Self::broadcast_publication`]).
+    pub(crate) fn broadcast_join(&self, channel: &str, info: ClientInfo, behind: &dyn Fn() -> bool) -> usize {
         let push = Push { channel: channel.to_string(), join: Some(Join { info: Some(info) }), ..Default::default() };
-        self.broadcast_join_leave(channel, &push)
+        self.broadcast_join_leave(channel, &push, behind)
     }
 
     /// Fans a leave out to subscribers that receive join/leave.
-    pub(crate) fn broadcast_leave(&self, channel: &str, info: ClientInfo) -> usize {
+    pub(crate) fn broadcast_leave(&self, channel: &str, info: ClientInfo, behind: &dyn Fn() -> bool) -> usize {
         let push = Push { channel: channel.to_string(), leave: Some(Leave { info: Some(info) }), ..Default::default() };
-        self.broadcast_join_leave(channel, &push)
+        self.broadcast_join_leave(channel, &push, behind)
     }
 
-    fn broadcast_join_leave(&self, channel: &str, push: &Push) -> usize {
+    fn broadcast_join_leave(&self, channel: &str, push: &Push, behind: &dyn Fn() -> bool) -> usize {
         let shard = self.subs[shard_of(channel)].read();
         let Some(subs) = shard.get(channel) else { return 0 };
         let mut lazy = LazyPush::new(push);
-        subs.values().filter(|c| c.deliver_join_leave(channel, &mut lazy)).count()
+        let mut write_through = !behind();
+        let mut n = 0;
+        for (i, c) in subs.values().enumerate() {
+            if write_through && i % BEHIND_CHECK_EVERY == BEHIND_CHECK_EVERY - 1 {
+                write_through = !behind();
+            }
+            n += usize::from(c.deliver_join_leave(channel, &mut lazy, write_through));
+        }
+        n
     }
 
     /// Channels with at least one subscriber on this node, with counts.
@@ -395,5 +418,39 @@ mod tests {
         }
         assert_eq!(h.num_channels(), 0);
         assert!(cap(&h) * 4 < full, "capacity {} of {full} kept after every channel left", cap(&h));
+    }
+
+    #[test]
+    fn a_broadcast_writes_through_until_its_caller_falls_behind() {
+        use crate::push::Framing;
+        use crate::shared::{DirectWrite, SubDeliveryOptions};
+        use std::sync::atomic::AtomicUsize;
+
+        struct Counting(AtomicUsize);
+        impl DirectWrite for Counting {
+            fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Ok(buf.len())
+            }
+        }
+        let h = Hub::default();
+        let mut conns = Vec::new();
+        for _ in 0..200 {
+            let info = TransportInfo { name: "test", unidirectional: false, emulation: false, disconnect_push: false };
+            let socket = Arc::new(Counting(AtomicUsize::new(0)));
+            let c = ClientShared::new_direct(Encoding::Json, info, 1 << 20, Framing::WsText, socket.clone());
+            c.begin_sub("ch", SubDeliveryOptions::default());
+            c.with_subs(|m| m.get_mut("ch").expect("begun").live = true);
+            h.add_sub("ch", &c);
+            conns.push((c, socket));
+        }
+        let publication = Arc::new(Publication { data: b"{}".to_vec().into(), ..Default::default() });
+        // Asked at the start and every 64 subscribers: behind from the second question on.
+        let asked = AtomicUsize::new(0);
+        let n = h.broadcast_publication("ch", &publication, "", None, &|| asked.fetch_add(1, Ordering::SeqCst) >= 1);
+        assert_eq!(n, 200);
+        let written = conns.iter().filter(|(_, s)| s.0.load(Ordering::SeqCst) == 1).count();
+        let queued = conns.iter().filter(|(c, _)| c.queued_bytes() > 0).count();
+        assert_eq!((written, queued), (63, 137));
     }
 }

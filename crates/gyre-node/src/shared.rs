@@ -431,6 +431,7 @@ impl ClientShared {
         epoch: &str,
         prev: Option<&Arc<Publication>>,
         lazy: &mut LazyPush<'_>,
+        write_through: bool,
     ) {
         let mut subs = self.subs.lock();
         let Some(s) = subs.get_mut(channel) else { return };
@@ -470,15 +471,16 @@ impl ClientShared {
             if patchable { PubForm::DeltaPatch } else { PubForm::DeltaFull }
         };
         drop(subs);
-        self.deliver(lazy, form);
+        self.deliver(lazy, form, write_through);
     }
 
-    /// Hands a broadcast push to this connection: framed once per broadcast
-    /// and written through when the connection queues frames.
-    fn deliver(&self, lazy: &mut LazyPush<'_>, form: PubForm) {
+    /// Hands a broadcast push to this connection: framed once per broadcast,
+    /// and written through when the connection queues frames and the
+    /// broadcaster allows it (it does not while it has more events waiting).
+    fn deliver(&self, lazy: &mut LazyPush<'_>, form: PubForm, write_through: bool) {
         match lazy.get_framed(self.encoding, form, self.framing) {
             Some(m) => {
-                self.push(m, self.framing != Framing::Transport);
+                self.push(m, write_through && self.framing != Framing::Transport);
             }
             None => self.not_text(),
         }
@@ -489,10 +491,10 @@ impl ClientShared {
         self.subs.lock().get(channel).and_then(|s| s.position.clone())
     }
 
-    pub(crate) fn deliver_join_leave(&self, channel: &str, lazy: &mut LazyPush<'_>) -> bool {
+    pub(crate) fn deliver_join_leave(&self, channel: &str, lazy: &mut LazyPush<'_>, write_through: bool) -> bool {
         let ok = self.subs.lock().get(channel).is_some_and(|s| s.live && s.join_leave);
         if ok {
-            self.deliver(lazy, PubForm::Plain);
+            self.deliver(lazy, PubForm::Plain, write_through);
         }
         ok
     }
