@@ -54,8 +54,10 @@
 //! job waits behind the current one (asked every 64 subscribers); once one
 //! does, the rest of the broadcast is queued. Measured (BENCHMARKS.md,
 //! fanout-2k-max): always writing through, the thread fell behind and p99
-//! grew from 30 to 500 ms. Inline deliveries always write through (nothing
-//! is queued when they run).
+//! grew from 30 to 500 ms. Inline deliveries run with nothing queued, but
+//! on the publisher's thread; for them and the thread alike, the node-wide
+//! [`crate::write_through::Gate`] turns write-through off while the
+//! process is CPU-saturated (publishers flat out), where batching wins.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -120,6 +122,8 @@ struct State {
     join_leave_budget: AtomicUsize,
     /// Woken whenever the thread finishes a job and someone waits for room.
     room: Notify,
+    /// Whether broadcasts may write through (from how busy broadcasting keeps the node).
+    gate: crate::write_through::Gate,
     waiting: AtomicUsize,
     /// Tests: while set, the thread waits before each job.
     #[cfg(test)]
@@ -170,6 +174,7 @@ impl Fanout {
             publication_budget: AtomicUsize::new(PUBLICATION_BUDGET),
             join_leave_budget: AtomicUsize::new(JOIN_LEAVE_BUDGET),
             room: Notify::new(),
+            gate: Default::default(),
             waiting: AtomicUsize::new(0),
             #[cfg(test)]
             stalled: std::sync::atomic::AtomicBool::new(false),
@@ -249,7 +254,7 @@ impl Fanout {
     /// Queues an event or delivers it inline. Never waits.
     pub(crate) fn send(&self, job: Job) {
         let Some(tx) = &self.tx else {
-            return run(&self.hub, &self.counters, job);
+            return run(&self.hub, &self.counters, &self.state, job);
         };
         let subscribers = match &job {
             Job::Publication { channel, .. } | Job::Join { channel, .. } | Job::Leave { channel, .. } => {
@@ -258,7 +263,7 @@ impl Fanout {
             Job::Barrier(_) => usize::MAX,
         };
         if subscribers <= INLINE_MAX_SUBSCRIBERS && self.state.jobs.load(Ordering::Acquire) == 0 {
-            return run(&self.hub, &self.counters, job);
+            return run(&self.hub, &self.counters, &self.state, job);
         }
         let lane = job.lane();
         let weight = if lane == Lane::None { 0 } else { subscribers.max(1) };
@@ -270,7 +275,7 @@ impl Fanout {
             // The thread is gone (only if the hub panicked): deliver here
             // rather than lose the event.
             let (job, weight) = e.0;
-            run(&self.hub, &self.counters, job);
+            run(&self.hub, &self.counters, &self.state, job);
             self.state.finished(lane, weight);
         }
     }
@@ -289,24 +294,25 @@ impl Drop for Stall<'_> {
 
 fn consume(hub: &Hub, counters: &Counters, state: &State, rx: Receiver<(Job, usize)>) {
     // The current job counts until it finishes: more than one is a backlog.
-    let behind = || state.jobs.load(Ordering::Acquire) > 1;
+    let behind = || state.jobs.load(Ordering::Acquire) > 1 || !state.gate.allowed();
     while let Ok((job, weight)) = rx.recv() {
         #[cfg(test)]
         while state.stalled.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let lane = job.lane();
-        run_with(hub, counters, job, &behind);
+        run_with(hub, counters, &state.gate, job, &behind);
         state.finished(lane, weight);
     }
 }
 
-/// Delivers inline (nothing is queued: never behind).
-fn run(hub: &Hub, counters: &Counters, job: Job) {
-    run_with(hub, counters, job, &|| false)
+/// Delivers inline (nothing is queued: behind only by the gate).
+fn run(hub: &Hub, counters: &Counters, state: &State, job: Job) {
+    run_with(hub, counters, &state.gate, job, &|| !state.gate.allowed())
 }
 
-fn run_with(hub: &Hub, counters: &Counters, job: Job, behind: &dyn Fn() -> bool) {
+fn run_with(hub: &Hub, counters: &Counters, gate: &crate::write_through::Gate, job: Job, behind: &dyn Fn() -> bool) {
+    let barrier = matches!(job, Job::Barrier(_));
     match job {
         Job::Publication { channel, publication, epoch, prev } => {
             let n = hub.broadcast_publication(&channel, &publication, &epoch, prev.as_ref(), behind);
@@ -324,5 +330,8 @@ fn run_with(hub: &Hub, counters: &Counters, job: Job, behind: &dyn Fn() -> bool)
         Job::Barrier(done) => {
             let _ = done.send(());
         }
+    }
+    if !barrier {
+        gate.tick();
     }
 }

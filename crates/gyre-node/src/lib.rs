@@ -35,6 +35,7 @@ pub mod recovery;
 pub mod shared;
 pub mod small_map;
 pub mod tls;
+pub mod write_through;
 
 pub use client::Client;
 pub use errors::{ClientError, Disconnect};
