@@ -72,7 +72,7 @@ EOF
 
 stop_all() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; sleep 3; for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; PIDS=(); sleep 2; }
 
-run_loadgen() { # scenario run topology pub-port sub-ports pids
+run_loadgen() { # scenario run topology pub-port sub-ports pids(comma-separated, named by ROLES)
     local channels msgs rate pubconns
     read -r channels msgs rate pubconns < <(scenario_params "$1")
     local conns=$(( SUBS_PER_NODE * 3 ))
@@ -82,8 +82,9 @@ run_loadgen() { # scenario run topology pub-port sub-ports pids
         --scenario "$1" --run "$2" --conns "$conns" --channels "$channels" --msgs "$msgs" \
         --pub-rate "$rate" --pub-conns "$pubconns" --connect-rate 2000 --server-pid "$6" \
         --token-secret "$TOKEN_SECRET" --deadline-s 300)
-    echo "$line" | python3 -c 'import json,sys; r=json.load(sys.stdin); r["topology"]=sys.argv[1]; print(json.dumps(r))' "$3" >>"$RESULTS"
-    echo "$line" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("   ready=%s lost=%s p50=%s p99=%s deliv/s=%s published=%s cpu_by_pid=%s" % (r["ready"], r["lost"], (r["latency_ms"] or {}).get("p50"), (r["latency_ms"] or {}).get("p99"), r["delivered_per_s"], r["published"], r["server_cpu_s_by_pid"]))' >&2
+    line=$(echo "$line" | python3 -c 'import json,sys; r=json.load(sys.stdin); r["topology"]=sys.argv[1]; r["roles"]=dict(zip(sys.argv[3].split(","), sys.argv[2].split(","))); print(json.dumps(r))' "$3" "$6" "$ROLES")
+    echo "$line" >>"$RESULTS"
+    echo "$line" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("   ready=%s lost=%s p50=%s p99=%s deliv/s=%s published=%s cpu=%s" % (r["ready"], r["lost"], (r["latency_ms"] or {}).get("p50"), (r["latency_ms"] or {}).get("p99"), r["delivered_per_s"], r["published"], {k: r["server_cpu_s_by_pid"].get(v) for k, v in r["roles"].items()}))' >&2
 }
 
 for scen in $SCENARIOS; do
@@ -91,6 +92,7 @@ for scen in $SCENARIOS; do
     for run in $(seq 1 "$RUNS"); do
         # One node, memory engine: every subscriber on it.
         p=$(free_port); start_gyre single "$p" ""
+        ROLES=node1
         run_loadgen "$scen" "$run" single "$p" "127.0.0.1:$p" "$LAST_PID"
         stop_all
         # Three nodes over NATS: subscribers spread evenly, publisher on node 1.
@@ -103,6 +105,7 @@ for scen in $SCENARIOS; do
         for n in 1 2 3; do
             p=$(free_port); start_gyre "node$n" "$p" "$broker"; ports+=("$p"); pids+=("$LAST_PID")
         done
+        ROLES=node1,node2,node3,nats-server
         run_loadgen "$scen" "$run" cluster-3 "${ports[0]}" \
             "127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}" \
             "${pids[0]},${pids[1]},${pids[2]},$nats_pid"
@@ -118,7 +121,8 @@ print("| scenario | topology | run | ready | deliv/s | p50 ms | p99 ms | lost | 
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     pub = max(r["published"], 1)
-    per = [("%.2f" % (1000 * c / pub)) if c is not None else "–" for c in r["server_cpu_s_by_pid"]]
+    cpu = [r["server_cpu_s_by_pid"].get(r["roles"][k]) for k in ("node1", "node2", "node3", "nats-server") if k in r["roles"]]
+    per = [("%.3f" % (1000 * c / pub)) if c is not None else "–" for c in cpu]
     lat = r["latency_ms"] or {}
     print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
         r["scenario"], r["topology"], r["run"], r["ready"], r["delivered_per_s"], lat.get("p50"), lat.get("p99"),

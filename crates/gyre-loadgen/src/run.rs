@@ -587,8 +587,10 @@ pub async fn run(opts: RunOpts) -> Result<serde_json::Value> {
         "server_pss_after_kib": pss_after.map(|b| b / 1024),
         "pss_per_conn_bytes": per_conn,
         "server_cpu_s": server_cpu_s.map(round3),
-        // Per process, in --server-pid order (a cluster: which node paid).
-        "server_cpu_s_by_pid": by_pid0.iter().zip(&by_pid1).map(|(a, b)| cpu_delta(*a, *b).map(round3)).collect::<Vec<_>>(),
+        // Per process, keyed by pid (a cluster: which node paid).
+        "server_cpu_s_by_pid": server_pids.iter().zip(by_pid0.iter().zip(&by_pid1))
+            .map(|(pid, (a, b))| (pid.to_string(), json!(cpu_delta(*a, *b).map(round3))))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
         "server_cpu_us_per_delivery": match server_cpu_s {
             Some(s) if delivered > 0 => json!(round3(s * 1e6 / delivered as f64)),
             _ => json!(null),
