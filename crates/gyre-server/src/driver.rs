@@ -10,6 +10,11 @@
 //!
 //! A transport implements [`Transport`]; [`drive`] owns the [`Client`] and the
 //! transport for the connection's whole life.
+//!
+//! One transport bends this: the bidirectional WebSocket over plain TCP
+//! queues finished frames (broadcasters may write them straight to its idle
+//! socket, see `ws.rs` and `gyre_node::shared`), so the batches it is handed
+//! are frames it writes as they are, up to 16 with one vectored write.
 
 use std::future::Future;
 use std::sync::Arc;
