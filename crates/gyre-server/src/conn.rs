@@ -47,10 +47,11 @@ impl ConnIo {
 
     /// The plain socket and the bytes to replay before it, or the
     /// connection back when it is TLS.
-    pub fn into_plain(self) -> Result<(TcpStream, Bytes), ConnIo> {
-        match self.io {
-            Either::Left(tcp) => Ok((tcp, self.pre)),
-            io => Err(ConnIo { pre: self.pre, io }),
+    pub fn into_plain(self) -> Result<(TcpStream, Bytes), Box<ConnIo>> {
+        let ConnIo { pre, io } = self;
+        match io {
+            Either::Left(tcp) => Ok((tcp, pre)),
+            io => Err(Box::new(ConnIo { pre, io })),
         }
     }
 

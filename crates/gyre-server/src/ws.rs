@@ -64,15 +64,16 @@ pub use crate::driver::MAX_MESSAGES_IN_FRAME;
 /// An upgraded server-side WebSocket.
 pub type Socket = WebSocketStream<WsIo>;
 
-/// What a WebSocket runs over.
+/// What a WebSocket runs over. Part of every parked connection's state,
+/// so it stays small: the rarer variants are boxed.
 pub enum WsIo {
     /// The accepted connection taken back from hyper (TLS, or plain without write-through).
-    Conn(ConnIo),
+    Conn(Box<ConnIo>),
     /// A plain socket whose writes go through the connection's queue.
     Direct(DirectIo),
     /// An upgrade hyper did not let us take back (not expected: every
     /// upgrade comes from our HTTP/1 server over [`ConnIo`]).
-    Other(TokioIo<Upgraded>),
+    Other(Box<TokioIo<Upgraded>>),
 }
 
 impl WsIo {
@@ -80,8 +81,8 @@ impl WsIo {
     /// request replayed first.
     pub fn from_upgraded(upgraded: Upgraded) -> WsIo {
         match upgraded.downcast::<TokioIo<ConnIo>>() {
-            Ok(parts) => WsIo::Conn(parts.io.into_inner().replay(parts.read_buf)),
-            Err(upgraded) => WsIo::Other(TokioIo::new(upgraded)),
+            Ok(parts) => WsIo::Conn(Box::new(parts.io.into_inner().replay(parts.read_buf))),
+            Err(upgraded) => WsIo::Other(Box::new(TokioIo::new(upgraded))),
         }
     }
 }
@@ -99,19 +100,20 @@ impl DirectWrite for DirectSocket {
 /// The read half of a plain socket for tungstenite; what tungstenite writes
 /// (pongs, a Close reply) is queued on the connection as finished frames.
 pub struct DirectIo {
-    pre: Bytes,
+    /// What hyper read past the upgrade request (almost always nothing).
+    pre: Option<Box<Bytes>>,
     read: OwnedReadHalf,
     shared: Arc<ClientShared>,
 }
 
 impl AsyncRead for DirectIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.pre.is_empty() {
-            let n = self.pre.len().min(buf.remaining());
-            buf.put_slice(&self.pre[..n]);
-            self.pre.advance(n);
-            if self.pre.is_empty() {
-                self.pre = Bytes::new();
+        if let Some(pre) = &mut self.pre {
+            let n = pre.len().min(buf.remaining());
+            buf.put_slice(&pre[..n]);
+            pre.advance(n);
+            if pre.is_empty() {
+                self.pre = None;
             }
             return Poll::Ready(Ok(()));
         }
@@ -661,12 +663,13 @@ pub fn serve(
     let write_timeout = node.config.websocket.write_timeout.0.max(Duration::from_millis(100));
     let mode = WsMode::Bidi { binary: encoding == Encoding::Protobuf };
     let (t, shared) = match WsIo::from_upgraded(upgraded) {
-        WsIo::Conn(conn) => match conn.into_plain() {
+        WsIo::Conn(conn) => match (*conn).into_plain() {
             Ok((tcp, pre)) => {
                 let framing = if encoding == Encoding::Protobuf { Framing::WsBinary } else { Framing::WsText };
                 let (read, write) = tcp.into_split();
                 let socket = Arc::new(DirectSocket(write));
                 let shared = ClientShared::new_direct(encoding, info, max_queue, framing, socket.clone());
+                let pre = (!pre.is_empty()).then(|| Box::new(pre));
                 let io = DirectIo { pre, read, shared: shared.clone() };
                 let mut t = WsTransport::new(socket_over(WsIo::Direct(io), limit), mode, write_timeout, encoding);
                 t.direct = Some(Box::new(DirectOut { socket, shared: shared.clone(), out: VecDeque::new() }));
