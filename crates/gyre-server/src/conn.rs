@@ -90,16 +90,21 @@ pub async fn detect(mut io: Either<TcpStream, Box<TlsStream>>) -> io::Result<(bo
     Ok((buf[..n] == H2_PREFACE[..], ConnIo::new(Bytes::copy_from_slice(&buf[..n]), io)))
 }
 
+/// Moves what fits of `pre` (bytes read earlier) into `buf`; an emptied
+/// `pre` gives its buffer back now, not when the connection ends.
+pub fn replay_into(pre: &mut Bytes, buf: &mut ReadBuf<'_>) {
+    let n = pre.len().min(buf.remaining());
+    buf.put_slice(&pre[..n]);
+    pre.advance(n);
+    if pre.is_empty() {
+        *pre = Bytes::new();
+    }
+}
+
 impl AsyncRead for ConnIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.pre.is_empty() {
-            let n = self.pre.len().min(buf.remaining());
-            buf.put_slice(&self.pre[..n]);
-            self.pre.advance(n);
-            if self.pre.is_empty() {
-                // Free the buffer now, not when the connection ends.
-                self.pre = Bytes::new();
-            }
+            replay_into(&mut self.pre, buf);
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)

@@ -109,9 +109,7 @@ pub struct DirectIo {
 impl AsyncRead for DirectIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if let Some(pre) = &mut self.pre {
-            let n = pre.len().min(buf.remaining());
-            buf.put_slice(&pre[..n]);
-            pre.advance(n);
+            crate::conn::replay_into(pre, buf);
             if pre.is_empty() {
                 self.pre = None;
             }
