@@ -331,7 +331,7 @@ pub fn fossil_delta(data: &[u8]) {
 /// * the rest as a claims object, signed with the configured HMAC key: the
 ///   verifier's answer equals the signature-skipping one's (a valid
 ///   signature changes nothing about claim handling), and a verified user is
-///   the `sub` claim;
+///   the `sub` claim (a string, or a number's JSON text; other shapes refused);
 /// * the rest as a raw (unsigned) payload of any JSON shape, through the
 ///   signature-skipping verifier.
 pub fn jwt_claims(data: &[u8]) {
@@ -375,7 +375,8 @@ pub fn jwt_claims(data: &[u8]) {
                 let want = match claims.get("sub") {
                     None | Some(Value::Null) => String::new(),
                     Some(Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
+                    Some(n @ Value::Number(_)) => n.to_string(),
+                    Some(other) => panic!("sub {other} accepted: only strings and numbers are users"),
                 };
                 assert_eq!(c.user, want);
                 if let Some(Value::Array(chs)) = claims.get("channels") {

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
 use crate::config::Token;
@@ -214,6 +214,11 @@ impl TokenVerifier {
         self.verify_subscribe_with(token, now, key.as_ref())
     }
 
+    /// Checks the signature (unless skipped) and returns the claims. Both
+    /// paths decode the claims with the same function after the signature
+    /// decision, so a valid signature never changes how claims are read:
+    /// jsonwebtoken's `decode` would also run its own spec-claim parser,
+    /// which refuses some shapes (an object `sub`) with errors of its own.
     fn verify_signature(
         &self,
         token: &str,
@@ -221,52 +226,53 @@ impl TokenVerifier {
         jwk: Option<&DecodingKey>,
     ) -> Result<Map<String, Value>, TokenError> {
         let inv = |m: &str| TokenError::Invalid(m.to_string());
+        let claims = || {
+            jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token)
+                .map_err(|e| TokenError::Invalid(e.to_string()))
+        };
         if self.skip_signature {
-            return jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token)
-                .map(|d| d.claims)
-                .map_err(|e| TokenError::Invalid(e.to_string()));
+            return claims();
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
-        let mut v = Validation::new(header.alg);
-        v.validate_exp = false;
-        v.validate_nbf = false;
-        v.validate_aud = false;
-        v.required_spec_claims.clear();
-        v.leeway = 0;
-        let try_key = |key: &DecodingKey| jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map(|d| d.claims);
+        let (message, signature) = token.rsplit_once('.').ok_or_else(|| inv("malformed token"))?;
+        // The key's family must match the algorithm (checked by the crypto
+        // provider: a mismatch is an error, not a failed comparison).
+        let try_key =
+            |key: &DecodingKey| match jsonwebtoken::crypto::verify(signature, message.as_bytes(), key, header.alg) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(inv("invalid signature")),
+                Err(e) => Err(TokenError::Invalid(e.to_string())),
+            };
         if self.jwks.is_some() {
             // With a JWKS, static keys are not used (Centrifugo semantics).
             let key = jwk.ok_or_else(|| inv("no JWKS key for this token"))?;
-            return match header.alg {
+            match header.alg {
                 Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                    Err(inv("HMAC tokens are not accepted with a JWKS"))
+                    return Err(inv("HMAC tokens are not accepted with a JWKS"));
                 }
-                _ => try_key(key).map_err(|e| TokenError::Invalid(e.to_string())),
-            };
+                _ => try_key(key)?,
+            }
+            return claims();
         }
         match header.alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
                 let secret = self.hmac.as_ref().ok_or_else(|| inv("HMAC key not configured"))?;
-                match try_key(secret) {
-                    Ok(c) => Ok(c),
-                    Err(e) => match &self.hmac_previous {
-                        Some((prev, until)) if *until == 0 || now < *until => {
-                            try_key(prev).map_err(|e| TokenError::Invalid(e.to_string()))
-                        }
-                        _ => Err(TokenError::Invalid(e.to_string())),
-                    },
+                if let Err(e) = try_key(secret) {
+                    match &self.hmac_previous {
+                        Some((prev, until)) if *until == 0 || now < *until => try_key(prev)?,
+                        _ => return Err(e),
+                    }
                 }
             }
             Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => {
-                let key = self.rsa.as_ref().ok_or_else(|| inv("RSA key not configured"))?;
-                try_key(key).map_err(|e| TokenError::Invalid(e.to_string()))
+                try_key(self.rsa.as_ref().ok_or_else(|| inv("RSA key not configured"))?)?;
             }
             Algorithm::ES256 | Algorithm::ES384 => {
-                let key = self.ecdsa.as_ref().ok_or_else(|| inv("ECDSA key not configured"))?;
-                try_key(key).map_err(|e| TokenError::Invalid(e.to_string()))
+                try_key(self.ecdsa.as_ref().ok_or_else(|| inv("ECDSA key not configured"))?)?;
             }
-            other => Err(TokenError::Invalid(format!("unsupported algorithm {other:?}"))),
+            other => return Err(TokenError::Invalid(format!("unsupported algorithm {other:?}"))),
         }
+        claims()
     }
 
     fn check_claims(&self, c: &Map<String, Value>, now: i64) -> Result<(), TokenError> {
@@ -315,15 +321,17 @@ impl TokenVerifier {
     }
 
     /// The user id of a connection or subscription token, one rule for both:
-    /// absent or null is anonymous (""), a string is itself, any other JSON
-    /// value (a number such as `42`) is its JSON text ("42"). A subscription
+    /// absent or null is anonymous (""), a string is itself, a number (such
+    /// as `42`) is its JSON text ("42"). A subscription
     /// token must name the connection's user under the same rule, so a token
-    /// for user 42 never passes as an anonymous one.
-    fn user_claim(&self, c: &Map<String, Value>) -> String {
+    /// for user 42 never passes as an anonymous one. Objects, arrays and
+    /// booleans are refused: no backend means a JSON document as a user id.
+    fn user_claim(&self, c: &Map<String, Value>) -> Result<String, TokenError> {
         match c.get(&self.user_id_claim) {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(n @ Value::Number(_)) => Ok(n.to_string()),
+            Some(_) => Err(TokenError::Invalid(format!("{} must be a string or a number", self.user_id_claim))),
         }
     }
 
@@ -342,7 +350,7 @@ impl TokenVerifier {
         if c.contains_key("channel") {
             return Err(TokenError::Invalid("connection token must not have a channel claim".into()));
         }
-        let user = self.user_claim(&c);
+        let user = self.user_claim(&c)?;
         let mut subs: Vec<(String, SubOptions)> = Vec::new();
         if let Some(Value::Object(m)) = c.get("subs") {
             for (ch, o) in m {
@@ -379,7 +387,7 @@ impl TokenVerifier {
             return Err(TokenError::Invalid("subscription token without channel".into()));
         }
         Ok(SubscribeClaims {
-            user: self.user_claim(&c),
+            user: self.user_claim(&c)?,
             channel,
             client: s("client"),
             expire_at: expiry(&c)?,
@@ -565,6 +573,38 @@ mod tests {
         assert_eq!(v.verify_subscribe(&sub, NOW).unwrap().user, "42");
         let anon = sign_hs256("secret", &claims(json!({"sub":null,"channel":"$p"})));
         assert_eq!(v.verify_subscribe(&anon, NOW).unwrap().user, "");
+    }
+
+    #[test]
+    fn sub_shapes_are_read_alike_with_and_without_signature_check() {
+        // (claims, user or None when refused). Found by the jwt_claims fuzz
+        // target: with an object `sub` the signed path failed inside
+        // jsonwebtoken's own claim parser while the signature-skipping path
+        // accepted the object's JSON text as the user.
+        let rows = [
+            (json!({"sub":"u"}), Some("u")),
+            (json!({"sub":7}), Some("7")),
+            (json!({"sub":null}), Some("")),
+            (json!({}), Some("")),
+            (json!({"sub":{"n":1},"channels":{}}), None),
+            (json!({"sub":{"n":1}}), None),
+            (json!({"sub":[1]}), None),
+            (json!({"sub":true}), None),
+        ];
+        let signed = verifier(|_| {});
+        let skip = TokenVerifier::new(&Token::default(), "client.token", true).unwrap();
+        for (c, want) in rows {
+            let t = sign_hs256("secret", &claims(c.clone()));
+            let (a, b) = (signed.verify_connect(&t, NOW), skip.verify_connect(&t, NOW));
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "{c}");
+            assert_eq!(a.ok().map(|c| c.user), want.map(str::to_string), "{c}");
+            let mut sc = c.clone();
+            sc["channel"] = json!("$p");
+            let t = sign_hs256("secret", &claims(sc));
+            let (a, b) = (signed.verify_subscribe(&t, NOW), skip.verify_subscribe(&t, NOW));
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "{c}");
+            assert_eq!(a.ok().map(|c| c.user), want.map(str::to_string), "{c}");
+        }
     }
 
     #[test]
