@@ -22,6 +22,7 @@ pub mod stream;
 pub mod tls;
 pub mod uni;
 pub mod ws;
+pub mod wsframe;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -749,15 +749,11 @@ async fn websocket(app: Arc<App>, svc: Service, req: &mut Request<Incoming>, raw
     let heartbeat = node.config.sockjs.heartbeat_delay.0.max(Duration::from_millis(100));
     let user = h::conn_request(&node, req.headers());
     h::upgrade(&app, req, None, move |up| async move {
-        let ws = crate::ws::socket(up, node.config.websocket.message_size_limit);
+        let io = crate::ws::WsIo::from_upgraded(up);
         let wt = node.config.websocket.write_timeout.0.max(Duration::from_millis(100));
         let mode = if raw { WsMode::Raw } else { WsMode::SockJs { heartbeat } };
-        let mut t = WsTransport::new(ws, mode, wt, Encoding::Json);
-        if !raw
-            && tokio::time::timeout(wt, t.send(tokio_tungstenite::tungstenite::Message::Text("o".into())))
-                .await
-                .is_err()
-        {
+        let mut t = WsTransport::new(io, node.config.websocket.message_size_limit, mode, wt, Encoding::Json);
+        if !raw && tokio::time::timeout(wt, t.send_text(b"o")).await.is_err() {
             return;
         }
         match svc.app {

@@ -90,7 +90,7 @@ pub(crate) async fn websocket(
 ) {
     let node = app.node.clone();
     let cfg = &node.config;
-    let ws = crate::ws::socket(upgraded, cfg.uni_websocket.message_size_limit);
+    let io = crate::ws::WsIo::from_upgraded(upgraded);
     let ping = cfg.client.ping_interval.0.filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(25));
     let pong = cfg.client.pong_timeout.0.filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(10));
     let mode = WsMode::Uni {
@@ -100,7 +100,7 @@ pub(crate) async fn websocket(
         pong,
     };
     let write_timeout = cfg.websocket.write_timeout.0.max(Duration::from_millis(100));
-    let mut t = WsTransport::new(ws, mode, write_timeout, Encoding::JsonUni);
+    let mut t = WsTransport::new(io, cfg.uni_websocket.message_size_limit, mode, write_timeout, Encoding::JsonUni);
     let raw = match h::query_decoded(&query, "cf_connect") {
         Some(q) => Some(Bytes::from(q)),
         None => {

@@ -22,13 +22,13 @@
 //!
 //! # Write-through (bidirectional WebSocket over plain TCP)
 //!
-//! Such a connection splits its socket: the read half feeds tungstenite,
-//! the write half goes to the connection's queue ([`ClientShared::new_direct`]),
+//! Such a connection splits its socket: the read half feeds the frame
+//! decoder ([`crate::wsframe`]), the write half goes to the connection's queue ([`ClientShared::new_direct`]),
 //! which then holds finished frames and lets a broadcaster write a
 //! publication's frame straight to the idle socket (the order rule is in
 //! `gyre_node::shared`). Every other write goes through the queue, and the
 //! owner writes queued frames with one vectored write: replies, and the
-//! frames tungstenite itself produces (pongs, the Close reply), which
+//! transport's own control frames (pongs, the Close reply), which
 //! [`DirectIo`] hands to the queue instead of the socket. The owner's own
 //! close frame is written directly, after the rest of any frame already
 //! begun, so the peer always reads whole frames up to the close.
@@ -42,8 +42,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use futures_util::{SinkExt, StreamExt};
-use gyre_node::push::Framing;
+use gyre_node::push::{Framing, ws_frame};
 use gyre_node::shared::DirectWrite;
 use gyre_node::{Client, ClientShared, Disconnect, Encoding, Node, TransportInfo};
 use hyper::upgrade::Upgraded;
@@ -51,18 +50,13 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::conn::ConnIo;
 use crate::driver::{self, Inbound, PeerGone, Start, Transport};
 use crate::sockjs::frames;
+use crate::wsframe::{self, Decoder, Message, Read, op};
 
 pub use crate::driver::MAX_MESSAGES_IN_FRAME;
-
-/// An upgraded server-side WebSocket.
-pub type Socket = WebSocketStream<WsIo>;
 
 /// What a WebSocket runs over. Part of every parked connection's state,
 /// so it stays small: the rarer variants are boxed.
@@ -97,7 +91,7 @@ impl DirectWrite for DirectSocket {
     }
 }
 
-/// The read half of a plain socket for tungstenite; what tungstenite writes
+/// The read half of a plain socket; what the transport writes itself
 /// (pongs, a Close reply) is queued on the connection as finished frames.
 pub struct DirectIo {
     /// What hyper read past the upgrade request (almost always nothing).
@@ -120,9 +114,9 @@ impl AsyncRead for DirectIo {
 }
 
 impl AsyncWrite for DirectIo {
-    /// tungstenite hands over one whole frame per call (its write buffer is
-    /// off), so a frame is never split around a broadcast. Dropped silently
-    /// once the connection is closing: only a pong or a Close reply is lost.
+    /// The transport hands over whole frames only, so a frame is never split
+    /// around a broadcast. Dropped silently once the connection is closing:
+    /// only a pong or a Close reply is lost.
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.shared.enqueue_framed(Bytes::copy_from_slice(buf));
         Poll::Ready(Ok(buf.len()))
@@ -184,47 +178,6 @@ impl AsyncWrite for WsIo {
     }
 }
 
-/// WebSocket settings: small buffers (a connection mostly idles) and the
-/// incoming size limit.
-pub fn ws_config(limit: usize) -> WebSocketConfig {
-    let mut c = WebSocketConfig::default();
-    // A parked connection holds this buffer for its whole life, and
-    // tungstenite keeps whatever it grew to (a frame's declared length when a
-    // bigger one arrives, e.g. the connect command with its JWT). It is also
-    // the most tungstenite reads per syscall, so a client message over 128
-    // bytes takes several reads: a deliberate trade, since clients mostly send
-    // small commands and pongs while the server holds many idle connections
-    // (measured: 512 → 128 bytes took an idle connection from 4.2 to 3.9 KiB).
-    c.read_buffer_size = 128;
-    c.write_buffer_size = 0;
-    c.max_message_size = Some(limit);
-    c.max_frame_size = Some(limit);
-    c
-}
-
-/// Wraps an upgraded connection.
-///
-/// Synchronous on purpose: tokio-tungstenite's `from_raw_socket` is an async
-/// fn that completes on its first poll (it only attaches waker proxies that
-/// every later poll replaces), and awaiting it inside a connection's future
-/// would reserve room for its state in that future for the connection's life.
-pub fn socket(upgraded: Upgraded, limit: usize) -> Socket {
-    socket_over(WsIo::from_upgraded(upgraded), limit)
-}
-
-fn socket_over(io: WsIo, limit: usize) -> Socket {
-    let f = WebSocketStream::from_raw_socket(
-        io,
-        tokio_tungstenite::tungstenite::protocol::Role::Server,
-        Some(ws_config(limit)),
-    );
-    futures_util::FutureExt::now_or_never(f).expect("a handshake-less WebSocket wrap completes at once")
-}
-
-fn close_message(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() }))
-}
-
 /// Framing of one WebSocket transport.
 #[derive(Debug, Clone)]
 pub enum WsMode {
@@ -255,7 +208,13 @@ pub enum WsMode {
 
 /// One WebSocket connection as a [`Transport`].
 pub struct WsTransport {
-    ws: Socket,
+    io: WsIo,
+    dec: Decoder,
+    /// Frames this transport wrote that the socket has not taken yet (empty,
+    /// and without capacity, between writes). Every write appends whole
+    /// frames here first, so a write cut short by a timeout or a cancelled
+    /// read never leaves half a frame behind: the rest goes out first next time.
+    out: Vec<u8>,
     mode: WsMode,
     write_timeout: Duration,
     /// Uni: when to send the next ping frame / by when a pong must arrive.
@@ -336,46 +295,44 @@ impl DirectOut {
     /// close frame, and waits briefly for the peer's Close. Nothing is cut
     /// short: a frame cut in the middle would make the close frame part of
     /// its payload for the peer.
-    async fn close(&mut self, ws: &mut Socket, d: &Disconnect, write_timeout: Duration) {
+    async fn close(&mut self, io: &mut WsIo, dec: &mut Decoder, d: &Disconnect, write_timeout: Duration) {
         self.shared.close_with(d.clone());
         self.take_queued();
-        self.out.push_back(close_frame(d.code as u16, &d.reason));
+        self.out.push_back(wsframe::close_frame(d.code as u16, &d.reason));
         if tokio::time::timeout(write_timeout, self.flush()).await.map(|r| r.is_err()).unwrap_or(true) {
             return;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Some(Ok(m)) = ws.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
+        await_peer_close(io, dec).await;
     }
 }
 
-/// A Close frame (RFC 6455 §5.5.1): the code, then a reason cut to fit the
-/// 125-byte control frame payload on a character boundary.
-fn close_frame(code: u16, reason: &str) -> Bytes {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut payload = code.to_be_bytes().to_vec();
-    payload.extend_from_slice(&reason.as_bytes()[..end]);
-    gyre_node::push::ws_frame(0x8, &payload)
+/// Waits up to a second for the peer's Close after ours (the closing
+/// handshake), discarding whatever else it still sends.
+async fn await_peer_close(io: &mut WsIo, dec: &mut Decoder) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match wsframe::read_message(dec, io).await {
+                Read::Message(Message::Close(_)) | Read::Gone | Read::Bad(_) => break,
+                Read::Message(_) => {}
+            }
+        }
+    })
+    .await;
 }
 
 impl WsTransport {
-    /// A transport over an upgraded socket.
-    pub fn new(ws: Socket, mode: WsMode, write_timeout: Duration, encoding: Encoding) -> Self {
+    /// A transport over an upgraded connection; client messages over
+    /// `limit` bytes close it with 1009.
+    pub fn new(io: WsIo, limit: usize, mode: WsMode, write_timeout: Duration, encoding: Encoding) -> Self {
         let next_ping = match &mode {
             WsMode::Uni { ping, .. } => Some(Instant::now() + *ping),
             WsMode::SockJs { heartbeat } => Some(Instant::now() + *heartbeat),
             _ => None,
         };
         WsTransport {
-            ws,
+            io,
+            dec: Decoder::new(limit),
+            out: Vec::new(),
             mode,
             write_timeout,
             next_ping,
@@ -387,43 +344,54 @@ impl WsTransport {
         }
     }
 
-    /// Sends and flushes one message.
-    pub async fn send(&mut self, m: Message) -> Result<(), PeerGone> {
-        self.ws.send(m).await.map_err(|_| PeerGone)
+    /// Writes whatever is in `out`, then flushes the socket (TLS records).
+    /// Cancel-safe: bytes the socket took are gone from `out`, the rest stays.
+    async fn flush_out(&mut self) -> Result<(), PeerGone> {
+        while !self.out.is_empty() {
+            let (io, out) = (&mut self.io, &self.out);
+            match std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, out)).await {
+                Ok(0) | Err(_) => return Err(PeerGone),
+                Ok(n) => drop(self.out.drain(..n)),
+            }
+        }
+        self.out = Vec::new();
+        let io = &mut self.io;
+        std::future::poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await.map_err(|_| PeerGone)
+    }
+
+    /// Writes one frame and flushes.
+    async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> Result<(), PeerGone> {
+        self.out.extend_from_slice(&ws_frame(opcode, payload));
+        self.flush_out().await
+    }
+
+    /// Writes one text message (SockJS's `o` frame).
+    pub async fn send_text(&mut self, text: &[u8]) -> Result<(), PeerGone> {
+        self.send_frame(op::TEXT, text).await
     }
 
     /// Reads the first text/binary message (uni: the connect request), bounded by `deadline`.
     pub async fn first_message(&mut self, deadline: Instant) -> Option<Bytes> {
         loop {
-            let m = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
-            match m {
-                Ok(Message::Text(t)) => return Some(Bytes::copy_from_slice(t.as_bytes())),
-                Ok(Message::Binary(b)) => return Some(b),
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => {
-                    let _ = tokio::time::timeout(self.write_timeout, self.ws.flush()).await;
+            let read = tokio::time::timeout_at(deadline, wsframe::read_message(&mut self.dec, &mut self.io)).await;
+            match read.ok()? {
+                Read::Message(Message::Text(b) | Message::Binary(b)) => return Some(b),
+                Read::Message(Message::Ping(p)) => {
+                    let _ = tokio::time::timeout(self.write_timeout, self.send_frame(op::PONG, &p)).await;
                 }
+                Read::Message(Message::Pong) => {}
+                Read::Message(Message::Close(_)) | Read::Gone | Read::Bad(_) => return None,
             }
         }
     }
 
     /// Closes with a code and reason and waits briefly for the peer's Close.
     pub async fn close_with(&mut self, code: u16, reason: &str) {
-        let _ = tokio::time::timeout(self.write_timeout, self.ws.send(close_message(code, reason))).await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Some(Ok(m)) = self.ws.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-
-    /// A text message of bytes this module built from ASCII (heartbeats,
-    /// close frames, disconnect pushes): never lossy in practice.
-    fn text(data: Vec<u8>) -> Message {
-        Message::Text(String::from_utf8_lossy(&data).into_owned().into())
+        self.out.extend_from_slice(&wsframe::close_frame(code, reason));
+        if tokio::time::timeout(self.write_timeout, self.flush_out()).await.map(|r| r.is_err()).unwrap_or(true) {
+            return;
+        }
+        await_peer_close(&mut self.io, &mut self.dec).await;
     }
 
     /// The messages a text frame can carry. Normally all of them, checked by
@@ -443,19 +411,16 @@ impl WsTransport {
         Cow::Owned(good)
     }
 
-    /// One text message of `messages` laid out by `layout` (which must keep
-    /// valid UTF-8 valid), or `None` when no message can be text.
-    fn text_frame(&mut self, messages: &[Bytes], layout: impl Fn(&[Bytes]) -> Vec<u8>) -> Option<Message> {
-        match String::from_utf8(layout(messages)) {
-            Ok(s) => Some(Message::Text(s.into())),
-            Err(_) => {
-                let good = self.text_only(messages);
-                if good.is_empty() {
-                    return None;
-                }
-                String::from_utf8(layout(&good)).ok().map(|s| Message::Text(s.into()))
-            }
+    /// The payload of one text message of `messages` laid out by `layout`
+    /// (which must keep valid UTF-8 valid), or `None` when no message can be
+    /// text.
+    fn text_payload(&mut self, messages: &[Bytes], layout: impl Fn(&[Bytes]) -> Vec<u8>) -> Option<Vec<u8>> {
+        let data = layout(messages);
+        if std::str::from_utf8(&data).is_ok() {
+            return Some(data);
         }
+        let good = self.text_only(messages);
+        (!good.is_empty()).then(|| layout(&good))
     }
 
     /// Due timer work (uni ping frames, SockJS heartbeats); a missed pong ends the connection.
@@ -465,9 +430,9 @@ impl WsTransport {
             return Some(Inbound::Close(Disconnect::NO_PONG));
         }
         if self.next_ping.is_some_and(|d| now >= d) {
-            let (msg, interval, pong) = match &self.mode {
-                WsMode::Uni { ping, pong, .. } => (Message::Ping(Bytes::new()), *ping, Some(*pong)),
-                WsMode::SockJs { heartbeat } => (Self::text(b"h".to_vec()), *heartbeat, None),
+            let (frame, interval, pong) = match &self.mode {
+                WsMode::Uni { ping, pong, .. } => ((op::PING, &b""[..]), *ping, Some(*pong)),
+                WsMode::SockJs { heartbeat } => ((op::TEXT, &b"h"[..]), *heartbeat, None),
                 _ => return None,
             };
             self.next_ping = Some(now + interval);
@@ -476,11 +441,34 @@ impl WsTransport {
             {
                 self.pong_deadline = Some(now + p);
             }
-            if tokio::time::timeout(self.write_timeout, self.ws.send(msg)).await.map(|r| r.is_err()).unwrap_or(true) {
+            let write_timeout = self.write_timeout;
+            let send = self.send_frame(frame.0, frame.1);
+            if tokio::time::timeout(write_timeout, send).await.map(|r| r.is_err()).unwrap_or(true) {
                 return Some(Inbound::Gone);
             }
         }
         None
+    }
+
+    /// Answers the peer's Close (echoing its code, RFC 6455 §5.5.1) and
+    /// ends: the closing handshake is complete.
+    async fn answer_close(&mut self, payload: &[u8]) -> Inbound {
+        let reply = match payload {
+            [a, b, ..] => u16::from_be_bytes([*a, *b]).to_be_bytes().to_vec(),
+            _ => Vec::new(),
+        };
+        if let Some(d) = &mut self.direct {
+            // After what is queued, so the peer reads whole frames up to it.
+            d.take_queued();
+            d.out.push_back(ws_frame(op::CLOSE, &reply));
+            let flush = Box::pin(tokio::time::timeout(self.write_timeout, d.flush()));
+            let _ = flush.await;
+            return Inbound::Gone;
+        }
+        self.out.extend_from_slice(&ws_frame(op::CLOSE, &reply));
+        let flush = Box::pin(tokio::time::timeout(self.write_timeout, self.flush_out()));
+        let _ = flush.await;
+        Inbound::Gone
     }
 }
 
@@ -495,39 +483,37 @@ impl Transport for WsTransport {
             d.out.extend(messages.iter().cloned());
             return d.flush().await;
         }
+        let json = |ms: &[Bytes]| gyre_proto::frame_messages(gyre_proto::ProtocolType::Json, ms);
         match &self.mode {
             WsMode::Bidi { binary: true } => {
                 let data = gyre_proto::frame_messages(self.encoding.protocol(), messages);
-                // One message, written and flushed: a stuck socket blocks here
-                // while the bounded queue, not a buffer, absorbs what arrives.
-                self.send(Message::Binary(data.into())).await
+                self.out.extend_from_slice(&ws_frame(op::BINARY, &data));
             }
             WsMode::Bidi { binary: false } | WsMode::Uni { join: true, .. } | WsMode::Raw => {
-                let json = |ms: &[Bytes]| gyre_proto::frame_messages(gyre_proto::ProtocolType::Json, ms);
-                match self.text_frame(messages, json) {
-                    Some(m) => self.send(m).await,
-                    None => Ok(()),
+                if let Some(t) = self.text_payload(messages, json) {
+                    self.out.extend_from_slice(&ws_frame(op::TEXT, &t));
                 }
             }
             WsMode::Uni { join: false, .. } => {
                 for m in messages {
-                    match String::from_utf8(m.to_vec()) {
-                        Ok(text) => self.ws.feed(Message::Text(text.into())).await.map_err(|_| PeerGone)?,
-                        Err(_) => drop(self.text_only(std::slice::from_ref(m))),
+                    if std::str::from_utf8(m).is_ok() {
+                        self.out.extend_from_slice(&ws_frame(op::TEXT, m));
+                    } else {
+                        drop(self.text_only(std::slice::from_ref(m)));
                     }
                 }
-                self.ws.flush().await.map_err(|_| PeerGone)
             }
             WsMode::SockJs { .. } => {
                 // SockJS quotes the frame as a JSON string, which would turn
                 // bad bytes into U+FFFD silently; check before quoting.
-                let json = |ms: &[Bytes]| gyre_proto::frame_messages(gyre_proto::ProtocolType::Json, ms);
-                match self.text_frame(messages, json) {
-                    Some(Message::Text(t)) => self.send(Self::text(frames::messages(&[t.as_bytes()]))).await,
-                    _ => Ok(()),
+                if let Some(t) = self.text_payload(messages, json) {
+                    self.out.extend_from_slice(&ws_frame(op::TEXT, &frames::messages(&[&t])));
                 }
             }
         }
+        // One write, flushed: a stuck socket blocks here while the bounded
+        // queue, not a buffer, absorbs what arrives.
+        self.flush_out().await
     }
 
     async fn read(&mut self) -> Inbound {
@@ -541,12 +527,12 @@ impl Transport for WsTransport {
             // This future is part of every parked connection's state, so it
             // stays small: only uni and SockJS have timers, and they wait on a
             // boxed future that holds the sleep.
-            let msg = match self.pong_deadline.into_iter().chain(self.next_ping).min() {
-                None => self.ws.next().await,
+            let read = match self.pong_deadline.into_iter().chain(self.next_ping).min() {
+                None => wsframe::read_message(&mut self.dec, &mut self.io).await,
                 Some(at) => {
-                    let wait = Box::pin(next_or_timer(&mut self.ws, at));
+                    let wait = Box::pin(next_or_timer(&mut self.dec, &mut self.io, at));
                     match wait.await {
-                        Some(m) => m,
+                        Some(r) => r,
                         None => {
                             let timers = Box::pin(self.timers());
                             if let Some(i) = timers.await {
@@ -557,11 +543,20 @@ impl Transport for WsTransport {
                     }
                 }
             };
+            let msg = match read {
+                Read::Message(m) => m,
+                Read::Gone => return Inbound::Gone,
+                Read::Bad(e) => {
+                    tracing::debug!(error = %e, "websocket client sent a bad frame");
+                    return Inbound::Close(Disconnect::custom(u32::from(e.close_code()), e.to_string()));
+                }
+            };
             match msg {
-                Some(Ok(Message::Text(t))) => match &self.mode {
+                Message::Text(t) => match &self.mode {
                     WsMode::Uni { .. } => {}
                     WsMode::SockJs { .. } => {
-                        let t = t.as_str();
+                        // Checked UTF-8 by the decoder.
+                        let Ok(t) = std::str::from_utf8(&t) else { continue };
                         if t.is_empty() {
                             continue;
                         }
@@ -577,39 +572,22 @@ impl Transport for WsTransport {
                             Err(_) => return Inbound::Close(Disconnect::BAD_REQUEST),
                         }
                     }
-                    _ => return Inbound::Data(Bytes::copy_from_slice(t.as_bytes())),
+                    _ => return Inbound::Data(t),
                 },
-                Some(Ok(Message::Binary(b))) => {
+                Message::Binary(b) => {
                     if let WsMode::Bidi { .. } = &self.mode {
                         return Inbound::Data(b);
                     }
                 }
-                Some(Ok(Message::Ping(_))) => {
-                    // tungstenite queued the pong; push it out.
-                    let flush = Box::pin(tokio::time::timeout(self.write_timeout, self.ws.flush()));
+                Message::Ping(p) => {
+                    self.out.extend_from_slice(&ws_frame(op::PONG, &p));
+                    let flush = Box::pin(tokio::time::timeout(self.write_timeout, self.flush_out()));
                     let _ = flush.await;
                 }
-                Some(Ok(Message::Pong(_))) => self.pong_deadline = None,
-                Some(Ok(Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) => {
-                    // tungstenite queued the close reply; complete the handshake.
-                    if let Some(d) = &mut self.direct {
-                        d.take_queued();
-                        let flush = Box::pin(tokio::time::timeout(self.write_timeout, d.flush()));
-                        let _ = flush.await;
-                        return Inbound::Gone;
-                    }
-                    let flush = Box::pin(tokio::time::timeout(self.write_timeout, self.ws.flush()));
-                    let _ = flush.await;
-                    return Inbound::Gone;
-                }
-                None => return Inbound::Gone,
-                Some(Err(WsError::Capacity(_))) => {
-                    return Inbound::Close(Disconnect::custom(1009, "message size limit exceeded"));
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "websocket read error");
-                    return Inbound::Gone;
+                Message::Pong => self.pong_deadline = None,
+                Message::Close(payload) => {
+                    let answer = Box::pin(self.answer_close(&payload));
+                    return answer.await;
                 }
             }
         }
@@ -617,30 +595,30 @@ impl Transport for WsTransport {
 
     async fn close(&mut self, d: &Disconnect) {
         if let Some(direct) = &mut self.direct {
-            return direct.close(&mut self.ws, d, self.write_timeout).await;
+            return direct.close(&mut self.io, &mut self.dec, d, self.write_timeout).await;
         }
         match self.mode.clone() {
             WsMode::Bidi { .. } | WsMode::Raw => self.close_with(d.code as u16, &d.reason).await,
             WsMode::Uni { disconnect_push, .. } => {
                 if disconnect_push {
                     let push = driver::disconnect_push(Encoding::JsonUni, d);
-                    let _ = tokio::time::timeout(self.write_timeout, self.send(Self::text(push.to_vec()))).await;
+                    let _ = tokio::time::timeout(self.write_timeout, self.send_text(&push)).await;
                 }
                 self.close_with(d.code as u16, &d.reason).await
             }
             WsMode::SockJs { .. } => {
                 let frame = frames::close(d.code, &d.reason);
-                let _ = tokio::time::timeout(self.write_timeout, self.send(Self::text(frame))).await;
+                let _ = tokio::time::timeout(self.write_timeout, self.send_text(&frame)).await;
                 self.close_with(1000, "").await
             }
         }
     }
 }
 
-/// The next message, or `None` when `at` comes first.
-async fn next_or_timer(ws: &mut Socket, at: Instant) -> Option<Option<Result<Message, WsError>>> {
+/// The next read, or `None` when `at` comes first.
+async fn next_or_timer(dec: &mut Decoder, io: &mut WsIo, at: Instant) -> Option<Read> {
     tokio::select! {
-        m = ws.next() => Some(m),
+        r = wsframe::read_message(dec, io) => Some(r),
         _ = tokio::time::sleep_until(at) => None,
     }
 }
@@ -669,17 +647,17 @@ pub fn serve(
                 let shared = ClientShared::new_direct(encoding, info, max_queue, framing, socket.clone());
                 let pre = (!pre.is_empty()).then(|| Box::new(pre));
                 let io = DirectIo { pre, read, shared: shared.clone() };
-                let mut t = WsTransport::new(socket_over(WsIo::Direct(io), limit), mode, write_timeout, encoding);
+                let mut t = WsTransport::new(WsIo::Direct(io), limit, mode, write_timeout, encoding);
                 t.direct = Some(Box::new(DirectOut { socket, shared: shared.clone(), out: VecDeque::new() }));
                 (t, shared)
             }
             Err(tls) => {
-                let t = WsTransport::new(socket_over(WsIo::Conn(tls), limit), mode, write_timeout, encoding);
+                let t = WsTransport::new(WsIo::Conn(tls), limit, mode, write_timeout, encoding);
                 (t, ClientShared::new(encoding, info, max_queue))
             }
         },
         other => {
-            let t = WsTransport::new(socket_over(other, limit), mode, write_timeout, encoding);
+            let t = WsTransport::new(other, limit, mode, write_timeout, encoding);
             (t, ClientShared::new(encoding, info, max_queue))
         }
     };
