@@ -37,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("jwt_claims", jwt_claims),
     ("tags_filter", tags_filter),
     ("config_load", config_load),
+    ("ws_frames", ws_frames),
 ];
 
 /// JSON command frames (WebSocket text, HTTP-stream/SSE bodies).
@@ -488,4 +489,79 @@ pub fn config_load(data: &[u8]) {
         .unwrap_or_else(|e| panic!("a loaded config reloads: {e}\n{saved}"));
     assert!(again.warnings.is_empty(), "reload warns: {:?}", again.warnings);
     assert_eq!(serde_json::to_value(&again.config).expect("serializes"), saved);
+}
+
+/// WebSocket client frames (`gyre_server::wsframe`), the bytes every
+/// WebSocket client controls. Input: the first byte picks the size limit and
+/// a chunk size; the rest is fed to a decoder.
+///
+/// Properties: never a panic; fed whole or in chunks the decoder yields the
+/// same messages and the same error (a read boundary changes nothing); text
+/// is UTF-8, no message is over the limit, control payloads fit 125 bytes;
+/// every message framed again (masked) decodes to itself.
+pub fn ws_frames(data: &[u8]) {
+    use gyre_server::wsframe::{Decoder, FrameError, Message, op};
+    let Some((&ctl, rest)) = data.split_first() else {
+        return;
+    };
+    let limit = [0usize, 1, 125, 126, 1000, 65536][usize::from(ctl & 7) % 6];
+    let chunk = usize::from(ctl >> 3) + 1;
+    let run = |input: &[u8], chunk: usize| {
+        let mut d = Decoder::new(limit);
+        let mut out: Vec<Result<Message, FrameError>> = Vec::new();
+        for c in input.chunks(chunk.max(1)) {
+            d.feed(c);
+            loop {
+                match d.next_message() {
+                    Ok(Some(m)) => out.push(Ok(m)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        out.push(Err(e));
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    };
+    let whole = run(rest, rest.len());
+    assert_eq!(whole, run(rest, chunk), "chunks of {chunk} decode differently");
+    let mut again = Vec::new();
+    for m in whole.iter().flatten() {
+        let (opcode, payload) = match m {
+            Message::Text(t) => {
+                assert!(std::str::from_utf8(t).is_ok(), "text is UTF-8");
+                (op::TEXT, &t[..])
+            }
+            Message::Binary(b) => (op::BINARY, &b[..]),
+            Message::Ping(p) => (op::PING, &p[..]),
+            Message::Pong => (op::PONG, &[][..]),
+            Message::Close(p) => (op::CLOSE, &p[..]),
+        };
+        assert!(payload.len() <= limit || opcode & 0x8 != 0, "message over the limit");
+        assert!(opcode & 0x8 == 0 || payload.len() <= 125, "control payload over 125 bytes");
+        again.extend(masked_frame(opcode, payload));
+    }
+    let want: Vec<_> = whole.into_iter().filter(Result::is_ok).collect();
+    assert_eq!(run(&again, again.len()), want, "messages framed again decode to themselves");
+}
+
+/// A client frame: FIN, `opcode`, masked with a fixed key.
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0xa1, 0x5e, 0x00, 0x7f];
+    let mut b = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => b.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            b.push(0x80 | 126);
+            b.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            b.push(0x80 | 127);
+            b.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    b.extend_from_slice(&mask);
+    b.extend(payload.iter().enumerate().map(|(i, x)| x ^ mask[i & 3]));
+    b
 }
