@@ -2,10 +2,11 @@
 //! NATS (`broker.nats.tls`), against certificates generated here with rcgen:
 //! a Centrifuge client over wss:// with the right CA, a client trusting
 //! another CA refused, a rotated certificate served to new connections
-//! without a restart (a bad new file keeps the old one), mTLS, HTTP/2 by
-//! ALPN, a stalled handshake closed by `read_header_timeout`, start-up errors
-//! naming the key, and a real `nats-server --tlsverify` reached with a client
-//! certificate. Every wait has a deadline.
+//! without a restart (a bad new file keeps the old one), mTLS and a rotated
+//! client CA, HTTP/2 by ALPN, a stalled handshake closed by
+//! `read_header_timeout`, start-up errors naming the key, and a real
+//! `nats-server --tlsverify` reached with a client certificate. Every wait
+//! has a deadline.
 
 mod common;
 
@@ -284,6 +285,51 @@ async fn client_ca_requires_client_certificates() {
     let good = clients.leaf("client-1");
     let s = tls_connect(srv.addr, client_config(&[ca.der()], Some(&good), &[])).await.expect("mTLS handshake");
     assert_eq!(https_get(s, "/health").await.0, 200);
+}
+
+/// Whether a new mTLS connection presenting `client` is served (`/health`
+/// answers 200); a refusal shows in the handshake or, with TLS 1.3, on the
+/// client's first read.
+async fn mtls_served(addr: SocketAddr, server_ca: &Ca, client: &Leaf) -> bool {
+    match tls_connect(addr, client_config(&[server_ca.der()], Some(client), &[])).await {
+        Err(_) => false,
+        Ok(s) => https_get(s, "/health").await.0 == 200,
+    }
+}
+
+/// Rotation of the client CA file (`client_ca_pem` as a path), without a
+/// restart: within a few reload intervals a client certificate from the new
+/// CA is served and one from the old CA refused; a connection made before
+/// keeps working; a broken CA file then keeps the new CA.
+#[tokio::test]
+async fn rotated_client_ca_is_picked_up_live() {
+    let ca = Ca::new("gyre test ca");
+    let (old_ca, new_ca) = (Ca::new("client ca 1"), Ca::new("client ca 2"));
+    let (old_client, new_client) = (old_ca.leaf("client-of-ca-1"), new_ca.leaf("client-of-ca-2"));
+    let dir = Dir::new();
+    install(&dir, &ca.leaf("server"));
+    dir.write("client-ca.crt", &old_ca.pem());
+    let mut t = tls_files(&dir);
+    t["client_ca_pem"] = json!(dir.path("client-ca.crt"));
+    let srv = TestServer::start(json!({"http_server": {"tls": t}})).await;
+    assert!(mtls_served(srv.addr, &ca, &old_client).await, "client of the first CA before rotation");
+    assert!(!mtls_served(srv.addr, &ca, &new_client).await, "client of a CA not yet trusted");
+    let before = tls_connect(srv.addr, client_config(&[ca.der()], Some(&old_client), &[])).await.unwrap();
+
+    dir.write("client-ca.crt", &new_ca.pem());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !mtls_served(srv.addr, &ca, &new_client).await {
+        assert!(tokio::time::Instant::now() < deadline, "client of the rotated CA not served within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!mtls_served(srv.addr, &ca, &old_client).await, "client of the old CA must be refused after rotation");
+    assert_eq!(https_get(before, "/health").await.0, 200, "a connection made before rotation keeps working");
+
+    // A CA file that does not parse keeps the rotated CA.
+    dir.write("client-ca.crt", "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n");
+    tokio::time::sleep(gyre_server::tls::RELOAD_INTERVAL * 3).await;
+    assert!(mtls_served(srv.addr, &ca, &new_client).await, "a broken CA file must keep the rotated CA");
+    assert!(!mtls_served(srv.addr, &ca, &old_client).await);
 }
 
 /// A socket that starts a TLS handshake and stalls is closed after
