@@ -5,8 +5,9 @@
 //! without a restart (a bad new file keeps the old one), mTLS and a rotated
 //! client CA, HTTP/2 by ALPN, a stalled handshake closed by
 //! `read_header_timeout`, start-up errors naming the key, and a real
-//! `nats-server --tlsverify` reached with a client certificate. Every wait
-//! has a deadline.
+//! `nats-server --tlsverify` reached with a client certificate, then
+//! reconnected to after its CA and the node's files rotate. Every wait has a
+//! deadline.
 
 mod common;
 
@@ -519,6 +520,73 @@ async fn nats_over_tls_with_client_certificate() {
     let insecure = json!({"enabled": true, "insecure_skip_verify": true, "server_ca_pem": other.pem(),
         "cert_pem": client.cert_pem, "key_pem": client.key_pem});
     assert!(ready(insecure).await, "insecure_skip_verify must accept the server certificate");
+}
+
+/// `broker.nats.tls` from files (a mounted Secret: `ca.crt`, `tls.crt`,
+/// `tls.key`), rotated to a new CA: the node's files are rewritten, then
+/// nats-server restarts with a certificate from the new CA and trusting only
+/// the new CA for clients (`--tlsverify`). The same node, not restarted,
+/// reconnects (new server CA and new client certificate on its next
+/// handshake) and publishes work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_tls_files_rotated_to_a_new_ca_are_used_on_reconnect() {
+    let dir = Dir::new();
+    // nats-server's files, rewritten in place across its restart.
+    let nats_files = |ca: &Ca| {
+        let server = ca.leaf("nats");
+        dir.write("nats.crt", &server.cert_pem);
+        dir.write("nats.key", &server.key_pem);
+        dir.write("nats-clients-ca.crt", &ca.pem());
+    };
+    // The node's files.
+    let node_files = |ca: &Ca| {
+        dir.write("ca.crt", &ca.pem());
+        install(&dir, &ca.leaf("gyre-client"));
+    };
+    let first = Ca::new("nats ca 1");
+    nats_files(&first);
+    node_files(&first);
+    let mut nats = gyre_engine_nats::testing::NatsServer::start_with_args(
+        true,
+        &[
+            "--tls",
+            "--tlscert",
+            &dir.path("nats.crt"),
+            "--tlskey",
+            &dir.path("nats.key"),
+            "--tlsverify",
+            "--tlscacert",
+            &dir.path("nats-clients-ca.crt"),
+        ],
+    );
+    let srv = TestServer::start(json!({"broker": {"enabled": true, "type": "nats",
+        "nats": {"url": nats.url, "prefix": format!("rot{}", rand_suffix()),
+            "tls": {"enabled": true, "server_ca_pem": dir.path("ca.crt"),
+                "cert_pem": dir.path("tls.crt"), "key_pem": dir.path("tls.key")}}}}))
+    .await;
+    publish_succeeds(&srv, 1).await;
+
+    let second = Ca::new("nats ca 2");
+    node_files(&second);
+    nats.kill();
+    nats_files(&second);
+    nats.restart();
+    publish_succeeds(&srv, 2).await;
+    assert_eq!(srv.node.health(), gyre_node::engine::EngineHealth::Ready);
+}
+
+/// Publishes into a history channel (through the NATS engine's stream)
+/// until the API answers with an offset, within 20 s.
+async fn publish_succeeds(srv: &TestServer, n: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = srv.api("publish", json!({"channel": "hist:rotation", "data": {"n": n}})).await;
+        if status == 200 && body["error"].is_null() && body["result"]["offset"].is_u64() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "publish {n} did not succeed within 20 s: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn rand_suffix() -> u64 {
