@@ -523,29 +523,31 @@ async fn nats_over_tls_with_client_certificate() {
 }
 
 /// `broker.nats.tls` from files (a mounted Secret: `ca.crt`, `tls.crt`,
-/// `tls.key`), rotated to a new CA: the node's files are rewritten, then
-/// nats-server restarts with a certificate from the new CA and trusting only
-/// the new CA for clients (`--tlsverify`). The same node, not restarted,
-/// reconnects (new server CA and new client certificate on its next
-/// handshake) and publishes work again.
+/// `tls.key`) rotated under a running node, against a real nats-server with
+/// `--tlsverify` restarted to trust only the new CAs; the same node, not
+/// restarted, reconnects each time and publishes again:
+/// 1. the client certificate rotated to one from a new client CA, which
+///    nats-server now trusts instead of the old one (the resolver re-read);
+/// 2. nats-server's own certificate rotated to one from a new CA, written to
+///    the node's `server_ca_pem` file (the server check re-built).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_tls_files_rotated_to_a_new_ca_are_used_on_reconnect() {
     let dir = Dir::new();
-    // nats-server's files, rewritten in place across its restart.
-    let nats_files = |ca: &Ca| {
+    // nats-server's files, rewritten in place while it is down.
+    let nats_server_cert = |ca: &Ca| {
         let server = ca.leaf("nats");
         dir.write("nats.crt", &server.cert_pem);
         dir.write("nats.key", &server.key_pem);
-        dir.write("nats-clients-ca.crt", &ca.pem());
     };
+    let nats_trusts_clients_of = |ca: &Ca| dir.write("nats-clients-ca.crt", &ca.pem());
     // The node's files.
-    let node_files = |ca: &Ca| {
-        dir.write("ca.crt", &ca.pem());
-        install(&dir, &ca.leaf("gyre-client"));
-    };
-    let first = Ca::new("nats ca 1");
-    nats_files(&first);
-    node_files(&first);
+    let node_trusts = |ca: &Ca| dir.write("ca.crt", &ca.pem());
+    let node_client_cert = |ca: &Ca| install(&dir, &ca.leaf("gyre-client"));
+    let (server_ca, client_ca) = (Ca::new("nats server ca 1"), Ca::new("nats client ca 1"));
+    nats_server_cert(&server_ca);
+    nats_trusts_clients_of(&client_ca);
+    node_trusts(&server_ca);
+    node_client_cert(&client_ca);
     let mut nats = gyre_engine_nats::testing::NatsServer::start_with_args(
         true,
         &[
@@ -566,12 +568,23 @@ async fn nats_tls_files_rotated_to_a_new_ca_are_used_on_reconnect() {
     .await;
     publish_succeeds(&srv, 1).await;
 
-    let second = Ca::new("nats ca 2");
-    node_files(&second);
+    // 1. A new client CA: the node's client certificate first (cert-manager),
+    // then nats-server restarts trusting only the new client CA.
+    let client_ca_2 = Ca::new("nats client ca 2");
+    node_client_cert(&client_ca_2);
     nats.kill();
-    nats_files(&second);
+    nats_trusts_clients_of(&client_ca_2);
     nats.restart();
     publish_succeeds(&srv, 2).await;
+
+    // 2. A new server CA: the node's CA file, then nats-server restarts
+    // serving a certificate from it.
+    let server_ca_2 = Ca::new("nats server ca 2");
+    node_trusts(&server_ca_2);
+    nats.kill();
+    nats_server_cert(&server_ca_2);
+    nats.restart();
+    publish_succeeds(&srv, 3).await;
     assert_eq!(srv.node.health(), gyre_node::engine::EngineHealth::Ready);
 }
 
