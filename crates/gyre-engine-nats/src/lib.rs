@@ -76,6 +76,7 @@ use gyre_proto::protocol::{ClientInfo, Publication};
 use parking_lot::{Mutex, RwLock};
 use prost::Message as _;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 pub use subject::Names;
 
@@ -114,6 +115,10 @@ pub struct NatsOptions {
     /// TLS to the server (`broker.nats.tls`): required when set, so a server
     /// offering plain text only is refused instead of used unencrypted.
     pub tls: Option<async_nats::rustls::ClientConfig>,
+    /// Reloads the files behind `tls` (its CA and client certificate), run by
+    /// the engine for as long as it lives, so each reconnect uses the current
+    /// ones: cert-manager rotation needs no restart.
+    pub tls_reloader: Option<gyre_node::tls::Reloader>,
 }
 
 impl Default for NatsOptions {
@@ -130,6 +135,7 @@ impl Default for NatsOptions {
             history_max_bytes: 1 << 30,
             history_max_messages: 10_000_000,
             tls: None,
+            tls_reloader: None,
         }
     }
 }
@@ -181,6 +187,14 @@ pub(crate) struct Inner {
     /// not fight each other's CAS.
     publish_locks: Vec<tokio::sync::Mutex<()>>,
     control_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Stops the TLS reloader task: on `close` and when the engine is dropped.
+    tls_stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tls_stop.cancel();
+    }
 }
 
 /// The NATS engine. Cheap to clone; all clones share one connection.
@@ -223,8 +237,12 @@ fn unavailable(e: impl std::fmt::Display) -> EngineError {
 impl NatsEngine {
     /// Creates the engine and starts connecting in the background (inside a
     /// Tokio runtime). Until connected, health is `NotReady` and calls fail.
-    pub fn start(opts: NatsOptions) -> NatsEngine {
+    pub fn start(mut opts: NatsOptions) -> NatsEngine {
         let names = Names::new(&opts.prefix);
+        let tls_stop = CancellationToken::new();
+        if let Some(r) = opts.tls_reloader.take() {
+            tokio::spawn(r.run(tls_stop.clone()));
+        }
         let inner = Arc::new(Inner {
             names,
             handler: OnceLock::new(),
@@ -234,6 +252,7 @@ impl NatsEngine {
             tops: Mutex::new(HashMap::new()),
             publish_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             control_task: Mutex::new(None),
+            tls_stop,
             opts,
         });
         tokio::spawn(connect_loop(Arc::downgrade(&inner)));
@@ -262,6 +281,7 @@ impl NatsEngine {
 
     /// Stops every background task and closes the connection (tests).
     pub async fn close(&self) {
+        self.inner.tls_stop.cancel();
         for (_, h) in self.inner.chans.lock().drain() {
             h.task.abort();
         }

@@ -80,7 +80,10 @@ pub fn build_node(config: Config) -> anyhow::Result<Arc<Node>> {
     }
     let mut opts = nats_options(&config, &name);
     if config.broker.nats.tls.enabled {
-        opts.tls = Some(crate::tls::client_config("broker.nats.tls", &config.broker.nats.tls)?);
+        // The engine runs the reloader: its reconnects use the current files.
+        let tls = gyre_node::tls::client_tls("broker.nats.tls", &config.broker.nats.tls)?;
+        opts.tls = Some(tls.config);
+        opts.tls_reloader = Some(tls.reloader);
     }
     let engine = NatsEngine::start(opts);
     let broker: Arc<dyn Broker> = if nats_broker { Arc::new(engine.clone()) } else { Arc::new(MemoryBroker::new()) };

@@ -1,47 +1,51 @@
 //! TLS of the HTTP listeners (`http_server.tls`, `http_server.internal_tls`)
-//! and of the gRPC API (`grpc_api.tls`), with rustls and the ring provider. The PEM value forms and the client
-//! side (`broker.nats.tls`, proxies) are gyre-node's `tls` module, re-used
-//! here.
+//! and of the gRPC API (`grpc_api.tls`), with rustls and the ring provider. The PEM value forms, the
+//! client side (`broker.nats.tls`, proxies) and the file reloader are
+//! gyre-node's `tls` module, re-used here.
 //!
 //! Each `*_pem` value of Centrifugo's TLS object is raw PEM, base64-encoded
 //! PEM or a file path: a value holding a PEM header is PEM, a value that
 //! decodes from base64 to PEM is that PEM, anything else is a path.
 //!
-//! A served certificate read from files is *reloaded*: a task owned by the
-//! server polls the files' size and modification time every
-//! [`RELOAD_INTERVAL`] (cert-manager rotation swaps the files of a mounted
-//! Secret; nothing restarts). New handshakes get the new certificate,
-//! established connections keep theirs. Failure modes: a new file that does
-//! not parse, or a certificate and key that do not match (one file written,
-//! the other not yet), keeps the previous certificate and logs a warning; the
-//! pair is tried again when either file changes. Files that vanish keep the
-//! previous certificate too. At start-up a missing or bad certificate is an
-//! error naming its key, so the server never serves plain HTTP where TLS was
-//! asked for. The client CA of mTLS (`client_ca_pem`) is read at start only.
+//! What is read from files is *reloaded* by a [`Reloader`] task owned by the
+//! listener, every [`RELOAD_INTERVAL`] (cert-manager rotation swaps the files
+//! of a mounted Secret; nothing restarts): the served certificate and key,
+//! and the client CA of mTLS (`client_ca_pem`). New handshakes get the new
+//! certificate and are checked against the new CA; established connections
+//! keep theirs. Failure modes: a new file that does not parse, or a
+//! certificate and key that do not match (one file written, the other not
+//! yet), keeps the previous certificate (or CA) and logs a warning; it is
+//! tried again when a file changes. Files that vanish keep the previous one
+//! too. At start-up a missing or bad certificate or CA is an error naming its
+//! key, so the server never serves plain HTTP where TLS was asked for.
+//!
+//! A client CA from a file is announced to clients with no CA names
+//! (`certificate_authorities` left empty): the list would be pinned to the
+//! CA at start while the check follows the file, and a client filtering its
+//! certificates by stale names would offer none after rotation. An empty list
+//! means "any", so clients offer their certificate and the check decides. An
+//! inline CA cannot change and keeps its names.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use gyre_node::config::Tls;
-use gyre_node::tls::{Source, certified, provider, read_sync, roots, source};
+pub use gyre_node::tls::RELOAD_INTERVAL;
+use gyre_node::tls::{Reloader, Slot, Source, certified, provider, roots, source};
 pub use gyre_node::tls::{TlsError, client_config};
-use parking_lot::RwLock;
-use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DistinguishedName, ServerConfig};
 use tokio_util::sync::CancellationToken;
-
-/// How often a served certificate's files are checked for a change.
-pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 fn err(key: &str, msg: impl Into<String>) -> TlsError {
     TlsError::new(key, msg)
 }
 
-/// The served certificate, swapped whole by the reloader; handshakes only
-/// clone the `Arc` (the lock is never held across anything but that).
+/// The served certificate, from its slot.
 #[derive(Debug)]
-struct Resolver(RwLock<Arc<CertifiedKey>>);
+struct Resolver(Slot<CertifiedKey>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
@@ -49,33 +53,80 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// What a served certificate is read from, for the reloader.
-#[derive(Debug, Clone)]
-struct Files {
-    prefix: String,
-    cert: Source,
-    key: Source,
-    /// Stamps of the files as loaded at start, taken before reading them: a
-    /// change between start-up and the watcher's first look is still seen.
-    loaded: (Stamp, Stamp),
+/// The client certificate check of mTLS against a client CA file: the
+/// current WebPKI verifier from its slot (see the module docs on CA names).
+#[derive(Debug)]
+struct ClientCa(Slot<dyn ClientCertVerifier>);
+
+impl ClientCa {
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.0.read().clone()
+    }
 }
 
-/// Size and modification time of a file source (`None`: inline, or unreadable).
-type Stamp = Option<(u64, SystemTime)>;
+impl ClientCertVerifier for ClientCa {
+    fn offer_client_auth(&self) -> bool {
+        self.current().offer_client_auth()
+    }
 
-/// A listener's TLS: the rustls config and, when the certificate comes from
-/// files, what the reloader must watch.
+    fn client_auth_mandatory(&self) -> bool {
+        self.current().client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// The WebPKI check of client certificates against the CAs of `pem`.
+fn client_verifier(key: &str, pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots(key, pem)?), provider())
+        .build()
+        .map_err(|e| err(key, e.to_string()))
+}
+
+/// A listener's TLS: the rustls config and the reloader of its files.
 #[derive(Clone)]
 pub struct ServerTls {
     /// For `tokio_rustls::TlsAcceptor`.
     pub config: Arc<ServerConfig>,
-    resolver: Arc<Resolver>,
-    files: Files,
+    reloader: Reloader,
 }
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls").field("prefix", &self.files.prefix).finish_non_exhaustive()
+        f.debug_struct("ServerTls").field("reloader", &self.reloader).finish_non_exhaustive()
     }
 }
 
@@ -89,13 +140,11 @@ impl ServerTls {
         if t.key_pem.trim().is_empty() {
             return Err(err(&format!("{prefix}.key_pem"), "required when TLS is enabled"));
         }
-        let (cert_src, key_src) = (source(&t.cert_pem), source(&t.key_pem));
-        let loaded = (stamp_sync(&cert_src), stamp_sync(&key_src));
-        let files = Files { prefix: prefix.to_string(), cert: cert_src, key: key_src, loaded };
-        let cert = read_sync(&format!("{prefix}.cert_pem"), &files.cert)?;
-        let key = read_sync(&format!("{prefix}.key_pem"), &files.key)?;
-        let ck = certified(prefix, &cert, &key)?;
-        let resolver = Arc::new(Resolver(RwLock::new(Arc::new(ck))));
+        let mut reloader = Reloader::new(prefix);
+        let files =
+            [(format!("{prefix}.cert_pem"), source(&t.cert_pem)), (format!("{prefix}.key_pem"), source(&t.key_pem))];
+        let p = prefix.to_string();
+        let cert = reloader.load("certificate", &files, move |c| Ok(Arc::new(certified(&p, &c[0], &c[1])?)))?;
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| err(prefix, e.to_string()))?;
@@ -103,72 +152,28 @@ impl ServerTls {
             builder.with_no_client_auth()
         } else {
             let ca_key = format!("{prefix}.client_ca_pem");
-            let pem = read_sync(&ca_key, &source(&t.client_ca_pem))?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&ca_key, &pem)?), provider())
-                .build()
-                .map_err(|e| err(&ca_key, e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            let src = source(&t.client_ca_pem);
+            let inline = matches!(src, Source::Inline(_));
+            let k = ca_key.clone();
+            let slot = reloader.load("client CA", &[(ca_key, src)], move |c| client_verifier(&k, &c[0]))?;
+            if inline {
+                // Never swapped: use it directly, with its CA names.
+                let fixed = slot.read().clone();
+                builder.with_client_cert_verifier(fixed)
+            } else {
+                builder.with_client_cert_verifier(Arc::new(ClientCa(slot)))
+            }
         };
-        let mut config = builder.with_cert_resolver(resolver.clone());
+        let mut config = builder.with_cert_resolver(Arc::new(Resolver(cert)));
         // HTTP/2 when the client offers it (the listener serves both).
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(ServerTls { config: Arc::new(config), resolver, files })
+        Ok(ServerTls { config: Arc::new(config), reloader })
     }
 
-    /// Polls the certificate's files until `stop`, swapping in a changed
-    /// pair that loads (see the module docs). Nothing to do (returns at once)
-    /// when neither comes from a file.
+    /// Reloads the files of this TLS object until `stop` (see the module
+    /// docs). Returns at once when nothing comes from a file.
     pub async fn watch(self, stop: CancellationToken) {
-        if !matches!(self.files.cert, Source::File(_)) && !matches!(self.files.key, Source::File(_)) {
-            return;
-        }
-        let mut seen = self.files.loaded;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(RELOAD_INTERVAL) => {}
-            }
-            let now = (stamp(&self.files.cert).await, stamp(&self.files.key).await);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match self.reload().await {
-                Ok(()) => tracing::info!(tls = %self.files.prefix, "certificate reloaded from its files"),
-                Err(e) => tracing::warn!("{e}; keeping the previous certificate until the files change again"),
-            }
-        }
-    }
-
-    async fn reload(&self) -> Result<(), TlsError> {
-        let p = &self.files.prefix;
-        let cert = read_async(&format!("{p}.cert_pem"), &self.files.cert).await?;
-        let key = read_async(&format!("{p}.key_pem"), &self.files.key).await?;
-        let ck = certified(p, &cert, &key)?;
-        *self.resolver.0.write() = Arc::new(ck);
-        Ok(())
-    }
-}
-
-/// The [`Stamp`] of a source. The metadata follows symlinks, so a Kubernetes
-/// Secret volume's `..data` swap shows as a change.
-async fn stamp(src: &Source) -> Stamp {
-    let Source::File(p) = src else { return None };
-    let m = tokio::fs::metadata(p).await.ok()?;
-    Some((m.len(), m.modified().ok()?))
-}
-
-/// [`stamp`] at start-up (a one-off metadata read before serving).
-fn stamp_sync(src: &Source) -> Stamp {
-    let Source::File(p) = src else { return None };
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.len(), m.modified().ok()?))
-}
-
-async fn read_async(key: &str, src: &Source) -> Result<Vec<u8>, TlsError> {
-    match src {
-        Source::Inline(b) => Ok(b.clone()),
-        Source::File(p) => tokio::fs::read(p).await.map_err(|e| err(key, format!("cannot read {}: {e}", p.display()))),
+        self.reloader.run(stop).await;
     }
 }
 

@@ -2,10 +2,12 @@
 //! NATS (`broker.nats.tls`), against certificates generated here with rcgen:
 //! a Centrifuge client over wss:// with the right CA, a client trusting
 //! another CA refused, a rotated certificate served to new connections
-//! without a restart (a bad new file keeps the old one), mTLS, HTTP/2 by
-//! ALPN, a stalled handshake closed by `read_header_timeout`, start-up errors
-//! naming the key, and a real `nats-server --tlsverify` reached with a client
-//! certificate. Every wait has a deadline.
+//! without a restart (a bad new file keeps the old one), mTLS and a rotated
+//! client CA, HTTP/2 by ALPN, a stalled handshake closed by
+//! `read_header_timeout`, start-up errors naming the key, and a real
+//! `nats-server --tlsverify` reached with a client certificate, then
+//! reconnected to after its CA and the node's files rotate. Every wait has a
+//! deadline.
 
 mod common;
 
@@ -286,6 +288,51 @@ async fn client_ca_requires_client_certificates() {
     assert_eq!(https_get(s, "/health").await.0, 200);
 }
 
+/// Whether a new mTLS connection presenting `client` is served (`/health`
+/// answers 200); a refusal shows in the handshake or, with TLS 1.3, on the
+/// client's first read.
+async fn mtls_served(addr: SocketAddr, server_ca: &Ca, client: &Leaf) -> bool {
+    match tls_connect(addr, client_config(&[server_ca.der()], Some(client), &[])).await {
+        Err(_) => false,
+        Ok(s) => https_get(s, "/health").await.0 == 200,
+    }
+}
+
+/// Rotation of the client CA file (`client_ca_pem` as a path), without a
+/// restart: within a few reload intervals a client certificate from the new
+/// CA is served and one from the old CA refused; a connection made before
+/// keeps working; a broken CA file then keeps the new CA.
+#[tokio::test]
+async fn rotated_client_ca_is_picked_up_live() {
+    let ca = Ca::new("gyre test ca");
+    let (old_ca, new_ca) = (Ca::new("client ca 1"), Ca::new("client ca 2"));
+    let (old_client, new_client) = (old_ca.leaf("client-of-ca-1"), new_ca.leaf("client-of-ca-2"));
+    let dir = Dir::new();
+    install(&dir, &ca.leaf("server"));
+    dir.write("client-ca.crt", &old_ca.pem());
+    let mut t = tls_files(&dir);
+    t["client_ca_pem"] = json!(dir.path("client-ca.crt"));
+    let srv = TestServer::start(json!({"http_server": {"tls": t}})).await;
+    assert!(mtls_served(srv.addr, &ca, &old_client).await, "client of the first CA before rotation");
+    assert!(!mtls_served(srv.addr, &ca, &new_client).await, "client of a CA not yet trusted");
+    let before = tls_connect(srv.addr, client_config(&[ca.der()], Some(&old_client), &[])).await.unwrap();
+
+    dir.write("client-ca.crt", &new_ca.pem());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !mtls_served(srv.addr, &ca, &new_client).await {
+        assert!(tokio::time::Instant::now() < deadline, "client of the rotated CA not served within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!mtls_served(srv.addr, &ca, &old_client).await, "client of the old CA must be refused after rotation");
+    assert_eq!(https_get(before, "/health").await.0, 200, "a connection made before rotation keeps working");
+
+    // A CA file that does not parse keeps the rotated CA.
+    dir.write("client-ca.crt", "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n");
+    tokio::time::sleep(gyre_server::tls::RELOAD_INTERVAL * 3).await;
+    assert!(mtls_served(srv.addr, &ca, &new_client).await, "a broken CA file must keep the rotated CA");
+    assert!(!mtls_served(srv.addr, &ca, &old_client).await);
+}
+
 /// A socket that starts a TLS handshake and stalls is closed after
 /// `read_header_timeout`, counted from accept, like one that sends nothing.
 #[tokio::test]
@@ -473,6 +520,86 @@ async fn nats_over_tls_with_client_certificate() {
     let insecure = json!({"enabled": true, "insecure_skip_verify": true, "server_ca_pem": other.pem(),
         "cert_pem": client.cert_pem, "key_pem": client.key_pem});
     assert!(ready(insecure).await, "insecure_skip_verify must accept the server certificate");
+}
+
+/// `broker.nats.tls` from files (a mounted Secret: `ca.crt`, `tls.crt`,
+/// `tls.key`) rotated under a running node, against a real nats-server with
+/// `--tlsverify` restarted to trust only the new CAs; the same node, not
+/// restarted, reconnects each time and publishes again:
+/// 1. the client certificate rotated to one from a new client CA, which
+///    nats-server now trusts instead of the old one (the resolver re-read);
+/// 2. nats-server's own certificate rotated to one from a new CA, written to
+///    the node's `server_ca_pem` file (the server check re-built).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_tls_files_rotated_to_a_new_ca_are_used_on_reconnect() {
+    let dir = Dir::new();
+    // nats-server's files, rewritten in place while it is down.
+    let nats_server_cert = |ca: &Ca| {
+        let server = ca.leaf("nats");
+        dir.write("nats.crt", &server.cert_pem);
+        dir.write("nats.key", &server.key_pem);
+    };
+    let nats_trusts_clients_of = |ca: &Ca| dir.write("nats-clients-ca.crt", &ca.pem());
+    // The node's files.
+    let node_trusts = |ca: &Ca| dir.write("ca.crt", &ca.pem());
+    let node_client_cert = |ca: &Ca| install(&dir, &ca.leaf("gyre-client"));
+    let (server_ca, client_ca) = (Ca::new("nats server ca 1"), Ca::new("nats client ca 1"));
+    nats_server_cert(&server_ca);
+    nats_trusts_clients_of(&client_ca);
+    node_trusts(&server_ca);
+    node_client_cert(&client_ca);
+    let mut nats = gyre_engine_nats::testing::NatsServer::start_with_args(
+        true,
+        &[
+            "--tls",
+            "--tlscert",
+            &dir.path("nats.crt"),
+            "--tlskey",
+            &dir.path("nats.key"),
+            "--tlsverify",
+            "--tlscacert",
+            &dir.path("nats-clients-ca.crt"),
+        ],
+    );
+    let srv = TestServer::start(json!({"broker": {"enabled": true, "type": "nats",
+        "nats": {"url": nats.url, "prefix": format!("rot{}", rand_suffix()),
+            "tls": {"enabled": true, "server_ca_pem": dir.path("ca.crt"),
+                "cert_pem": dir.path("tls.crt"), "key_pem": dir.path("tls.key")}}}}))
+    .await;
+    publish_succeeds(&srv, 1).await;
+
+    // 1. A new client CA: the node's client certificate first (cert-manager),
+    // then nats-server restarts trusting only the new client CA.
+    let client_ca_2 = Ca::new("nats client ca 2");
+    node_client_cert(&client_ca_2);
+    nats.kill();
+    nats_trusts_clients_of(&client_ca_2);
+    nats.restart();
+    publish_succeeds(&srv, 2).await;
+
+    // 2. A new server CA: the node's CA file, then nats-server restarts
+    // serving a certificate from it.
+    let server_ca_2 = Ca::new("nats server ca 2");
+    node_trusts(&server_ca_2);
+    nats.kill();
+    nats_server_cert(&server_ca_2);
+    nats.restart();
+    publish_succeeds(&srv, 3).await;
+    assert_eq!(srv.node.health(), gyre_node::engine::EngineHealth::Ready);
+}
+
+/// Publishes into a history channel (through the NATS engine's stream)
+/// until the API answers with an offset, within 20 s.
+async fn publish_succeeds(srv: &TestServer, n: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = srv.api("publish", json!({"channel": "hist:rotation", "data": {"n": n}})).await;
+        if status == 200 && body["error"].is_null() && body["result"]["offset"].is_u64() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "publish {n} did not succeed within 20 s: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn rand_suffix() -> u64 {
