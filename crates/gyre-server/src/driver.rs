@@ -69,8 +69,10 @@ pub trait Transport: Send {
 pub enum Start {
     /// Wait for the peer's first commands (WebSocket, SockJS).
     Idle,
-    /// Commands that arrived with the request (emulation: the connect command).
-    Data(Bytes),
+    /// Commands that arrived with the request (emulation: the connect
+    /// command). Boxed: it is consumed at once, and inline it would widen
+    /// every connection's task.
+    Data(Box<Bytes>),
     /// A unidirectional connect request (boxed: it is consumed at once, and
     /// inline it would widen every connection's task).
     Uni(Box<ConnectRequest>),

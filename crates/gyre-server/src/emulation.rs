@@ -311,7 +311,7 @@ pub(crate) async fn connection(app: Arc<App>, req: Request<Incoming>, sse: bool)
         name,
         format,
         encoding,
-        Start::Data(data),
+        Start::Data(Box::new(data)),
         Some((rx, Box::new(guard))),
         session,
         http_user,

@@ -712,13 +712,17 @@ where
     }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     promote(req.extensions());
-    let on_upgrade = hyper::upgrade::on(req);
-    app.spawn_conn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => serve(upgraded).await,
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+    // `then`, not an async block: the block would keep `serve`'s captures
+    // (node, HTTP user, ...) and the upgrade future in every connection's
+    // task for its whole life; `then` holds them only until the upgrade.
+    let task = futures_util::FutureExt::then(hyper::upgrade::on(req), move |r| match r {
+        Ok(upgraded) => futures_util::future::Either::Left(serve(upgraded)),
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            futures_util::future::Either::Right(std::future::ready(()))
         }
     });
+    app.spawn_conn(task);
     let mut resp = empty(StatusCode::SWITCHING_PROTOCOLS);
     let rh = resp.headers_mut();
     rh.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -87,7 +87,7 @@ impl Client {
         let mut token_subs: Vec<(String, SubOptions)> = Vec::new();
         let mut credentials = false;
         let mut connect_data = Bytes::new();
-        self.emulated = req.headers.clone();
+        self.set_emulated(&req.headers);
         self.proxy_refresh = node.proxies.refresh().is_some();
         if !req.token.is_empty() {
             let claims = node.conn_verifier.verify_connect_async(&req.token, now).await.map_err(|e| match e {
@@ -103,7 +103,7 @@ impl Client {
             self.user = claims.user;
             self.conn_info = claims.info;
             self.expire_at = if cfg.insecure { None } else { claims.expire_at };
-            self.meta = claims.meta;
+            self.set_meta(claims.meta);
             token_subs = claims.subs;
             credentials = true;
         } else {
@@ -129,14 +129,14 @@ impl Client {
                         token_subs.retain(|(c, _)| c != ch);
                         token_subs.push((ch.clone(), opts));
                     }
-                    self.meta = r.meta;
+                    self.set_meta(r.meta);
                     credentials = true;
                 }
             }
             if !credentials {
                 if cfg.allow_anonymous_connect_without_token || cfg.insecure {
                     credentials = true;
-                } else if let Some(u) = self.request.user.clone() {
+                } else if let Some(u) = self.request_user().cloned() {
                     self.user = u;
                     credentials = true;
                 }
@@ -336,7 +336,7 @@ impl Client {
             }
         }
         if r.meta.is_some() {
-            self.meta = r.meta;
+            self.set_meta(r.meta);
         }
         self.set_expiry(Some(r.expire_at));
         Ok(())

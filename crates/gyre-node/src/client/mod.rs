@@ -120,13 +120,25 @@ pub struct Client {
     pong_deadline: Option<Instant>,
     next_periodic: Option<Instant>,
     next_position_check: Option<Instant>,
+    /// What few connections have (see [`Extras`]); `None` while all empty.
+    extras: Option<Box<Extras>>,
+    /// Expiry is extended by the refresh proxy, not by the client.
+    proxy_refresh: bool,
+}
+
+/// No client-sent headers (for connections without [`Extras`]).
+static EMPTY_HEADERS: std::sync::LazyLock<std::collections::HashMap<String, String>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Parts of a client that most connections leave empty, boxed so that the
+/// common one does not carry their room (128 bytes) in its task for life.
+#[derive(Debug, Default)]
+struct Extras {
     request: ConnRequest,
     /// Client-sent `connect.headers` (forwarded to proxies as `emulated_headers`).
     emulated: std::collections::HashMap<String, String>,
     /// Connection meta (token `meta` or connect proxy `meta`).
     meta: Option<serde_json::Value>,
-    /// Expiry is extended by the refresh proxy, not by the client.
-    proxy_refresh: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -157,16 +169,46 @@ impl Client {
             pong_deadline: None,
             next_periodic: None,
             next_position_check: None,
-            request: ConnRequest::default(),
-            emulated: Default::default(),
-            meta: None,
+            extras: None,
             proxy_refresh: false,
         }
     }
 
     /// What the transport took from the client's HTTP request.
     pub fn set_request(&mut self, request: ConnRequest) {
-        self.request = request;
+        if request.user.is_some() || !request.headers.is_empty() {
+            self.extras().request = request;
+        } else if let Some(x) = &mut self.extras {
+            x.request = request;
+        }
+    }
+
+    /// The extras, allocated on first use.
+    fn extras(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Default::default)
+    }
+
+    /// Sets the connection meta (allocating the extras only for a value).
+    pub(super) fn set_meta(&mut self, meta: Option<serde_json::Value>) {
+        if meta.is_some() {
+            self.extras().meta = meta;
+        } else if let Some(x) = &mut self.extras {
+            x.meta = None;
+        }
+    }
+
+    /// Sets the client-sent `connect.headers`.
+    pub(super) fn set_emulated(&mut self, headers: &std::collections::HashMap<String, String>) {
+        if !headers.is_empty() {
+            self.extras().emulated = headers.clone();
+        } else if let Some(x) = &mut self.extras {
+            x.emulated.clear();
+        }
+    }
+
+    /// The user id the trusted HTTP header gave, if any.
+    pub(super) fn request_user(&self) -> Option<&String> {
+        self.extras.as_ref().and_then(|x| x.request.user.as_ref())
     }
 
     /// The common fields of a proxy request.
@@ -179,9 +221,9 @@ impl Client {
                 _ => "json",
             },
             user: (self.state == State::Connected).then_some(self.user.as_str()),
-            meta: self.meta.as_ref(),
-            headers: &self.request.headers,
-            emulated: &self.emulated,
+            meta: self.extras.as_ref().and_then(|x| x.meta.as_ref()),
+            headers: self.extras.as_ref().map_or(&[][..], |x| &x.request.headers[..]),
+            emulated: self.extras.as_ref().map_or(&*EMPTY_HEADERS, |x| &x.emulated),
         }
     }
 
