@@ -349,7 +349,33 @@ impl Ws {
         self.next_within(WAIT).await.expect("server answered in time")
     }
 
-    /// Sends a command and returns the reply with its id (pushes before it are skipped).
+    /// Answers the server's pings (`{}`) among `msgs` with a pong (`{}`), as
+    /// every SDK does: a test client that idles past the ping interval plus
+    /// `client.pong_timeout` is closed with 3012 otherwise.
+    pub async fn answer_pings(&mut self, msgs: &[Value]) {
+        for m in msgs {
+            if m.as_object().is_some_and(|o| o.is_empty()) {
+                self.send(&json!({})).await;
+            }
+        }
+    }
+
+    /// Reads for `d`, answering pings and dropping pushes, as an idle SDK
+    /// does; panics if the server closes meanwhile.
+    pub async fn idle(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match self.next_within(left).await {
+                None => return,
+                Some(Event::Json(msgs)) => self.answer_pings(&msgs).await,
+                Some(Event::Binary(_)) => {}
+                Some(other) => panic!("closed while idle: {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a command and returns the reply with its id (pushes before it
+    /// are skipped, pings answered).
     pub async fn call(&mut self, id: u32, cmd: Value) -> Value {
         let mut c = cmd;
         c["id"] = json!(id);
@@ -357,6 +383,7 @@ impl Ws {
         loop {
             match self.next().await {
                 Event::Json(msgs) => {
+                    self.answer_pings(&msgs).await;
                     if let Some(r) = msgs.into_iter().find(|m| m["id"] == id) {
                         return r;
                     }
