@@ -710,7 +710,7 @@ where
     if !is_upgrade || req.method() != Method::GET {
         return text(StatusCode::BAD_REQUEST, "Bad Request\n");
     }
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = crate::wsframe::accept_key(key.as_bytes());
     promote(req.extensions());
     // `then`, not an async block: the block would keep `serve`'s captures
     // (node, HTTP user, ...) and the upgrade future in every connection's

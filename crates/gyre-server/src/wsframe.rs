@@ -98,6 +98,17 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     gyre_node::push::ws_frame(op::CLOSE, &close_payload(code, reason))
 }
 
+/// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key`
+/// (RFC 6455 §4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(key);
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
 /// Bytes read per syscall at most, into a buffer on the stack.
 const READ_CHUNK: usize = 4096;
 
@@ -436,6 +447,11 @@ mod tests {
         assert_eq!(d.next_message(), Err(FrameError::Protocol("unmasked client frame")));
         d.feed(&client_frame(0x81, b"x"));
         assert!(d.next_message().is_err());
+    }
+
+    #[test]
+    fn accept_key_of_the_rfc_example() {
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
