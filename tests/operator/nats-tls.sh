@@ -16,7 +16,8 @@
 #   history (JetStream, over TLS); a gyre without a client certificate and one with a certificate
 #   of another CA are refused by nats-server (never ready; nats-server logs the handshake
 #   failure); the server certificate renewed in place plus SIGHUP (what the reloader sidecar
-#   sends) is served to the next handshake while the running gyre keeps publishing.
+#   sends) is served to the next handshake while the running gyre keeps publishing. As root, the
+#   rendered 3-server nats.conf as a real cluster (see the clustered part below).
 #
 # Usage: nats-tls.sh OPERATOR_BIN GYRE_BIN [NATS_SERVER_BIN]
 set -euo pipefail
@@ -230,4 +231,96 @@ api "$gport" publish '{"channel": "chat:room", "data": {"n": 2}}' > /dev/null
 api "$gport" history '{"channel": "chat:room", "limit": 10}' | grep -q '"n":2' \
   || { echo "gyre stopped publishing after the server certificate was reloaded" >&2; exit 1; }
 echo "ok: renewed server certificate served after SIGHUP (not before); the running gyre keeps publishing"
+echo "nats-tls.sh: single-server part passed"
+
+# --- clustered: three servers with the rendered 3-server nats.conf, routes over mutual TLS
+# The routes dial the per-pod names (<name>-nats-<i>.<name>-nats-headless) and check them against
+# the server certificate. Those names resolve only in a cluster, so this part runs in a private
+# network and mount namespace (unshare) whose /etc/hosts maps them to loopback addresses; the
+# host's /etc/hosts and network are untouched. Needs root (CAP_SYS_ADMIN) for unshare.
+if [ "$(id -u)" != 0 ] || ! unshare --mount --net --fork true 2> /dev/null; then
+  echo "SKIPPED: clustered route TLS (needs root and unshare for a private /etc/hosts)"
+  exit 0
+fi
+sed -e 's/replicas: 1$/replicas: 3/' "$W/chat.yaml" > "$W/chat3.yaml"
+"$OP" render -f "$W/chat3.yaml" --json > "$W/rendered3.json"
+python3 - "$W" << 'PY'
+import json, sys
+w = sys.argv[1]
+objs = json.load(open(f"{w}/rendered3.json"))
+conf = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "chat-nats-config"][0]
+open(f"{w}/nats3.conf", "w").write(conf["data"]["nats.conf"])
+cert = [o for o in objs if o["kind"] == "Certificate" and o["metadata"]["name"] == "chat-nats-server"][0]
+open(f"{w}/server3-dns", "w").write(",".join("DNS:" + d for d in cert["spec"]["dnsNames"]))
+PY
+grep -q '"tls://chat-nats-2.chat-nats-headless:6222"' "$W/nats3.conf"
+leaf "$W/ca" "$W/srv3" chat-nats "$(cat "$W/server3-dns")" serverAuth,clientAuth
+# Without the per-pod names (only the Service's), the same cluster must not form: the routes
+# check the names, so the names the operator puts into the server Certificate are needed.
+leaf "$W/ca" "$W/srv3-service-only" chat-nats "$(cat "$W/server-dns")" serverAuth,clientAuth
+cat > "$W/cluster.sh" << 'EOF2'
+set -euo pipefail
+W="$1"; NATS="$2"
+ip link set lo up
+: > "$W/hosts"
+for i in 0 1 2; do
+  echo "127.0.1.$((i + 1)) chat-nats-$i.chat-nats-headless" >> "$W/hosts"
+done
+mount --bind "$W/hosts" /etc/hosts
+run_cluster() { # cert-dir tag
+  for i in 0 1 2; do
+    a="127.0.1.$((i + 1))"
+    rm -rf "$W/data$i-$2"
+    sed -e "s#0\.0\.0\.0#$a#g" -e "s#\"/etc/nats-tls/#\"$1/#g" -e "s#\"/data\"#\"$W/data$i-$2\"#" \
+      -e "s#\"/var/run/nats/nats.pid\"#\"$W/nats$i-$2.pid\"#" "$W/nats3.conf" > "$W/nats3-$i-$2.conf"
+    POD_NAME="chat-nats-$i" "$NATS" -c "$W/nats3-$i-$2.conf" > "$W/nats3-$i-$2.log" 2>&1 &
+  done
+}
+routes_and_health() { # -> "routes-per-server:healthy-count"
+  local out="" healthy=0
+  for i in 0 1 2; do
+    a="127.0.1.$((i + 1))"
+    n="$(curl -sf "http://$a:8222/routez" | python3 -c 'import json,sys; print(json.load(sys.stdin)["num_routes"])' || echo 0)"
+    out="$out$n,"
+    curl -sf "http://$a:8222/healthz" > /dev/null && healthy=$((healthy + 1))
+  done
+  echo "$out:$healthy"
+}
+stop_cluster() {
+  kill $(jobs -p) 2> /dev/null || true
+  wait 2> /dev/null || true
+}
+
+run_cluster "$W/srv3" good
+state=""
+for _ in $(seq 300); do
+  state="$(routes_and_health)"
+  [ "$state" = "2,2,2,:3" ] && break
+  sleep 0.2
+done
+if [ "$state" != "2,2,2,:3" ]; then
+  tail -n 15 "$W"/nats3-*-good.log
+  echo "the 3-server TLS cluster did not form (routes per server, healthy servers: $state)" >&2
+  exit 1
+fi
+for i in 0 1 2; do
+  curl -sf "http://127.0.1.$((i + 1)):8222/varz" | python3 -c 'import json,sys
+c = json.load(sys.stdin)["cluster"]
+assert c["tls_required"] and c["tls_verify"], c'
+done
+echo "ok: 3 servers from the rendered nats.conf: every server routes to the other two over mutual TLS (cluster tls_required and tls_verify), JetStream healthy on all"
+stop_cluster
+
+run_cluster "$W/srv3-service-only" bad
+sleep 8
+state="$(routes_and_health)"
+stop_cluster
+[ "$state" = "0,0,0,:0" ] || { echo "a cluster formed with a certificate lacking the pod names: $state" >&2; exit 1; }
+grep -h "handshake error" "$W"/nats3-*-bad.log | grep -q "chat-nats-[012].chat-nats-headless" \
+  || { tail -n 5 "$W"/nats3-*-bad.log; echo "no route handshake error naming a pod" >&2; exit 1; }
+echo "ok: with a certificate lacking the per-pod names no route forms:"
+grep -h -m1 "handshake error" "$W"/nats3-0-bad.log
+EOF2
+unshare --mount --net --fork bash "$W/cluster.sh" "$W" "$NATS"
+echo "nats-tls.sh: clustered part passed"
 echo "nats-tls.sh: all passed"

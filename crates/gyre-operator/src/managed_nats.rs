@@ -388,10 +388,11 @@ fn hardened() -> SecurityContext {
 
 /// The sidecar that makes nats-server load renewed certificates. nats-server reads its TLS files
 /// only at start and on a reload signal; cert-manager renews the Secret and kubelet swaps the
-/// mounted files, but nothing would tell the server. The official NATS image set's
-/// config-reloader (what the official chart runs) watches the listed files, including kubelet's
-/// atomic symlink swap, and sends SIGHUP to the pid in the pid file: a reload keeps every client
-/// and route connection and serves the new certificate to the next handshake. It needs the
+/// mounted files, but nothing would tell the server. NATS's own config-reloader, run with the
+/// same arguments by the official chart (which relies on it for mounted cert-manager Secrets),
+/// watches the listed files and sends SIGHUP to the pid in the pid file: a reload keeps every
+/// client and route connection and serves the new certificate to the next handshake (the tests
+/// show this part with a real nats-server; the image is not run there). It needs the
 /// server's process, hence `shareProcessNamespace`, and runs as the same uid so it may signal it
 /// without any capability. Alternatives not taken: rolling the StatefulSet on renewal (the
 /// operator would have to read and hash the Secret, and every renewal would drop every client
