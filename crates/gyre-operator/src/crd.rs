@@ -658,7 +658,7 @@ pub struct PodOptions {
     /// Extra `envFrom` sources of the server container, e.g. a Secret of `CENTRIFUGO_*` settings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_from: Vec<EnvFromSource>,
-    /// Extra pod volumes (names `config` and `tmp` are taken).
+    /// Extra pod volumes (names `config`, `tmp`, `tls` and `nats-tls` are taken).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
     /// Extra mounts of the server container.
