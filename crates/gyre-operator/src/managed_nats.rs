@@ -18,10 +18,10 @@
 //!   PersistentVolumeClaim per pod, parallel start (JetStream needs a quorum to become ready),
 //!   `/healthz` probes, preStop lame-duck so clients move before the server stops.
 //! - PodDisruptionBudget `<name>-nats` (maxUnavailable 1) when `replicas > 1`.
-//!
 //! - With `nats.server.tls` (opt-in): a `tls {}` block with `verify: true` on the client port and
-//!   on the routes, the server Secret mounted as a directory, a config-reloader sidecar, and two
-//!   cert-manager `Certificate`s (server, client) when an issuer is named. See [`tls`].
+//!   on the routes, the server Secret mounted as a directory, a config-reloader sidecar (see
+//!   [`reloader`] for why), and two cert-manager `Certificate`s (server, client) when an issuer
+//!   is named ([`build_certificates`]).
 //!
 //! Failure modes: volumes outlive the StatefulSet (Kubernetes' default `Retain`), so switching
 //! `managed` off and on again finds the old JetStream data; `storageSize` applies to new volumes

@@ -388,7 +388,7 @@ fn managed_nats_tls_with_user_secrets_and_switched_off() {
 /// Test certificates from the `openssl` CLI (present wherever nats-server is): a CA in `ca_dir`
 /// (made once), and in `dir` a leaf with the given DNS names and extended key usages, written as
 /// a Secret volume holds them (`tls.crt`, `tls.key`, `ca.crt`).
-pub(super) fn issue(dir: &std::path::Path, ca_dir: &std::path::Path, dns: &[String], eku: &str) {
+fn issue(dir: &std::path::Path, ca_dir: &std::path::Path, dns: &[String], eku: &str) {
     let run = |cwd: &std::path::Path, args: &[&str]| {
         let out = Command::new("openssl").args(args).current_dir(cwd).output().expect("openssl");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
