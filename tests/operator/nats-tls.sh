@@ -290,6 +290,8 @@ stop_cluster() {
   kill $(jobs -p) 2> /dev/null || true
   wait 2> /dev/null || true
 }
+# A failed check must not leave servers running in the namespace.
+trap stop_cluster EXIT
 
 run_cluster "$W/srv3" good
 state=""
