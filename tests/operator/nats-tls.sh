@@ -30,6 +30,8 @@ command -v openssl > /dev/null || { echo "nats-tls.sh: openssl CLI missing" >&2;
 W="$(mktemp -d /tmp/gyre-nats-tls.XXXXXX)"
 pids=()
 cleanup() {
+  # start_gyre runs in a command substitution (a subshell): its pids come through a file.
+  [ -f "$W/gyre.pids" ] && while read -r p; do pids+=("$p"); done < "$W/gyre.pids"
   for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
   wait 2> /dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $W"; else rm -rf "$W"; fi
@@ -152,7 +154,7 @@ start_gyre() { # name config
   CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY=ci-hmac-secret-0123456789abcdef0123456789 \
     "$GYRE" -c "$2" --http_server.address 127.0.0.1 --http_server.port "$p" \
     --http_server.internal_port "$ip" > "$W/$1.log" 2>&1 &
-  pids+=("$!")
+  echo "$!" >> "$W/gyre.pids"
   echo "$ip"
 }
 ready() { curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/health/ready" || true; }
