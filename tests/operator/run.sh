@@ -160,6 +160,9 @@ print("gyre started from the generated config: /health ok, API key accepted, wro
 PY
   kill -TERM "$gyre_pid"; wait "$gyre_pid" || true
   trap - EXIT
+
+  step "managed NATS with TLS: rendered nats.conf and config.json run by real nats-server and gyre"
+  bash tests/operator/nats-tls.sh "$OP" "$GYRE_BIN"
 else
   echo "SKIPPED: GYRE_BIN is not set to an executable gyre binary (got '${GYRE_BIN:-}')."
   echo "SKIPPED: the operator's config.json files were NOT checked by the real server."

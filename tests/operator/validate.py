@@ -111,8 +111,14 @@ def cmd_k8s(args):
                 # No offline cert-manager schema: check the fields the operator writes by hand.
                 spec = doc.get("spec", {})
                 ref = spec.get("issuerRef", {})
-                ok = (isinstance(spec.get("secretName"), str) and spec["secretName"]
-                      and spec.get("dnsNames") and all(isinstance(n, str) and n for n in spec["dnsNames"])
+                # An identity: DNS names (server certificates) or a commonName of at most 64
+                # characters (the managed NATS's client certificate); usages cert-manager knows.
+                names_ok = (spec.get("dnsNames") and all(isinstance(n, str) and n for n in spec["dnsNames"])) \
+                    or (isinstance(spec.get("commonName"), str) and 0 < len(spec["commonName"]) <= 64
+                        and "dnsNames" not in spec)
+                usages_ok = all(u in ("digital signature", "key encipherment", "server auth", "client auth")
+                                for u in spec.get("usages", []))
+                ok = (isinstance(spec.get("secretName"), str) and spec["secretName"] and names_ok and usages_ok
                       and ref.get("name") and ref.get("kind") in ("Issuer", "ClusterIssuer") and ref.get("group"))
                 if not ok:
                     fail(f"{name}: malformed Certificate {spec}")

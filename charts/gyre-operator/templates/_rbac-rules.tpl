@@ -65,7 +65,7 @@
   verbs: ["patch", "delete"]
 {{- end }}
 {{- if .Values.rbac.certificates }}
-# optional cert-manager Certificate (spec.tls.issuerRef; not watched)
+# optional cert-manager Certificates (spec.tls.issuerRef, nats.server.tls.issuerRef; not watched)
 - apiGroups: ["cert-manager.io"]
   resources: ["certificates"]
   verbs: ["patch", "delete"]

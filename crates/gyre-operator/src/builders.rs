@@ -392,7 +392,8 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
             ..Default::default()
         },
     ];
-    if let Some((volume, mount)) = tls_volume {
+    // The client-port Secret, and the managed NATS's client Secret (nats.server.tls).
+    for (volume, mount) in tls_volume.into_iter().chain(crate::managed_nats::client_volume(cr)) {
         volumes.push(volume);
         container.volume_mounts.get_or_insert_with(Vec::new).push(mount);
     }
@@ -658,6 +659,9 @@ pub fn render_all(
         out.push(typed(&m::build_stateful_set(cr, &n)));
         if let Some(pdb) = m::build_pdb(cr, &n) {
             out.push(typed(&pdb));
+        }
+        for cert in m::build_certificates(cr, &n) {
+            out.push(serde_json::to_value(&cert).expect("dynamic objects serialize"));
         }
     }
     out.push(typed(&build_service_account(cr)));

@@ -169,8 +169,9 @@ pub fn build_config(spec: &CentrifugoSpec) -> Result<GeneratedConfig, ConfigErro
         owned.push(("presence_manager.enabled", json!(true)));
         owned.push(("presence_manager.type", json!("nats")));
     }
-    // TLS: the mounted Secret's files (see `tls`).
+    // TLS: the mounted Secret's files (see `tls`), and the managed NATS's client Secret.
     owned.extend(crate::tls::config_keys(spec));
+    owned.extend(crate::managed_nats::gyre_config_keys(spec));
     for (path, value) in owned {
         if let Some(existing) = lookup(&root, path)
             && !existing.is_null()

@@ -299,7 +299,7 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
         secret_hash,
     };
 
-    apply_managed_nats(cr, &client, &ns).await?;
+    apply_managed_nats(cr, ctx, &ns).await?;
     apply(&Api::namespaced(client.clone(), &ns), &builders::build_service_account(cr), "ServiceAccount").await?;
     apply(&Api::namespaced(client.clone(), &ns), &builders::build_config_map(cr, &inputs), "ConfigMap").await?;
     // The HPA goes first and the replica count is handed over before the Deployment stops
@@ -442,21 +442,47 @@ async fn reconcile_inner(cr: &Centrifugo, ctx: &Context) -> Result<Action, Error
 
 /// The NATS the operator runs for `spec.nats.managed: true` (managed_nats.rs), or its removal
 /// when switched off (the volumes stay: Kubernetes retains StatefulSet claims).
-async fn apply_managed_nats(cr: &Centrifugo, client: &Client, ns: &str) -> Result<(), Error> {
+async fn apply_managed_nats(cr: &Centrifugo, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let client = &ctx.client;
     use crate::managed_nats as m;
     let spec = m::managed(cr);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    let certs: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &crate::tls::certificate_resource());
+    // As for spec.tls: a 404 covers both "absent" and "cert-manager not installed".
+    let remove_certs = async || -> Result<(), Error> {
+        remove(&certs, &m::server_certificate_name(cr), "Certificate").await?;
+        remove(&certs, &m::client_certificate_name(cr), "Certificate").await
+    };
     let Some(spec) = spec else {
         // Never managed (the common case) or switched off: DELETE of an absent object is a 404.
         remove(&sts, &m::name(cr), "StatefulSet").await?;
         remove(&pdbs, &m::name(cr), "PodDisruptionBudget").await?;
         remove(&svcs, &m::name(cr), "Service").await?;
         remove(&svcs, &m::headless_name(cr), "Service").await?;
-        return remove(&cms, &m::config_name(cr), "ConfigMap").await;
+        remove(&cms, &m::config_name(cr), "ConfigMap").await?;
+        return remove_certs().await;
     };
+    // Certificates first: the pods wait (ContainerCreating) until cert-manager wrote the Secrets.
+    let wanted = m::build_certificates(cr, &spec);
+    if wanted.is_empty() {
+        remove_certs().await?;
+    } else if resource_served(client, "cert-manager.io/v1", "certificates", "Certificate").await? {
+        for cert in &wanted {
+            apply(&certs, cert, "Certificate").await?;
+        }
+    } else {
+        publish(
+            ctx,
+            cr,
+            EventType::Warning,
+            "CertManagerUnavailable",
+            "nats.server.tls.issuerRef is set but cert-manager.io/v1 Certificate is not served (cert-manager not installed); skipped: the NATS and Gyre pods wait for the TLS Secrets".into(),
+        )
+        .await;
+    }
     apply(&cms, &m::build_config_map(cr, &spec), "ConfigMap").await?;
     apply(&svcs, &m::build_headless_service(cr), "Service").await?;
     apply(&svcs, &m::build_client_service(cr), "Service").await?;

@@ -320,6 +320,52 @@ pub struct ManagedNatsSpec {
     /// Resources of each NATS container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Mutual TLS between the Gyre pods and NATS, and between the NATS servers (routes). Off
+    /// unless this section is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ManagedNatsTlsSpec>,
+}
+
+/// TLS of the managed NATS: the client port (4222) and, with more than one server, the cluster
+/// routes (6222) require TLS and a client certificate from the same CA (`verify: true`). Two
+/// Secrets hold the keys `tls.crt`, `tls.key` and `ca.crt`: the server's (mounted into the NATS
+/// pods) and the client's (mounted into the Gyre pods). With `issuerRef` cert-manager writes
+/// both from two `Certificate`s the operator creates; the issuer must put `ca.crt` into the
+/// Secrets (a CA or Vault issuer does; ACME issuers do not and cannot be used here). Without
+/// `issuerRef` both Secrets are yours. Renewed files are picked up without restarts: NATS by a
+/// config-reloader sidecar, Gyre on its next reconnect (docs/operator.md, "Managed NATS").
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedNatsTlsSpec {
+    /// Require TLS on the managed NATS.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// cert-manager issuer of both certificates (server and client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<crate::tls::IssuerRef>,
+    /// Secret of the NATS servers' certificate (`tls.crt`, `tls.key`, `ca.crt`). Defaults to
+    /// `<name>-nats-server-tls`. Its certificate must name the client Service `<name>-nats` (the
+    /// Gyre pods check it) and, with more than one server, `<name>-nats-<i>.<name>-nats-headless`
+    /// (the routes), and allow both server and client auth (routes are mutual TLS too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_secret_name: Option<String>,
+    /// Secret of the Gyre pods' client certificate (`tls.crt`, `tls.key`, `ca.crt`, the CA that
+    /// signed the server certificate). Defaults to `<name>-nats-client-tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_secret_name: Option<String>,
+    /// Image of the sidecar that tells nats-server to reload (SIGHUP) when the mounted
+    /// certificate files change; nats-server does not watch them itself.
+    #[serde(default = "default_nats_reloader_image")]
+    #[schemars(length(min = 1))]
+    pub reloader_image: String,
+}
+
+/// Pinned like the NATS image; the release the official NATS chart pairs with nats 2.10.
+pub const DEFAULT_NATS_RELOADER_IMAGE: &str = "natsio/nats-server-config-reloader:0.15.1";
+fn default_nats_reloader_image() -> String {
+    DEFAULT_NATS_RELOADER_IMAGE.into()
 }
 
 impl Default for ManagedNatsSpec {
@@ -330,6 +376,7 @@ impl Default for ManagedNatsSpec {
             storage_size: default_nats_storage(),
             storage_class_name: None,
             resources: None,
+            tls: None,
         }
     }
 }
@@ -611,7 +658,7 @@ pub struct PodOptions {
     /// Extra `envFrom` sources of the server container, e.g. a Secret of `CENTRIFUGO_*` settings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_from: Vec<EnvFromSource>,
-    /// Extra pod volumes (names `config` and `tmp` are taken).
+    /// Extra pod volumes (names `config`, `tmp`, `tls` and `nats-tls` are taken).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
     /// Extra mounts of the server container.

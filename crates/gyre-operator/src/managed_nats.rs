@@ -18,6 +18,10 @@
 //!   PersistentVolumeClaim per pod, parallel start (JetStream needs a quorum to become ready),
 //!   `/healthz` probes, preStop lame-duck so clients move before the server stops.
 //! - PodDisruptionBudget `<name>-nats` (maxUnavailable 1) when `replicas > 1`.
+//! - With `nats.server.tls` (opt-in): a `tls {}` block with `verify: true` on the client port and
+//!   on the routes, the server Secret mounted as a directory, a config-reloader sidecar (see
+//!   [`reloader`] for why), and two cert-manager `Certificate`s (server, client) when an issuer
+//!   is named ([`build_certificates`]).
 //!
 //! Failure modes: volumes outlive the StatefulSet (Kubernetes' default `Retain`), so switching
 //! `managed` off and on again finds the old JetStream data; `storageSize` applies to new volumes
@@ -33,8 +37,8 @@ use k8s_openapi::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
             EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
             PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
-            TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+            ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort,
+            ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -44,12 +48,14 @@ use k8s_openapi::{
         util::intstr::IntOrString,
     },
 };
-use kube::{Resource, ResourceExt};
+use kube::{Resource, ResourceExt, api::DynamicObject};
+use serde_json::{Value, json};
 
 use crate::{
     builders::{MANAGED_BY_LABEL, MANAGER},
     config::sha256_hex,
-    crd::{Centrifugo, ManagedNatsSpec},
+    crd::{Centrifugo, CentrifugoSpec, ManagedNatsSpec, ManagedNatsTlsSpec},
+    tls::IssuerKind,
 };
 
 pub const CLIENT_PORT: i32 = 4222;
@@ -65,10 +71,41 @@ const NATS_UID: i64 = 1000;
 const LAME_DUCK: &str = "30s";
 const GRACE_SECONDS: i64 = 60;
 
+/// Where the server Secret is mounted in the NATS pods (under `/etc/`, as in the official chart).
+pub const SERVER_TLS_DIR: &str = "/etc/nats-tls";
+/// Where the client Secret is mounted in the Gyre pods.
+pub const CLIENT_TLS_DIR: &str = "/etc/gyre-nats-tls";
+/// Name of the Secret volume, in the NATS pods (server Secret) and the Gyre pods (client Secret).
+pub const TLS_VOLUME: &str = "nats-tls";
+
 /// The managed NATS settings of an instance, or `None` when NATS is not managed.
 pub fn managed(cr: &Centrifugo) -> Option<ManagedNatsSpec> {
     let n = cr.spec.nats.as_ref().filter(|n| n.is_managed())?;
     Some(n.server.clone().unwrap_or_default())
+}
+
+/// `nats.server.tls` of a managed NATS, when switched on.
+pub fn tls_of(spec: &CentrifugoSpec) -> Option<&ManagedNatsTlsSpec> {
+    spec.nats.as_ref().filter(|n| n.is_managed())?.server.as_ref()?.tls.as_ref().filter(|t| t.enabled)
+}
+
+/// The server Secret's name, when TLS is on.
+pub fn server_secret_name(cr: &Centrifugo) -> Option<String> {
+    let t = tls_of(&cr.spec)?;
+    Some(t.server_secret_name.clone().unwrap_or_else(|| format!("{}-nats-server-tls", cr.name_any())))
+}
+
+/// The client Secret's name, when TLS is on.
+pub fn client_secret_name(cr: &Centrifugo) -> Option<String> {
+    let t = tls_of(&cr.spec)?;
+    Some(t.client_secret_name.clone().unwrap_or_else(|| format!("{}-nats-client-tls", cr.name_any())))
+}
+
+pub fn server_certificate_name(cr: &Centrifugo) -> String {
+    format!("{}-nats-server", cr.name_any())
+}
+pub fn client_certificate_name(cr: &Centrifugo) -> String {
+    format!("{}-nats-client", cr.name_any())
 }
 
 pub fn name(cr: &Centrifugo) -> String {
@@ -81,14 +118,123 @@ pub fn config_name(cr: &Centrifugo) -> String {
     format!("{}-nats-config", cr.name_any())
 }
 
-/// The URL the Gyre pods use (same namespace, so the short Service name resolves).
-pub fn pod_url(cr: &Centrifugo) -> String {
-    format!("nats://{}:{CLIENT_PORT}", name(cr))
+fn scheme(cr: &Centrifugo) -> &'static str {
+    if tls_of(&cr.spec).is_some() { "tls" } else { "nats" }
 }
 
-/// The URL the operator probes from its own namespace.
+/// The URL the Gyre pods use (same namespace, so the short Service name resolves). With TLS its
+/// host, `<name>-nats`, is the name the server certificate is checked against.
+pub fn pod_url(cr: &Centrifugo) -> String {
+    format!("{}://{}:{CLIENT_PORT}", scheme(cr), name(cr))
+}
+
+/// The URL the operator probes from its own namespace. With TLS still probed in the clear: the
+/// server sends INFO before the handshake (it is not TLS-first), and that is all the probe reads.
 pub fn probe_url(cr: &Centrifugo) -> String {
-    format!("nats://{}.{}.svc:{CLIENT_PORT}", name(cr), cr.namespace().unwrap_or_else(|| "default".into()))
+    format!("{}://{}.{}.svc:{CLIENT_PORT}", scheme(cr), name(cr), cr.namespace().unwrap_or_else(|| "default".into()))
+}
+
+/// DNS names of the server certificate: every name the client Service answers to (the Gyre pods
+/// use the short one, the operator's probe `<svc>.<ns>.svc`), and with more than one server each
+/// pod's name under the headless Service, short (the form the routes in `nats.conf` dial) and
+/// qualified. The pod names are listed one by one rather than as a wildcard: cert-manager's CA
+/// issuer signs either, but some issuers refuse wildcards.
+pub fn server_dns_names(cr: &Centrifugo, spec: &ManagedNatsSpec) -> Vec<String> {
+    let ns = cr.namespace().unwrap_or_else(|| "default".into());
+    let qualified = |host: &str| {
+        [host.to_string(), format!("{host}.{ns}"), format!("{host}.{ns}.svc"), format!("{host}.{ns}.svc.cluster.local")]
+    };
+    let mut names: Vec<String> = qualified(&name(cr)).into();
+    if spec.replicas > 1 {
+        for i in 0..spec.replicas {
+            names.extend(qualified(&format!("{}-{i}.{}", name(cr), headless_name(cr))));
+        }
+    }
+    names
+}
+
+fn certificate(
+    cr: &Centrifugo,
+    name: String,
+    secret: String,
+    subject: Value,
+    usages: &[&str],
+) -> Option<DynamicObject> {
+    let issuer = tls_of(&cr.spec)?.issuer_ref.as_ref()?;
+    let kind = match issuer.kind {
+        IssuerKind::Issuer => "Issuer",
+        IssuerKind::ClusterIssuer => "ClusterIssuer",
+    };
+    let mut spec = json!({
+        "secretName": secret,
+        "issuerRef": {"name": issuer.name, "kind": kind, "group": issuer.group},
+        "usages": usages,
+        // A fresh key at every renewal; the reloader (server) and the next reconnect (Gyre) pick it up.
+        "privateKey": {"rotationPolicy": "Always"},
+    });
+    spec.as_object_mut().expect("object").extend(subject.as_object().expect("object").clone());
+    let mut obj = DynamicObject::new(&name, &crate::tls::certificate_resource()).data(json!({ "spec": spec }));
+    obj.metadata = meta(cr, name);
+    Some(obj)
+}
+
+/// The cert-manager `Certificate`s (server, client) when TLS is on with an issuer; empty
+/// otherwise (the reconciler then deletes the ones it made before).
+pub fn build_certificates(cr: &Centrifugo, spec: &ManagedNatsSpec) -> Vec<DynamicObject> {
+    let (Some(server_secret), Some(client_secret)) = (server_secret_name(cr), client_secret_name(cr)) else {
+        return Vec::new();
+    };
+    // Routes are mutual TLS too: a server dialing a route presents the same certificate as a
+    // client, so the server certificate needs "client auth" as well.
+    let server = certificate(
+        cr,
+        server_certificate_name(cr),
+        server_secret,
+        json!({"dnsNames": server_dns_names(cr, spec)}),
+        &["digital signature", "key encipherment", "server auth", "client auth"],
+    );
+    // The Gyre pods' identity; the name is the Gyre Service's, at most 63 characters like every
+    // Service name, so it fits a commonName (64).
+    let client = certificate(
+        cr,
+        client_certificate_name(cr),
+        client_secret,
+        json!({"commonName": cr.name_any()}),
+        &["digital signature", "key encipherment", "client auth"],
+    );
+    server.into_iter().chain(client).collect()
+}
+
+/// The Gyre server's `broker.nats.tls` keys when the managed NATS has TLS: the client Secret's
+/// files, reloaded by Gyre and used on its next reconnect (docs/tls.md).
+pub fn gyre_config_keys(spec: &CentrifugoSpec) -> Vec<(&'static str, Value)> {
+    if tls_of(spec).is_none() {
+        return Vec::new();
+    }
+    vec![
+        ("broker.nats.tls.enabled", json!(true)),
+        ("broker.nats.tls.server_ca_pem", json!(format!("{CLIENT_TLS_DIR}/ca.crt"))),
+        ("broker.nats.tls.cert_pem", json!(format!("{CLIENT_TLS_DIR}/tls.crt"))),
+        ("broker.nats.tls.key_pem", json!(format!("{CLIENT_TLS_DIR}/tls.key"))),
+    ]
+}
+
+fn secret_volume(secret: String, dir: &str) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: TLS_VOLUME.into(),
+        // Default mode 0644: the files are root's and the non-root servers read them as "others".
+        // A whole-directory mount (never subPath): kubelet updates only those on renewal.
+        secret: Some(SecretVolumeSource { secret_name: Some(secret), ..Default::default() }),
+        ..Default::default()
+    };
+    let mount =
+        VolumeMount { name: TLS_VOLUME.into(), mount_path: dir.into(), read_only: Some(true), ..Default::default() };
+    (volume, mount)
+}
+
+/// The Gyre pods' volume and mount of the client Secret, when TLS is on.
+pub fn client_volume(cr: &Centrifugo) -> Option<(Volume, VolumeMount)> {
+    Some(secret_volume(client_secret_name(cr)?, CLIENT_TLS_DIR))
 }
 
 pub fn selector_labels(cr: &Centrifugo) -> BTreeMap<String, String> {
@@ -125,14 +271,30 @@ pub fn nats_conf(cr: &Centrifugo, spec: &ManagedNatsSpec) -> String {
          jetstream {{\n  store_dir: \"{DATA_DIR}\"\n}}\n",
         name = cr.name_any()
     );
+    // The same files for clients and routes: one certificate names the Service and every pod.
+    let tls_block = |indent: &str| {
+        format!(
+            "{indent}tls {{\n\
+             {indent}  cert_file: \"{SERVER_TLS_DIR}/tls.crt\"\n\
+             {indent}  key_file: \"{SERVER_TLS_DIR}/tls.key\"\n\
+             {indent}  ca_file: \"{SERVER_TLS_DIR}/ca.crt\"\n\
+             {indent}  verify: true\n\
+             {indent}}}\n"
+        )
+    };
+    let tls = tls_of(&cr.spec).is_some();
+    if tls {
+        c.push_str(&tls_block(""));
+    }
     if spec.replicas > 1 {
         let routes: Vec<String> = (0..spec.replicas)
-            .map(|i| format!("    \"nats://{}-{i}.{}:{CLUSTER_PORT}\"", name(cr), headless_name(cr)))
+            .map(|i| format!("    \"{}://{}-{i}.{}:{CLUSTER_PORT}\"", scheme(cr), name(cr), headless_name(cr)))
             .collect();
         c.push_str(&format!(
-            "cluster {{\n  name: \"{}\"\n  listen: \"0.0.0.0:{CLUSTER_PORT}\"\n  routes: [\n{}\n  ]\n}}\n",
+            "cluster {{\n  name: \"{}\"\n  listen: \"0.0.0.0:{CLUSTER_PORT}\"\n  routes: [\n{}\n  ]\n{}}}\n",
             name(cr),
-            routes.join("\n")
+            routes.join("\n"),
+            if tls { tls_block("  ") } else { String::new() }
         ));
     }
     c
@@ -213,6 +375,56 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
+fn hardened() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// The sidecar that makes nats-server load renewed certificates. nats-server reads its TLS files
+/// only at start and on a reload signal; cert-manager renews the Secret and kubelet swaps the
+/// mounted files, but nothing would tell the server. NATS's own config-reloader, run with the
+/// same arguments by the official chart (which relies on it for mounted cert-manager Secrets),
+/// watches the listed files and sends SIGHUP to the pid in the pid file: a reload keeps every
+/// client and route connection and serves the new certificate to the next handshake (the tests
+/// show this part with a real nats-server; the image is not run there). It needs the
+/// server's process, hence `shareProcessNamespace`, and runs as the same uid so it may signal it
+/// without any capability. Alternatives not taken: rolling the StatefulSet on renewal (the
+/// operator would have to read and hash the Secret, and every renewal would drop every client
+/// and restart JetStream's RAFT groups), or documenting that renewals need a manual restart.
+fn reloader(t: &ManagedNatsTlsSpec, mount: &dyn Fn(&str, &str, bool) -> VolumeMount) -> Container {
+    let mut args =
+        vec!["-pid".to_string(), format!("{PID_DIR}/nats.pid"), "-config".into(), format!("{CONF_DIR}/{CONF_FILE}")];
+    for f in ["tls.crt", "tls.key", "ca.crt"] {
+        args.extend(["-config".to_string(), format!("{SERVER_TLS_DIR}/{f}")]);
+    }
+    Container {
+        name: "reloader".into(),
+        image: Some(t.reloader_image.clone()),
+        args: Some(args),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("10m".into())),
+                ("memory".to_string(), Quantity("16Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_string(), Quantity("64Mi".into()))])),
+            ..Default::default()
+        }),
+        security_context: Some(hardened()),
+        volume_mounts: Some(vec![
+            mount("config", CONF_DIR, true),
+            mount("pid", PID_DIR, false),
+            mount(TLS_VOLUME, SERVER_TLS_DIR, true),
+        ]),
+        ..Default::default()
+    }
+}
+
 pub fn build_stateful_set(cr: &Centrifugo, spec: &ManagedNatsSpec) -> StatefulSet {
     let mount = |name: &str, path: &str, ro: bool| VolumeMount {
         name: name.into(),
@@ -220,6 +432,22 @@ pub fn build_stateful_set(cr: &Centrifugo, spec: &ManagedNatsSpec) -> StatefulSe
         read_only: ro.then_some(true),
         ..Default::default()
     };
+    let tls = tls_of(&cr.spec).cloned();
+    let mut mounts =
+        vec![mount("config", CONF_DIR, true), mount("data", DATA_DIR, false), mount("pid", PID_DIR, false)];
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource { name: config_name(cr), ..Default::default() }),
+            ..Default::default()
+        },
+        Volume { name: "pid".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+    ];
+    if let Some(secret) = server_secret_name(cr) {
+        let (volume, m) = secret_volume(secret, SERVER_TLS_DIR);
+        volumes.push(volume);
+        mounts.push(m);
+    }
     let container = Container {
         name: "nats".into(),
         image: Some(spec.image.clone()),
@@ -258,21 +486,12 @@ pub fn build_stateful_set(cr: &Centrifugo, spec: &ManagedNatsSpec) -> StatefulSe
             ..Default::default()
         }),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        volume_mounts: Some(vec![
-            mount("config", CONF_DIR, true),
-            mount("data", DATA_DIR, false),
-            mount("pid", PID_DIR, false),
-        ]),
+        security_context: Some(hardened()),
+        volume_mounts: Some(mounts),
         ..Default::default()
     };
+    let mut containers = vec![container];
+    containers.extend(tls.as_ref().map(|t| reloader(t, &mount)));
     let conf_hash = sha256_hex(nats_conf(cr, spec).as_bytes());
     let selector = LabelSelector { match_labels: Some(selector_labels(cr)), ..Default::default() };
     let mut pod_labels = meta(cr, String::new()).labels.unwrap_or_default();
@@ -294,7 +513,9 @@ pub fn build_stateful_set(cr: &Centrifugo, spec: &ManagedNatsSpec) -> StatefulSe
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    containers: vec![container],
+                    containers,
+                    // The reloader signals nats-server (see `reloader`); only with TLS.
+                    share_process_namespace: tls.is_some().then_some(true),
                     automount_service_account_token: Some(false),
                     termination_grace_period_seconds: Some(GRACE_SECONDS),
                     security_context: Some(PodSecurityContext {
@@ -312,18 +533,7 @@ pub fn build_stateful_set(cr: &Centrifugo, spec: &ManagedNatsSpec) -> StatefulSe
                         label_selector: Some(selector),
                         ..Default::default()
                     }]),
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".into(),
-                            config_map: Some(ConfigMapVolumeSource { name: config_name(cr), ..Default::default() }),
-                            ..Default::default()
-                        },
-                        Volume {
-                            name: "pid".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Default::default()
-                        },
-                    ]),
+                    volumes: Some(volumes),
                     ..Default::default()
                 }),
             },

@@ -22,7 +22,7 @@ use crate::{
 
 /// Container and volume names the operator's pod already uses.
 pub const SERVER_CONTAINER: &str = "gyre";
-pub const RESERVED_VOLUMES: &[&str] = &["config", "tmp"];
+pub const RESERVED_VOLUMES: &[&str] = &["config", "tmp", crate::tls::TLS_VOLUME, crate::managed_nats::TLS_VOLUME];
 /// Seconds kept free between the end of the drain and SIGKILL, for the process to exit.
 pub const SHUTDOWN_MARGIN_SECONDS: i64 = 2;
 

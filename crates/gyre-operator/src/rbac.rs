@@ -139,7 +139,7 @@ pub const REQUIRED: &[Permission] = &[
         verbs: &["patch", "delete"],
         scope: Scope::Watched,
         optional: Some("certificates"),
-        why: "optional cert-manager Certificate (spec.tls.issuerRef; not watched)",
+        why: "optional cert-manager Certificates (spec.tls.issuerRef, nats.server.tls.issuerRef; not watched)",
     },
     p("events.k8s.io", "events", &["create", "patch"], "Events; the recorder patches a repeated Event's series"),
     Permission {

@@ -389,6 +389,8 @@ async fn create_from_scratch() {
         (Method::DELETE, "/api/v1/namespaces/prod/services/chat-nats".into()),
         (Method::DELETE, "/api/v1/namespaces/prod/services/chat-nats-headless".into()),
         (Method::DELETE, "/api/v1/namespaces/prod/configmaps/chat-nats-config".into()),
+        (Method::DELETE, "/apis/cert-manager.io/v1/namespaces/prod/certificates/chat-nats-server".into()),
+        (Method::DELETE, "/apis/cert-manager.io/v1/namespaces/prod/certificates/chat-nats-client".into()),
         (Method::PATCH, "/api/v1/namespaces/prod/serviceaccounts/chat".into()),
         (Method::PATCH, CONFIGMAP.into()),
         (Method::DELETE, "/apis/autoscaling/v2/namespaces/prod/horizontalpodautoscalers/chat".into()),
@@ -705,6 +707,45 @@ async fn service_monitor_skipped_when_crd_missing() {
     assert_eq!(condition(&fake, "ReconcileError").0, "False", "not an error, only a warning");
 }
 
+/// Managed NATS with TLS from an issuer: both Certificates are applied before the NATS and Gyre
+/// objects that mount their Secrets; without cert-manager a Warning says so and the rest is
+/// still applied; switching TLS off deletes the Certificates.
+#[tokio::test]
+async fn managed_nats_tls_applies_its_certificates_or_warns() {
+    const CERTS: &str = "/apis/cert-manager.io/v1/namespaces/prod/certificates";
+    let spec: CentrifugoSpec = serde_json::from_value(json!({
+        "replicas": 2, "nats": {"managed": true, "server": {"tls": {"issuerRef": {"name": "nats-ca"}}}}
+    }))
+    .unwrap();
+
+    let fake = FakeApiServer::new();
+    let ctx = context(&fake);
+    run(fake.store_cr(&fixtures::cr(spec.clone())), &ctx).await.unwrap();
+    assert!(fake.get(&format!("{CERTS}/chat-nats-server")).is_none());
+    assert!(fake.events().contains(&("Warning".into(), "CertManagerUnavailable".into())), "{:?}", fake.events());
+    assert!(fake.get("/apis/apps/v1/namespaces/prod/statefulsets/chat-nats").is_some());
+
+    let fake = FakeApiServer::new();
+    fake.serve_group("cert-manager.io/v1");
+    let ctx = context(&fake);
+    run(fake.store_cr(&fixtures::cr(spec)), &ctx).await.unwrap();
+    let writes = fake.writes();
+    let at = |p: &str| {
+        writes.iter().position(|(m, w)| *m == Method::PATCH && w == p).unwrap_or_else(|| panic!("{p}: {writes:?}"))
+    };
+    let (server, client) = (at(&format!("{CERTS}/chat-nats-server")), at(&format!("{CERTS}/chat-nats-client")));
+    assert!(server < at("/apis/apps/v1/namespaces/prod/statefulsets/chat-nats") && client < at(DEPLOYMENT));
+    let cert = fake.get(&format!("{CERTS}/chat-nats-server")).unwrap();
+    assert_eq!(cert["spec"]["secretName"], "chat-nats-server-tls");
+    assert_eq!(cert["metadata"]["ownerReferences"][0]["uid"], fixtures::UID);
+
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.nats.as_mut().unwrap().server.as_mut().unwrap().tls.as_mut().unwrap().enabled = false;
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    assert!(fake.get(&format!("{CERTS}/chat-nats-server")).is_none());
+    assert!(fake.get(&format!("{CERTS}/chat-nats-client")).is_none());
+}
+
 #[tokio::test]
 async fn autoscaling_leaves_replicas_out_of_the_apply() {
     let fake = FakeApiServer::new();
@@ -956,6 +997,11 @@ async fn rbac_is_exactly_what_the_code_calls() {
     // The operator's own NATS (spec.nats.managed): StatefulSet, Services, ConfigMap, PDB applied.
     let mut cr = (*fake.cr()).clone();
     cr.spec.nats = serde_json::from_value(json!({"managed": true})).unwrap();
+    run(fake.store_cr(&cr), &ctx).await.unwrap();
+    // ... with TLS from an issuer: its two Certificates applied.
+    let mut cr = (*fake.cr()).clone();
+    cr.spec.nats =
+        serde_json::from_value(json!({"managed": true, "server": {"tls": {"issuerRef": {"name": "ca"}}}})).unwrap();
     run(fake.store_cr(&cr), &ctx).await.unwrap();
     // Autoscaling on (handover), rotation, one export removed.
     let mut cr = (*fake.cr()).clone();

@@ -253,3 +253,253 @@ async fn http_status(port: u16, path: &str) -> u16 {
     s.read_to_string(&mut buf).await.unwrap();
     buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
+
+// ------------------------------------------------------------------ managed NATS with TLS
+
+fn managed_tls_cr(replicas: i32, tls: serde_json::Value) -> crate::crd::Centrifugo {
+    let mut c = managed_cr(replicas);
+    c.spec.nats.as_mut().unwrap().server.as_mut().unwrap().tls = Some(serde_json::from_value(tls).unwrap());
+    c
+}
+
+/// `nats.server.tls` with an issuer: two Certificates (the server's names every name a client or
+/// a route dials; the client's is for Gyre), `tls {}` with `verify: true` on clients and routes,
+/// the server Secret mounted as a directory next to a reloader sharing the process namespace,
+/// and the Gyre pods pointed at `tls://` with the client Secret's files.
+#[test]
+fn managed_nats_tls_renders_certificates_mounts_reloader_and_tls_urls() {
+    use serde_json::json;
+    let c = managed_tls_cr(3, json!({"issuerRef": {"name": "nats-ca"}}));
+    let n = managed_nats::managed(&c).unwrap();
+
+    let certs = managed_nats::build_certificates(&c, &n);
+    let by_name = |name: &str| certs.iter().find(|x| x.metadata.name.as_deref() == Some(name)).unwrap().data.clone();
+    assert_eq!(certs.len(), 2);
+    let server = by_name("chat-nats-server");
+    assert_eq!(server["spec"]["secretName"], "chat-nats-server-tls");
+    assert_eq!(server["spec"]["issuerRef"], json!({"name": "nats-ca", "kind": "Issuer", "group": "cert-manager.io"}));
+    let dns: Vec<&str> = server["spec"]["dnsNames"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    // The pods' URL host, the probe's host, and the host of every route in nats.conf.
+    for want in ["chat-nats", "chat-nats.prod.svc", "chat-nats.prod.svc.cluster.local"] {
+        assert!(dns.contains(&want), "{want} missing from {dns:?}");
+    }
+    for i in 0..3 {
+        assert!(dns.contains(&format!("chat-nats-{i}.chat-nats-headless").as_str()), "pod {i}: {dns:?}");
+    }
+    assert_eq!(
+        server["spec"]["usages"],
+        json!(["digital signature", "key encipherment", "server auth", "client auth"])
+    );
+    let client = by_name("chat-nats-client");
+    assert_eq!(client["spec"]["secretName"], "chat-nats-client-tls");
+    assert_eq!(client["spec"]["commonName"], "chat");
+    assert_eq!(client["spec"]["usages"], json!(["digital signature", "key encipherment", "client auth"]));
+    let rendered = render_all(&c, &fixtures::inputs(&c), None);
+    assert_eq!(rendered.iter().filter(|o| o["kind"] == "Certificate").count(), 2);
+
+    let conf = managed_nats::nats_conf(&c, &n);
+    let block = "tls {\n  cert_file: \"/etc/nats-tls/tls.crt\"\n  key_file: \"/etc/nats-tls/tls.key\"\n  ca_file: \"/etc/nats-tls/ca.crt\"\n  verify: true\n}\n";
+    assert!(conf.contains(block), "{conf}");
+    assert!(conf.contains("  tls {\n    cert_file: \"/etc/nats-tls/tls.crt\""), "route TLS: {conf}");
+    assert!(conf.contains("\"tls://chat-nats-0.chat-nats-headless:6222\""), "{conf}");
+    assert!(!conf.contains("nats://"), "{conf}");
+
+    let sts = managed_nats::build_stateful_set(&c, &n);
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.share_process_namespace, Some(true));
+    let names: Vec<&str> = pod.containers.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(names, ["nats", "reloader"]);
+    let vol = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == managed_nats::TLS_VOLUME).unwrap();
+    assert_eq!(vol.secret.as_ref().unwrap().secret_name.as_deref(), Some("chat-nats-server-tls"));
+    for ctr in &pod.containers {
+        let m = ctr.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == managed_nats::TLS_VOLUME).unwrap();
+        // A directory mount: kubelet swaps renewed files only in those (never with subPath).
+        assert_eq!((m.mount_path.as_str(), m.sub_path.as_deref()), ("/etc/nats-tls", None), "{}", ctr.name);
+    }
+    let reloader = &pod.containers[1];
+    assert_eq!(reloader.image.as_deref(), Some(crate::crd::DEFAULT_NATS_RELOADER_IMAGE));
+    let args = reloader.args.clone().unwrap().join(" ");
+    assert_eq!(
+        args,
+        "-pid /var/run/nats/nats.pid -config /etc/nats/nats.conf -config /etc/nats-tls/tls.crt \
+         -config /etc/nats-tls/tls.key -config /etc/nats-tls/ca.crt"
+    );
+    // It reads the pid file nats-server writes.
+    assert!(reloader.volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == "/var/run/nats"));
+
+    let dep = build_deployment(&c, &fixtures::inputs(&c));
+    let gyre_pod = dep.spec.unwrap().template.spec.unwrap();
+    let env = gyre_pod.containers[0].env.clone().unwrap();
+    let url = env.iter().find(|e| e.name == NATS_URL_ENV).and_then(|e| e.value.clone());
+    assert_eq!(url.as_deref(), Some("tls://chat-nats:4222"));
+    let vol = gyre_pod.volumes.unwrap().into_iter().find(|v| v.name == managed_nats::TLS_VOLUME).unwrap();
+    assert_eq!(vol.secret.unwrap().secret_name.as_deref(), Some("chat-nats-client-tls"));
+    let m = gyre_pod.containers[0].volume_mounts.clone().unwrap();
+    assert!(m.iter().any(|m| m.name == managed_nats::TLS_VOLUME && m.mount_path == "/etc/gyre-nats-tls"), "{m:?}");
+    let cfg: serde_json::Value = serde_json::from_str(&build_config(&c.spec).unwrap().json).unwrap();
+    assert_eq!(
+        cfg["broker"]["nats"]["tls"],
+        json!({"enabled": true, "server_ca_pem": "/etc/gyre-nats-tls/ca.crt",
+               "cert_pem": "/etc/gyre-nats-tls/tls.crt", "key_pem": "/etc/gyre-nats-tls/tls.key"})
+    );
+    assert!(managed_nats::probe_url(&c).starts_with("tls://chat-nats.prod.svc:4222"));
+
+    // The keys are the operator's: a conflicting value in spec.config is refused.
+    let mut bad = c.clone();
+    bad.spec.config = Some(json!({"broker": {"nats": {"tls": {"enabled": false}}}}));
+    let e = build_config(&bad.spec).unwrap_err();
+    assert!(e.to_string().contains("broker.nats.tls.enabled"), "{e}");
+    // A user volume may not take the Secret's volume name.
+    let mut clash = c.clone();
+    clash.spec.pod = serde_json::from_value(json!({"volumes": [{"name": "nats-tls", "emptyDir": {}}]})).unwrap();
+    assert!(build_config(&clash.spec).is_err());
+}
+
+/// Own Secrets (no issuer): mounted by name, no Certificate; TLS off or absent: nothing of it.
+#[test]
+fn managed_nats_tls_with_user_secrets_and_switched_off() {
+    use serde_json::json;
+    let c = managed_tls_cr(1, json!({"serverSecretName": "my-srv", "clientSecretName": "my-cli"}));
+    let n = managed_nats::managed(&c).unwrap();
+    assert!(managed_nats::build_certificates(&c, &n).is_empty());
+    let pod = managed_nats::build_stateful_set(&c, &n).spec.unwrap().template.spec.unwrap();
+    let vol = pod.volumes.unwrap().into_iter().find(|v| v.name == managed_nats::TLS_VOLUME).unwrap();
+    assert_eq!(vol.secret.unwrap().secret_name.as_deref(), Some("my-srv"));
+    let dep = build_deployment(&c, &fixtures::inputs(&c)).spec.unwrap().template.spec.unwrap();
+    let vol = dep.volumes.unwrap().into_iter().find(|v| v.name == managed_nats::TLS_VOLUME).unwrap();
+    assert_eq!(vol.secret.unwrap().secret_name.as_deref(), Some("my-cli"));
+    // One server: the client block only, no cluster, so no route TLS.
+    let conf = managed_nats::nats_conf(&c, &n);
+    assert_eq!(conf.matches("tls {").count(), 1, "{conf}");
+
+    for c in [managed_tls_cr(3, json!({"enabled": false, "issuerRef": {"name": "x"}})), managed_cr(3)] {
+        let n = managed_nats::managed(&c).unwrap();
+        assert!(managed_nats::build_certificates(&c, &n).is_empty());
+        assert!(!managed_nats::nats_conf(&c, &n).contains("tls"));
+        let pod = managed_nats::build_stateful_set(&c, &n).spec.unwrap().template.spec.unwrap();
+        assert_eq!((pod.containers.len(), pod.share_process_namespace), (1, None));
+        assert!(!pod.volumes.unwrap().iter().any(|v| v.name == managed_nats::TLS_VOLUME));
+        assert_eq!(managed_nats::pod_url(&c), "nats://chat-nats:4222");
+        let cfg: serde_json::Value = serde_json::from_str(&build_config(&c.spec).unwrap().json).unwrap();
+        assert!(cfg["broker"]["nats"].get("tls").is_none(), "{cfg}");
+    }
+}
+
+/// Test certificates from the `openssl` CLI (present wherever nats-server is): a CA in `ca_dir`
+/// (made once), and in `dir` a leaf with the given DNS names and extended key usages, written as
+/// a Secret volume holds them (`tls.crt`, `tls.key`, `ca.crt`).
+fn issue(dir: &std::path::Path, ca_dir: &std::path::Path, dns: &[String], eku: &str) {
+    let run = |cwd: &std::path::Path, args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(cwd).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::create_dir_all(ca_dir).unwrap();
+    if !ca_dir.join("ca.key").exists() {
+        run(ca_dir, &[&["genpkey"][..], &ec, &["-out", "ca.key"]].concat());
+        run(
+            ca_dir,
+            &["req", "-x509", "-new", "-key", "ca.key", "-days", "1", "-subj", "/CN=test nats ca", "-out", "ca.crt"],
+        );
+    }
+    let san: Vec<String> = dns.iter().map(|d| format!("DNS:{d}")).collect();
+    std::fs::write(dir.join("ext.cnf"), format!("subjectAltName={}\nextendedKeyUsage={eku}\n", san.join(","))).unwrap();
+    run(dir, &[&["genpkey"][..], &ec, &["-out", "tls.key"]].concat());
+    run(dir, &["req", "-new", "-key", "tls.key", "-subj", &format!("/CN={}", dns[0]), "-out", "tls.csr"]);
+    let (ca_crt, ca_key) = (ca_dir.join("ca.crt"), ca_dir.join("ca.key"));
+    run(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            ca_crt.to_str().unwrap(),
+            "-CAkey",
+            ca_key.to_str().unwrap(),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "tls.crt",
+        ],
+    );
+    std::fs::copy(&ca_crt, dir.join("ca.crt")).unwrap();
+}
+
+/// The TLS `nats.conf`, run by the real nats-server with certificates for the names the
+/// operator's server Certificate asks for: JetStream comes up; a plain client is refused
+/// ("TLS Required"); the operator's `BrokerReady` probe still reads INFO and reports JetStream
+/// (no false failure); and the 3-server form (route TLS) passes `nats-server -t`.
+#[tokio::test]
+async fn generated_tls_nats_conf_requires_tls_and_the_probe_still_sees_jetstream() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "/usr/sbin/nats-server".into());
+    let dir = std::env::temp_dir().join(format!("gyre-op-natstls-{}-{}", std::process::id(), free_port()));
+    let tls_dir = dir.join("nats-tls");
+
+    let c3 = managed_tls_cr(3, serde_json::json!({"issuerRef": {"name": "ca"}}));
+    let n3 = managed_nats::managed(&c3).unwrap();
+    let names = managed_nats::server_dns_names(&c3, &n3);
+    issue(&tls_dir, &dir, &names, "serverAuth,clientAuth");
+    let at_dir = |conf: String| conf.replace(managed_nats::SERVER_TLS_DIR, tls_dir.to_str().unwrap());
+    std::fs::write(dir.join("nats3.conf"), at_dir(managed_nats::nats_conf(&c3, &n3))).unwrap();
+    let out = Command::new(&bin)
+        .args(["-t", "-c"])
+        .arg(dir.join("nats3.conf"))
+        .env("POD_NAME", "chat-nats-0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nats-server -t refused the TLS cluster config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let c1 = managed_tls_cr(1, serde_json::json!({"issuerRef": {"name": "ca"}}));
+    let conf = at_dir(managed_nats::nats_conf(&c1, &managed_nats::managed(&c1).unwrap()))
+        .replace("store_dir: \"/data\"", &format!("store_dir: \"{}\"", dir.join("js").display()))
+        .replace("\"/var/run/nats/nats.pid\"", &format!("\"{}\"", dir.join("nats.pid").display()));
+    std::fs::write(dir.join("nats.conf"), conf).unwrap();
+    let (port, mon) = (free_port(), free_port());
+    let child = Command::new(&bin)
+        .arg("-c")
+        .arg(dir.join("nats.conf"))
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &mon.to_string()])
+        .env("POD_NAME", "chat-nats-0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let nats = Nats { child, port, dir };
+    // The probe as the operator runs it for this instance (tls:// URL): Ready, not a failure.
+    let url = managed_nats::probe_url(&c1).replace("chat-nats.prod.svc:4222", &format!("127.0.0.1:{port}"));
+    assert!(url.starts_with("tls://"), "{url}");
+    let mut state = BrokerState::NotUsed;
+    for _ in 0..100 {
+        state = check(Some(&spec(&url))).await;
+        if matches!(state, BrokerState::Ready { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(matches!(state, BrokerState::Ready { .. }), "{state:?}");
+    assert_eq!(condition(&state).1, "JetStreamAvailable");
+
+    // A client that skips TLS: INFO says TLS is required, and a plain CONNECT is refused.
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", nats.port)).await.unwrap();
+    let mut s = BufReader::new(s);
+    let mut info = String::new();
+    s.read_line(&mut info).await.unwrap();
+    assert!(info.contains("\"tls_required\":true"), "{info}");
+    assert!(info.contains("\"tls_verify\":true"), "mutual TLS announced: {info}");
+    s.get_mut().write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n").await.unwrap();
+    let mut reply = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_line(&mut reply)).await;
+    assert!(!reply.starts_with("PONG"), "a plain client was served: {reply}");
+    drop(nats);
+}
