@@ -540,28 +540,8 @@ pub fn ws_frames(data: &[u8]) {
         };
         assert!(payload.len() <= limit || opcode & 0x8 != 0, "message over the limit");
         assert!(opcode & 0x8 == 0 || payload.len() <= 125, "control payload over 125 bytes");
-        again.extend(masked_frame(opcode, payload));
+        again.extend(gyre_server::wsframe::client_frame(0x80 | opcode, payload, [0xa1, 0x5e, 0x00, 0x7f]));
     }
     let want: Vec<_> = whole.into_iter().filter(Result::is_ok).collect();
     assert_eq!(run(&again, again.len()), want, "messages framed again decode to themselves");
-}
-
-/// A client frame: FIN, `opcode`, masked with a fixed key.
-fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0xa1, 0x5e, 0x00, 0x7f];
-    let mut b = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => b.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            b.push(0x80 | 126);
-            b.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            b.push(0x80 | 127);
-            b.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    b.extend_from_slice(&mask);
-    b.extend(payload.iter().enumerate().map(|(i, x)| x ^ mask[i & 3]));
-    b
 }

@@ -109,6 +109,27 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
+/// A frame as a client sends it: the first byte (FIN, RSV, opcode) as
+/// given, the payload masked with `mask`. Gyre never sends one; the decoder's
+/// tests and the `ws_frames` fuzz target build their input with it.
+pub fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut b = vec![first];
+    match payload.len() {
+        n if n < 126 => b.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            b.push(0x80 | 126);
+            b.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            b.push(0x80 | 127);
+            b.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    b.extend_from_slice(&mask);
+    b.extend(payload.iter().enumerate().map(|(i, x)| x ^ mask[i & 3]));
+    b
+}
+
 /// Bytes read per syscall at most, into a buffer on the stack.
 const READ_CHUNK: usize = 4096;
 
@@ -306,24 +327,9 @@ fn poll_message<R: AsyncRead + Unpin>(dec: &mut Decoder, io: &mut R, cx: &mut Co
 mod tests {
     use super::*;
 
-    /// A client frame: masked with a fixed key.
+    /// A client frame, masked with a fixed key.
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        let mut b = vec![first];
-        match payload.len() {
-            n if n < 126 => b.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                b.push(0x80 | 126);
-                b.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                b.push(0x80 | 127);
-                b.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        b.extend_from_slice(&mask);
-        b.extend(payload.iter().enumerate().map(|(i, x)| x ^ mask[i & 3]));
-        b
+        super::client_frame(first, payload, [0x37, 0xfa, 0x21, 0x3d])
     }
 
     type Decoded = Vec<Result<Message, FrameError>>;
