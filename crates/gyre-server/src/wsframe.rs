@@ -242,8 +242,10 @@ impl Decoder {
         };
         // Decided from the header: an oversize frame's payload is never read.
         // The partial message's size counts too (checked again on append).
+        // Control frames are not messages: at most 125 bytes (checked above),
+        // whatever the limit.
         let so_far = self.partial.as_ref().map_or(0, |p| p.data.len()) as u64;
-        if len > self.limit as u64 || (!control && so_far + len > self.limit as u64) {
+        if !control && so_far.saturating_add(len) > self.limit as u64 {
             return Err(FrameError::TooBig);
         }
         let len = len as usize;
@@ -378,6 +380,8 @@ mod tests {
                 vec![Ok(Message::Ping(Bytes::from_static(b"p"))), text("abcd")],
             ),
             (client_frame(0x8A, b""), 100, vec![Ok(Message::Pong)]),
+            // control frames are not held to the message size limit
+            (client_frame(0x89, b"12345"), 1, vec![Ok(Message::Ping(Bytes::from_static(b"12345")))]),
             (client_frame(0x88, &[3, 232]), 100, vec![Ok(Message::Close(Bytes::from_static(&[3, 232])))]),
             (cat(&[client_frame(0x81, b"a"), client_frame(0x81, b"b")]), 100, vec![text("a"), text("b")]),
             // refusals
@@ -434,11 +438,16 @@ mod tests {
 
     #[test]
     fn oversize_is_refused_from_the_header_alone() {
-        // Only the header of a 2^40-byte frame: refused without its payload.
-        let mut b = vec![0x82, 0x80 | 127];
-        b.extend_from_slice(&(1u64 << 40).to_be_bytes());
-        b.extend_from_slice(&[1, 2, 3, 4]);
-        assert_eq!(decode_all(&b, 65536), vec![Err(FrameError::TooBig)]);
+        // Only the header of a 2^40-byte frame, and of a u64::MAX one inside
+        // a fragmented message (the sizes added must not wrap): refused
+        // without their payloads.
+        for (start, first, len) in [(vec![], 0x82, 1u64 << 40), (client_frame(0x02, b"ab"), 0x80, u64::MAX)] {
+            let mut b = start;
+            b.extend_from_slice(&[first, 0x80 | 127]);
+            b.extend_from_slice(&len.to_be_bytes());
+            b.extend_from_slice(&[1, 2, 3, 4]);
+            assert_eq!(decode_all(&b, 65536).last(), Some(&Err(FrameError::TooBig)), "{len}");
+        }
     }
 
     #[test]
