@@ -18,11 +18,10 @@ use k8s_openapi::{
             MetricTarget, ResourceMetricSource,
         },
         core::v1::{
-            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-            EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec,
-            Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
-            ServiceAccount, ServicePort, ServiceSpec as K8sServiceSpec, SleepAction, TopologySpreadConstraint, Volume,
-            VolumeMount,
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+            HTTPGetAction, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, Service, ServiceAccount, ServicePort,
+            ServiceSpec as K8sServiceSpec, SleepAction, TopologySpreadConstraint, Volume, VolumeMount,
         },
         networking::v1::{
             Ingress, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -358,14 +357,7 @@ pub fn build_deployment(cr: &Centrifugo, inputs: &Inputs) -> Deployment {
             ..Default::default()
         }),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-            ..Default::default()
-        }),
+        security_context: Some(crate::managed_nats::hardened()),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "config".into(),

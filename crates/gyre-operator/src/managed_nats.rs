@@ -375,7 +375,10 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
-fn hardened() -> SecurityContext {
+/// The container security context of every container the operator renders
+/// (Gyre's and the managed NATS's): no privilege escalation, read-only root,
+/// non-root, no capabilities, the runtime's default seccomp profile.
+pub(crate) fn hardened() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),

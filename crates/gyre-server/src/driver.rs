@@ -129,7 +129,7 @@ async fn write_queued<T: Transport>(transport: &mut T, shared: &ClientShared) ->
 /// Runs one connection until it ends, then cleans the client up.
 ///
 /// A parked connection costs what this future's idle state holds (the client,
-/// the transport, one sleep, one notification, the read future), so every call
+/// the transport, one sleep, the wait on the waker slot, the read future), so every call
 /// into the client (command handling, controls, timers), the write path and
 /// the whole closing phase are boxed: each holds room for the largest
 /// command's state machine or for several write timers, and would otherwise
